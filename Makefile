@@ -1,0 +1,23 @@
+# Two commands set up a fresh machine and run: `make demo` and `make test`.
+# Each creates the virtual environment if it is missing and installs the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -c constraints.txt -e '.[test,export,faiss]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/train.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+"""reid: person re-identification with timm backbones, Group Loss and camera-aware evaluation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from reid.optim import build_optimizer, build_scheduler, lr_factor
+
+
+def test_warmup_then_cosine_by_hand():
+    kw = dict(total_steps=100, steps_per_epoch=10, schedule="cosine", warmup_epochs=2, warmup_factor=0.1)
+    assert lr_factor(0, **kw) == pytest.approx(0.1)
+    assert lr_factor(10, **kw) == pytest.approx(0.1 * 0.5 + 0.5)  # halfway through 20 warmup steps
+    assert lr_factor(20, **kw) == pytest.approx(1.0)
+    assert lr_factor(60, **kw) == pytest.approx(0.5)  # halfway through the 80 cosine steps
+    assert lr_factor(100, **kw) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_step_schedule_by_hand():
+    kw = dict(total_steps=100, steps_per_epoch=10, schedule="step", milestones=[3, 6], gamma=0.1)
+    assert [lr_factor(s, **kw) for s in (0, 29, 30, 59, 60, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_scheduler_follows_lr_factor_and_resumes_exactly():
+    def make():
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = build_optimizer([p], "sgd", lr=0.5)
+        return opt, build_scheduler(opt, epochs=5, steps_per_epoch=4, schedule="cosine", warmup_epochs=1)
+    opt, sched = make()
+    seen = []
+    for _ in range(20):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.5 * lr_factor(s, total_steps=20, steps_per_epoch=4, warmup_epochs=1) for s in range(20)]
+    assert seen == pytest.approx(expected)
+    opt2, sched2 = make()
+    for _ in range(7):
+        opt2.step()
+        sched2.step()
+    state = sched2.state_dict()
+    opt3, sched3 = make()
+    sched3.load_state_dict(state)
+    assert sched3.get_last_lr()[0] == pytest.approx(expected[7])
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("sgd", torch.optim.SGD), ("radam", torch.optim.RAdam)])
+def test_optimizers(name, cls):
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], name, lr=0.1, weight_decay=1e-4)
+    assert isinstance(opt, cls) and opt.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'; valid: adam, adamw, sgd, radam"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], "lamb", lr=0.1)
+    with pytest.raises(ValueError, match="unknown scheduler 'poly'"):
+        lr_factor(0, total_steps=10, steps_per_epoch=1, schedule="poly")
+    assert math.isfinite(lr_factor(0, total_steps=1, steps_per_epoch=1))
