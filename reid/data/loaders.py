@@ -1,0 +1,130 @@
+"""DataLoaders: a train loader over the identity sampler, test loaders that keep (pid, camid, path).
+
+Reproducibility: the batch plan comes from the sampler (seeded by (seed, epoch)); the
+augmentations come from the pipeline's own random stream, seeded from ``(seed, rank)`` in
+the main process and, in each worker, from the seed PyTorch gives that worker (drawn from
+the loader's seeded generator), so the same arguments give the same batches. With
+``num_workers > 0`` the workers persist across epochs and their streams run on; a run
+resumed mid-way therefore reproduces the batch plan exactly but not the augmentations.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from .datasets.base import Item
+from .samplers import IdentityBatchSampler
+from .transforms import build_transforms, read_image, seed_transform
+
+Transform = Callable[..., dict[str, Any]]
+
+
+class ImageDataset(Dataset):
+    """Items ``(path, pid, camid)`` -> ``(image tensor, pid, camid, path)``.
+
+    Paths, pids and camids are held in numpy arrays rather than a list of tuples: worker
+    processes then share them instead of copying them page by page as Python touches the
+    reference counts of millions of small objects.
+    """
+
+    def __init__(self, items: Sequence[Item], transform: Transform) -> None:
+        if len(items) == 0:
+            raise ValueError("ImageDataset needs at least one (path, pid, camid) item")
+        paths, pids, camids = zip(*items)
+        self.paths = np.array(paths, dtype=np.str_)
+        self.pids = np.array(pids, dtype=np.int64)
+        self.camids = np.array(camids, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+        path = str(self.paths[index])
+        image = self.transform(image=read_image(path))["image"]
+        return image, int(self.pids[index]), int(self.camids[index]), path
+
+
+def build_train_loader(
+    items: Sequence[Item],
+    *,
+    height: int,
+    width: int,
+    num_identities: int,
+    num_instances: int,
+    num_workers: int = 2,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool | None = None,
+    **transform_kwargs: Any,
+) -> DataLoader:
+    """Batches of ``num_identities`` x ``num_instances`` augmented training images.
+
+    Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch. ``transform_kwargs``
+    go to :func:`reid.data.transforms.build_transforms` (flip_prob, padding, ...).
+    ``pin_memory`` defaults to whether CUDA is available.
+    """
+    rank_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    transform = build_transforms(height, width, True, seed=rank_seed, **transform_kwargs)
+    dataset = ImageDataset(items, transform)
+    sampler = IdentityBatchSampler(
+        dataset.pids, num_identities, num_instances, seed=seed, rank=rank, world_size=world_size
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        generator=torch.Generator().manual_seed(rank_seed),
+        **_worker_kwargs(num_workers, pin_memory),
+    )
+
+
+def build_test_loader(
+    items: Sequence[Item],
+    *,
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    pin_memory: bool | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> DataLoader:
+    """Un-augmented images in the items' order: batches of ``(images, pids, camids, paths)``."""
+    norm = {key: value for key, value in (("mean", mean), ("std", std)) if value is not None}
+    dataset = ImageDataset(items, build_transforms(height, width, False, **norm))
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, drop_last=False, **_worker_kwargs(num_workers, pin_memory)
+    )
+
+
+def _worker_kwargs(num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    return {
+        "num_workers": num_workers,
+        "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
+        # Workers that survive the epoch skip re-importing torch and re-forking every epoch.
+        "persistent_workers": num_workers > 0,
+        "worker_init_fn": init_worker if num_workers > 0 else None,
+    }
+
+
+def init_worker(worker_id: int) -> None:
+    """Seed a DataLoader worker from the seed PyTorch derived for it (loader generator + worker id)."""
+    info = get_worker_info()
+    seed = info.seed % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    # Workers already run in parallel; OpenCV's own thread pool per worker only oversubscribes the cores.
+    cv2.setNumThreads(1)
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_state"):
+        seed_transform(transform, seed)

@@ -1,0 +1,139 @@
+"""Image reading and albumentations pipelines for re-ID (the BoT / torchreid recipe).
+
+Train: resize -> horizontal flip -> zero-pad + random crop back to size -> optional colour
+jitter -> normalise -> random erasing -> CHW tensor. Test: resize -> normalise -> tensor.
+Random erasing comes after normalisation, as in torchreid and fast-reid, and fills the
+rectangle with 0, i.e. the normalisation mean colour (torchvision's default; a neutral
+occluder that does not add a colour the network could key on).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """H x W x 3 uint8 RGB image; FileNotFoundError / OSError naming the file when it cannot be read."""
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    if image is None:  # OpenCV reports every failure as None, so tell the two common ones apart
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file {path} does not exist")
+        raise OSError(f"cannot read image {path}: OpenCV could not decode it (corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class RandomErasing(A.ImageOnlyTransform):
+    """Random erasing (Zhong et al., AAAI 2020, Algorithm 1).
+
+    With probability ``p``, draw a target area ``S_e`` uniformly from ``scale`` times the
+    image area and an aspect ratio ``r_e`` (height / width) uniformly from ``ratio``;
+    ``H_e = sqrt(S_e * r_e)``, ``W_e = sqrt(S_e / r_e)``. Retry (up to ``max_attempts``)
+    until the rectangle fits, then fill it with ``fill``. albumentations' own ``A.Erasing``
+    instead caps the area so that every ratio in the range fits, which for 256 x 128
+    person crops limits the erased area to 15 % of the image instead of the paper's 40 %.
+    """
+
+    def __init__(
+        self,
+        scale: tuple[float, float] = (0.02, 0.4),
+        ratio: tuple[float, float] = (0.3, 3.3),
+        fill: float = 0.0,
+        max_attempts: int = 100,
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(p=p)
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        self.scale = scale
+        self.ratio = ratio
+        self.fill = fill
+        self.max_attempts = max_attempts
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        for _ in range(self.max_attempts):
+            area = self.py_random.uniform(*self.scale) * height * width
+            aspect = self.py_random.uniform(*self.ratio)
+            box_height = round(math.sqrt(area * aspect))
+            box_width = round(math.sqrt(area / aspect))
+            if 0 < box_height < height and 0 < box_width < width:
+                top = self.py_random.randint(0, height - box_height)
+                left = self.py_random.randint(0, width - box_width)
+                return {"box": (top, left, box_height, box_width)}
+        return {"box": None}
+
+    def apply(self, img: np.ndarray, box: tuple[int, int, int, int] | None = None, **params: Any) -> np.ndarray:
+        if box is None:
+            return img
+        top, left, box_height, box_width = box
+        img = img.copy()
+        img[top : top + box_height, left : left + box_width] = self.fill
+        return img
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("scale", "ratio", "fill", "max_attempts")
+
+
+def build_transforms(
+    height: int,
+    width: int,
+    is_train: bool,
+    *,
+    flip_prob: float = 0.5,
+    padding: int = 10,
+    color_jitter: bool = False,
+    erasing_prob: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    seed: int | None = None,
+) -> A.Compose:
+    """The train or test pipeline; ``pipeline(image=rgb_uint8)["image"]`` is a float32 3 x H x W tensor.
+
+    ``seed`` makes the random augmentations repeatable (see :func:`seed_transform`).
+    """
+    normalize = A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
+    steps: list[A.BasicTransform] = [A.Resize(height, width, interpolation=cv2.INTER_LINEAR)]
+    if is_train:
+        steps.append(A.HorizontalFlip(p=flip_prob))
+        if padding > 0:
+            steps += [
+                A.Pad(padding=padding, fill=0, border_mode=cv2.BORDER_CONSTANT),
+                A.RandomCrop(height, width),
+            ]
+        if color_jitter:
+            # Mild photometric jitter: re-ID relies on clothing colour, so hue is left alone.
+            steps.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.1, hue=0.0, p=0.5))
+        steps.append(normalize)
+        if erasing_prob > 0:
+            steps.append(RandomErasing(scale=(0.02, 0.4), ratio=(0.3, 3.3), fill=0.0, p=erasing_prob))
+    else:
+        steps.append(normalize)
+    steps.append(ToTensorV2())
+    pipeline = A.Compose(steps)
+    if seed is not None:
+        seed_transform(pipeline, seed)
+    return pipeline
+
+
+def seed_transform(pipeline: A.Compose, seed: int) -> None:
+    """Restart the pipeline's random stream from ``seed``.
+
+    ``A.Compose(seed=...)`` gives every step its own generator seeded with the same number,
+    so e.g. the flip and erasing coin tosses start out identical. One shared generator for
+    all steps keeps them independent and still repeatable.
+    """
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
