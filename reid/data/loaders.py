@@ -1,23 +1,22 @@
 """DataLoaders: a train loader over the identity sampler, test loaders that keep (pid, camid, path).
 
-Reproducibility: the batch plan comes from the sampler (seeded by (seed, epoch)); the
-augmentations come from the pipeline's own random stream, seeded from ``(seed, rank)`` in
-the main process and, in each worker, from the seed PyTorch gives that worker (drawn from
-the loader's seeded generator), so the same arguments give the same batches. With
-``num_workers > 0`` the workers persist across epochs and their streams run on; a run
-resumed mid-way therefore reproduces the batch plan exactly but not the augmentations.
+Reproducibility: the batch plan comes from the sampler (seeded by (seed, epoch)), and every
+training sample carries its own augmentation seed, a pure function of (seed, rank, epoch,
+batch number, position in the batch). So the same arguments give the same batches whatever
+the number of workers, and a run resumed mid-epoch (``set_epoch(epoch, start_batch)``)
+sees exactly the images, and augmentations, that the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from .datasets.base import Item
 from .samplers import IdentityBatchSampler
@@ -46,10 +45,42 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int, str]:
+        """``dataset[i]``, or ``dataset[i, seed]`` to draw the augmentation from ``seed``."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path = str(self.paths[index])
+        if seed is not None:
+            seed_transform(self.transform, seed)
         image = self.transform(image=read_image(path))["image"]
         return image, int(self.pids[index]), int(self.camids[index]), path
+
+
+class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Pairs each index of an :class:`IdentityBatchSampler` batch with its augmentation seed.
+
+    The seed depends only on (seed, rank, epoch, batch number, position), never on which worker
+    loads the sample or how many batches came before in this process: that is what makes an
+    interrupted-and-resumed run end at the same weights as an uninterrupted one.
+    """
+
+    def __init__(self, sampler: IdentityBatchSampler, seed: int) -> None:
+        self.sampler = sampler
+        self.seed = seed
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for number, batch in enumerate(self.sampler, start=self.start_batch):
+            key = [self.seed, self.sampler.rank, self.epoch, number]
+            seeds = np.random.SeedSequence(key).generate_state(len(batch))
+            yield [(int(index), int(s)) for index, s in zip(batch, seeds)]
 
 
 def build_train_loader(
@@ -68,20 +99,19 @@ def build_train_loader(
 ) -> DataLoader:
     """Batches of ``num_identities`` x ``num_instances`` augmented training images.
 
-    Call ``loader.batch_sampler.set_epoch(epoch)`` before each epoch. ``transform_kwargs``
+    Call ``loader.batch_sampler.set_epoch(epoch)`` (or ``set_epoch(epoch, start_batch)`` to
+    resume an interrupted epoch) before each epoch. ``transform_kwargs``
     go to :func:`reid.data.transforms.build_transforms` (flip_prob, padding, ...).
     ``pin_memory`` defaults to whether CUDA is available.
     """
-    rank_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-    transform = build_transforms(height, width, True, seed=rank_seed, **transform_kwargs)
+    transform = build_transforms(height, width, True, **transform_kwargs)
     dataset = ImageDataset(items, transform)
     sampler = IdentityBatchSampler(
         dataset.pids, num_identities, num_instances, seed=seed, rank=rank, world_size=world_size
     )
     return DataLoader(
         dataset,
-        batch_sampler=sampler,
-        generator=torch.Generator().manual_seed(rank_seed),
+        batch_sampler=SeededBatchSampler(sampler, seed),
         **_worker_kwargs(num_workers, pin_memory),
     )
 
@@ -118,13 +148,13 @@ def _worker_kwargs(num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
 
 
 def init_worker(worker_id: int) -> None:
-    """Seed a DataLoader worker from the seed PyTorch derived for it (loader generator + worker id)."""
-    info = get_worker_info()
-    seed = info.seed % 2**32
+    """Seed a worker's global generators from the seed PyTorch derived for it.
+
+    Training samples carry their own augmentation seeds; this only keeps any other use of the
+    global generators in a worker repeatable and distinct between workers.
+    """
+    seed = get_worker_info().seed % 2**32
     np.random.seed(seed)
     random.seed(seed)
     # Workers already run in parallel; OpenCV's own thread pool per worker only oversubscribes the cores.
     cv2.setNumThreads(1)
-    transform = getattr(info.dataset, "transform", None)
-    if hasattr(transform, "set_random_state"):
-        seed_transform(transform, seed)

@@ -111,3 +111,24 @@ def test_image_dataset_item(tmp_path: Path) -> None:
     assert grey_level(image) == 10
     with pytest.raises(ValueError, match="at least one"):
         ImageDataset([], build_transforms(16, 8, False))
+
+
+def test_resumed_epoch_sees_the_same_augmented_images(tmp_path: Path) -> None:
+    """Starting an epoch at batch 2 (a resumed run) gives exactly the tail of the full epoch,
+    augmentations included, with or without worker processes."""
+    items = make_items(tmp_path, num_pids=6, per_pid=3)
+    rng = np.random.default_rng(1)
+    for path, _, _ in items:
+        cv2.imwrite(path, rng.integers(0, 256, size=(12, 6, 3), dtype=np.uint8))
+
+    def epoch_batches(num_workers: int, start_batch: int) -> list[torch.Tensor]:
+        loader = build_train_loader(items, height=16, width=8, num_identities=2, num_instances=2,
+                                    num_workers=num_workers, seed=5, erasing_prob=0.5)
+        loader.batch_sampler.set_epoch(3, start_batch=start_batch)
+        return [images for images, *_ in loader]
+
+    full = epoch_batches(0, 0)
+    assert len(full) >= 4
+    for resumed in (epoch_batches(0, 2), epoch_batches(2, 2)):
+        assert len(resumed) == len(full) - 2
+        assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed))
