@@ -1,0 +1,47 @@
+"""Losses, each an nn.Module called as ``loss(embeddings, logits, labels) -> scalar``.
+
+Adding a loss: one file here and one line in ``LOSSES``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from .cross_entropy import CrossEntropyLoss
+from .group_loss import GroupLoss, first_anchors_mask, group_loss_probabilities, pearson_similarity
+from .triplet import TripletLoss, pairwise_embedding_distances
+
+LOSSES: dict[str, type[nn.Module]] = {
+    "group": GroupLoss,
+    "cross_entropy": CrossEntropyLoss,
+    "triplet": TripletLoss,
+}
+
+
+def build_loss(name: str, **params: object) -> nn.Module:
+    """The loss registered as ``name`` built with ``params``; unknown names or parameters are errors."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
+    loss_class = LOSSES[name]
+    accepted = [p for p in inspect.signature(loss_class.__init__).parameters if p != "self"]
+    unexpected = sorted(set(params) - set(accepted))
+    if unexpected:
+        raise TypeError(
+            f"loss {name!r}: unexpected parameter(s) {', '.join(unexpected)}; valid: {', '.join(accepted)}"
+        )
+    return loss_class(**params)
+
+
+__all__ = [
+    "LOSSES",
+    "CrossEntropyLoss",
+    "GroupLoss",
+    "TripletLoss",
+    "build_loss",
+    "first_anchors_mask",
+    "group_loss_probabilities",
+    "pairwise_embedding_distances",
+    "pearson_similarity",
+]

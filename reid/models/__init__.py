@@ -1,0 +1,32 @@
+"""Re-ID models: any timm trunk, pooling, BNNeck and a bias-free identity classifier."""
+
+from .backbone import (
+    backbone_feature_map,
+    build_backbone,
+    load_weights_file,
+    read_state_dict,
+    set_final_activation,
+    set_last_stride_one,
+)
+from .heads import POOLINGS, AvgPool, BNNeck, GeM, MaxPool, MixPool, build_classifier, build_pooling
+from .model import ModelOutput, ReidModel, build_model
+
+__all__ = [
+    "POOLINGS",
+    "AvgPool",
+    "BNNeck",
+    "GeM",
+    "MaxPool",
+    "MixPool",
+    "ModelOutput",
+    "ReidModel",
+    "backbone_feature_map",
+    "build_backbone",
+    "build_classifier",
+    "build_model",
+    "build_pooling",
+    "load_weights_file",
+    "read_state_dict",
+    "set_final_activation",
+    "set_last_stride_one",
+]
