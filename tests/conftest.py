@@ -8,3 +8,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_market(tmp_path_factory) -> Path:
+    """A few hundred small synthetic images in Market-1501 layout, made once per test session."""
+    from reid.data.synthetic import make_synthetic_market
+
+    return make_synthetic_market(
+        tmp_path_factory.mktemp("tiny_market"), num_train_ids=8, num_test_ids=6, num_cameras=3,
+        image_size=(64, 32), images_per_camera=(2, 3), num_distractors=5, num_junk=3,
+    )
+
+
+@pytest.fixture
+def tiny_train_args(tiny_market, tmp_path):
+    """Overrides for tools/train.py: a seconds-long CPU run on ``tiny_market``."""
+    return [
+        "data.name=market1501", f"data.root={tiny_market}", "data.height=64", "data.width=32",
+        "data.num_identities=3", "data.num_instances=3", "data.num_workers=0", "data.test_batch_size=64",
+        "model.backbone=test_resnet", "train.epochs=2", "train.iters_per_epoch=3", "train.warmup_epochs=1",
+        "train.device=cpu", "train.eval_every=1", "test.k1=5", "test.k2=2", "test.max_rank=10", f"output_dir={tmp_path / 'run'}",
+    ]

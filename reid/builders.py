@@ -1,0 +1,113 @@
+"""Config -> components. The only place where the config schema meets the library.
+
+The library's functions take plain arguments; the tools call these builders so that every
+script reads a config the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .config import Config, from_dict
+from .data import build_dataset
+from .data.datasets.base import ReidDataset
+from .data.loaders import build_test_loader, build_train_loader
+from .losses import build_loss
+from .models import ReidModel, build_model
+
+log = logging.getLogger("reid")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
+    return device
+
+
+def dataset_from_config(cfg: Config) -> ReidDataset:
+    """The configured dataset; ``synthetic`` is generated on first use (cached in data.root)."""
+    if cfg.data.name == "synthetic":
+        from .data.synthetic import make_synthetic_market
+
+        s = cfg.synthetic
+        folder = make_synthetic_market(
+            cfg.data.root, num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,
+            num_cameras=s.num_cameras, image_size=(s.height, s.width), seed=s.seed,
+        )
+        # Market's rule allows cameras 1..6; a synthetic set with more is read by the custom
+        # loader, which takes the same names without the camera limit.
+        return build_dataset("market1501" if s.num_cameras <= 6 else "custom", folder)
+    return build_dataset(cfg.data.name, cfg.data.root, skip_invalid=cfg.data.skip_invalid)
+
+
+def train_loader_from_config(cfg: Config, dataset: ReidDataset, rank: int = 0, world_size: int = 1):
+    d = cfg.data
+    return build_train_loader(
+        dataset.train, height=d.height, width=d.width, num_identities=d.num_identities,
+        num_instances=d.num_instances, num_workers=d.num_workers, seed=cfg.train.seed,
+        rank=rank, world_size=world_size, flip_prob=d.flip_prob, padding=d.padding,
+        color_jitter=d.color_jitter, erasing_prob=d.erasing_prob,
+    )
+
+
+def test_loaders_from_config(cfg: Config, dataset: ReidDataset):
+    d = cfg.data
+    kwargs = dict(height=d.height, width=d.width, batch_size=d.test_batch_size, num_workers=d.num_workers)
+    return build_test_loader(dataset.query, **kwargs), build_test_loader(dataset.gallery, **kwargs)
+
+
+def model_from_config(cfg: Config, num_classes: int, *, load_pretrained: bool = True) -> ReidModel:
+    m = cfg.model
+    pretrained: bool | str = False
+    if load_pretrained:
+        pretrained = m.weights or m.pretrained
+    return build_model(
+        m.backbone, num_classes, pretrained=pretrained, last_stride=m.last_stride, pooling=m.pooling,
+        gem_p=m.gem_p, pool_lambda=m.pool_lambda, neck=m.neck, leaky_relu=m.leaky_relu,
+        channels_last=m.channels_last,
+    )
+
+
+def losses_from_config(cfg: Config) -> dict[str, tuple[float, nn.Module]]:
+    """name -> (weight, module); a name may appear once (the log keys terms by name)."""
+    losses: dict[str, tuple[float, nn.Module]] = {}
+    for i, spec in enumerate(cfg.losses):
+        if spec.name in losses:
+            raise ValueError(f"losses[{i}]: loss {spec.name!r} is listed twice")
+        try:
+            losses[spec.name] = (spec.weight, build_loss(spec.name, **spec.params))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"losses[{i}] ({spec.name}): {err}") from None
+    return losses
+
+
+def eval_options(cfg: Config, *, rerank: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments of reid.engine.evaluate from the ``test`` section."""
+    options = dataclasses.asdict(cfg.test)
+    if rerank is not None:
+        options["rerank"] = rerank
+    return options
+
+
+def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ReidModel, Config]:
+    """Rebuild the model a checkpoint was trained with (architecture from its stored config)."""
+    state = load_checkpoint(path)
+    if "config" not in state or "num_classes" not in state:
+        raise ValueError(f"{path}: checkpoint has no stored config/num_classes; was it written by tools/train.py?")
+    cfg = from_dict(state["config"])
+    model = model_from_config(cfg, state["num_classes"], load_pretrained=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit model {cfg.model.backbone!r}: {err}") from None
+    return model.to(device).eval(), cfg
