@@ -30,3 +30,34 @@ def tiny_train_args(tiny_market, tmp_path):
         "model.backbone=test_resnet", "train.epochs=2", "train.iters_per_epoch=3", "train.warmup_epochs=1",
         "train.device=cpu", "train.eval_every=1", "test.k1=5", "test.k2=2", "test.max_rank=10", f"output_dir={tmp_path / 'run'}",
     ]
+
+
+TINY_CHECKPOINT_CLASSES = 6
+
+
+@pytest.fixture(scope="session")
+def save_tiny_checkpoint():
+    """``save(path, overrides=()) -> model``: writes the checkpoint format tools/train.py writes
+    around an untrained 64x32 ``test_resnet`` (6 classes, seed 0) and returns the model in eval mode."""
+    import torch
+
+    from reid.builders import model_from_config
+    from reid.checkpoint import save_checkpoint
+    from reid.config import load_config, to_dict
+
+    def save(path, overrides=()):
+        cfg = load_config(None, ["model.backbone=test_resnet", "data.height=64", "data.width=32", *overrides])
+        torch.manual_seed(0)
+        model = model_from_config(cfg, TINY_CHECKPOINT_CLASSES)
+        save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg),
+                         "num_classes": TINY_CHECKPOINT_CLASSES}, path)
+        return model.eval()
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, save_tiny_checkpoint):
+    """(path, model) of one shared tiny checkpoint (see save_tiny_checkpoint)."""
+    path = tmp_path_factory.mktemp("tiny_checkpoint") / "model.pt"
+    return path, save_tiny_checkpoint(path)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -19,14 +19,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_required: bo
                         help="dotted overrides, e.g. train.epochs=3 model.backbone=resnet18")
 
 
-def setup_logging(output_dir: Path | None = None, *, is_main: bool = True, filename: str = "train.log") -> None:
-    """INFO to stdout (and to OUTPUT_DIR/filename) on the main process; warnings only elsewhere."""
+def setup_logging(
+    output_dir: Path | None = None, *, is_main: bool = True, filename: str = "train.log", stream: TextIO = sys.stdout
+) -> None:
+    """INFO to ``stream`` (and to OUTPUT_DIR/filename) on the main process; warnings only elsewhere."""
     logger = logging.getLogger("reid")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
     if output_dir is not None and is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(output_dir / filename))

@@ -1,0 +1,228 @@
+"""Embeddings for a user's own images: a list of paths and/or arrays in, N x D float32 out.
+
+``FeatureExtractor`` wraps a trained model with the test pipeline it was evaluated with
+(resize to the training size, ImageNet normalisation), runs it in batches through
+:func:`reid.evaluation.features.extract_features` (so flip test-time augmentation and the
+choice of feature are exactly those of the evaluation) and L2-normalises the result with
+:func:`reid.evaluation.features.postprocess_features`. Images may have any file name; only
+folders of Market-style names carry identity and camera labels (:func:`labels_from_names`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..builders import load_model_from_checkpoint
+from ..data.datasets.base import NameFormat
+from ..data.datasets.custom import CUSTOM_NAME_PATTERN
+from ..data.loaders import init_worker
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, read_image
+from .features import FEATURE_KINDS, FeatureSet, extract_features, postprocess_features
+
+ImageInput = Union[str, os.PathLike, np.ndarray]
+"""An image file path, or an H x W x 3 uint8 RGB array."""
+
+# Formats OpenCV decodes in every build (opencv-python-headless included); matched case-insensitively.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# Market-1501 and DukeMTMC-reID names ("0002_c1s1_000451_03.jpg", "0001_c2_f0046182.jpg"):
+# the custom dataset's rule, any pid width, cameras from 1 with no upper bound.
+_LABELLED_NAME = NameFormat(pattern=CUSTOM_NAME_PATTERN, example="0002_c1s1_000451_03.jpg", first_camera=1)
+
+
+class _ImageList(Dataset):
+    """Paths and/or arrays -> ``(image tensor, -1, -1, name)``, the batches extract_features reads."""
+
+    def __init__(self, images: Sequence[ImageInput], transform) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+        image = self.images[index]
+        if isinstance(image, np.ndarray):
+            name, pixels = f"<array {index}>", image
+        else:
+            name = os.fspath(image)
+            pixels = read_image(name)  # raises naming the file when it is missing or not an image
+        return self.transform(image=pixels)["image"], -1, -1, name
+
+
+def _check_inputs(images: Sequence[ImageInput]) -> None:
+    """Fail before any model work on an input that is neither a path nor an RGB uint8 array."""
+    for index, image in enumerate(images):
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+                raise ValueError(
+                    f"images[{index}]: expected an H x W x 3 uint8 RGB array, got shape "
+                    f"{image.shape} and dtype {image.dtype}"
+                )
+        elif not isinstance(image, (str, os.PathLike)):
+            raise TypeError(f"images[{index}]: expected an image path or a numpy array, got {type(image).__name__}")
+
+
+class FeatureExtractor:
+    """``extractor(images) -> N x D`` float32 embeddings (L2-normalised unless ``normalize=False``).
+
+    Args:
+        model: a re-ID model returning ``ModelOutput`` (``embeddings``, ``bn_embeddings``).
+            It is moved to ``device`` and used in eval mode.
+        height, width: the input size the model was trained at (``data.height/width``).
+        feature: "bn" (after the BNNeck) or "pre_bn" (pooled trunk features).
+        flip: average the features of each image and of its mirror image (before
+            normalisation), the usual re-ID test-time augmentation.
+        normalize: L2-normalise each row (so squared Euclidean distance is 2 - 2 cos).
+            False returns the features as the model gives them, e.g. for beta normalisation
+            (:func:`reid.evaluation.features.postprocess_features`) later.
+        batch_size, num_workers: how images are batched and decoded.
+        mean, std: the normalisation the model was trained with.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        height: int,
+        width: int,
+        device: torch.device | str = "cpu",
+        feature: str = "bn",
+        flip: bool = False,
+        normalize: bool = True,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if feature not in FEATURE_KINDS:
+            raise ValueError(f"feature: expected one of {', '.join(FEATURE_KINDS)}, got {feature!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers: expected >= 0, got {num_workers}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.height, self.width = int(height), int(width)
+        self.feature, self.flip, self.normalize = feature, bool(flip), bool(normalize)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.transform = build_transforms(self.height, self.width, False, mean=mean, std=std)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: torch.device | str = "cpu",
+        *,
+        flip: bool | None = None,
+        feature: str | None = None,
+        normalize: bool = True,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> "FeatureExtractor":
+        """The model of a checkpoint written by tools/train.py, with its stored input size.
+
+        ``flip`` and ``feature`` default to the checkpoint's ``test.flip`` / ``test.feature``,
+        so the embeddings are those its evaluation ranked with. A checkpoint whose weights do
+        not fit its stored architecture or class count is a ValueError naming the file.
+        """
+        model, cfg = load_model_from_checkpoint(path, device)
+        return cls(
+            model, height=cfg.data.height, width=cfg.data.width, device=device,
+            feature=cfg.test.feature if feature is None else feature,
+            flip=cfg.test.flip if flip is None else flip,
+            normalize=normalize, batch_size=batch_size, num_workers=num_workers,
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.feature_dim)
+
+    def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+        return self.extract(images).features
+
+    def extract(
+        self,
+        images: Sequence[ImageInput],
+        pids: Sequence[int] | None = None,
+        camids: Sequence[int] | None = None,
+    ) -> FeatureSet:
+        """Features of ``images`` in their order, with labels (-1 where not given).
+
+        ``paths`` of the result are the image paths as given, ``"<array i>"`` for arrays.
+        """
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+            raise TypeError(f"images: expected a list of images, got a single {type(images).__name__}; wrap it in [ ]")
+        images = list(images)  # an N x H x W x 3 array is N images
+        _check_inputs(images)
+        pids_array = _labels(pids, len(images), "pids")
+        camids_array = _labels(camids, len(images), "camids")
+        if not images:
+            empty = np.zeros((0, self.feature_dim), dtype=np.float32)
+            return FeatureSet(empty, pids_array, camids_array, [])
+        raw = extract_features(self.model, self._loader(images), self.device, feature=self.feature, flip=self.flip)
+        features = postprocess_features(raw.features, normalize=True) if self.normalize else raw.features
+        return FeatureSet(features, pids_array, camids_array, raw.paths)
+
+    def _loader(self, images: list[ImageInput]) -> DataLoader:
+        workers = min(self.num_workers, len(images))
+        return DataLoader(
+            _ImageList(images, self.transform),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=init_worker if workers > 0 else None,
+        )
+
+
+def _labels(values: Sequence[int] | None, count: int, name: str) -> np.ndarray:
+    if values is None:
+        return np.full(count, -1, dtype=np.int64)
+    array = np.asarray(values, dtype=np.int64)
+    if array.shape != (count,):
+        raise ValueError(f"{name}: expected {count} values (one per image), got shape {array.shape}")
+    return array
+
+
+def find_images(folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted by their path relative to it.
+
+    Files with other extensions (notes, Thumbs.db) are ignored, and so are hidden files and
+    folders (names starting with "."): macOS writes "._name.jpg" companions that are not images.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    suffixes = tuple(e.lower() for e in extensions)
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        found += [Path(directory, f) for f in files if not f.startswith(".") and f.lower().endswith(suffixes)]
+    if not found:
+        raise ValueError(f"image folder {root} holds no images (looked for {', '.join(suffixes)}, recursively)")
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def labels_from_names(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
+    """(pids, camids) from Market / DukeMTMC-style file names, -1 for names that do not parse.
+
+    ``0002_c1s1_000451_03.jpg`` -> (2, 0): cameras are numbered from 1 in names, from 0 here.
+    """
+    pids, camids = [], []
+    for path in paths:
+        try:
+            pid, camid = _LABELLED_NAME.parse(Path(path).stem)
+        except ValueError:
+            pid, camid = -1, -1
+        pids.append(pid)
+        camids.append(camid)
+    return np.asarray(pids, dtype=np.int64), np.asarray(camids, dtype=np.int64)
