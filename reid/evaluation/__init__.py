@@ -1,0 +1,11 @@
+"""Evaluation: distances, camera-aware ranking metrics and k-reciprocal re-ranking.
+
+Pure functions over arrays (numpy or torch); see each module for the protocol it follows.
+Feature extraction (``reid.evaluation.features``) is imported from its own module.
+"""
+
+from .distance import pairwise_distance
+from .rank import RankResult, evaluate_rank
+from .rerank import rerank, rerank_distances
+
+__all__ = ["RankResult", "evaluate_rank", "pairwise_distance", "rerank", "rerank_distances"]

@@ -1,0 +1,202 @@
+"""k-reciprocal re-ranking against a direct dense transcription of the classic steps."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from reid.evaluation import rerank, rerank_distances
+
+
+def _classic_dense(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
+    """The classic function step by step (DESIGN.md), with dense N x N arrays and plain loops.
+
+    Ties are ordered by index (stable sort), the order re-ranking promises.
+    """
+    q = q_g.shape[0]
+    n = q + q_g.shape[1]
+    joint = np.block([[q_q, q_g], [q_g.T, g_g]])
+    squared = np.square(joint).astype(np.float32)
+    # the classic divides each column by its maximum and then transposes
+    dist = (squared / squared.max(axis=0)).T
+    nearest = np.argsort(dist, axis=1, kind="stable")
+    half = int(np.around(k1 / 2))
+
+    def reciprocal(i: int, k: int) -> list[int]:
+        return [int(c) for c in nearest[i, : k + 1] if i in nearest[c, : k + 1]]
+
+    v = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        r = reciprocal(i, k1)
+        members = set(r)
+        for c in r:
+            rc = reciprocal(c, half)
+            if len(set(rc) & set(r)) > 2 / 3 * len(rc):
+                members |= set(rc)
+        idx = np.array(sorted(members), dtype=int)
+        weights = np.exp(-dist[i, idx])
+        v[i, idx] = weights / weights.sum()
+    if k2 != 1:
+        v = np.stack([v[nearest[i, :k2]].mean(axis=0) for i in range(n)])
+    jaccard = np.empty((q, n), dtype=np.float32)
+    for i in range(q):
+        shared = np.minimum(v[i][None, :], v).sum(axis=1)
+        jaccard[i] = 1 - shared / (2 - shared)
+    return ((1 - lam) * jaccard + lam * dist[:q])[:, q:]
+
+
+def _squared_euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """torchreid's formula in float32, without clamping (what the classic is fed)."""
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    d = ta.pow(2).sum(1, keepdim=True) + tb.pow(2).sum(1, keepdim=True).t()
+    return d.addmm_(ta, tb.t(), beta=1, alpha=-2).numpy()
+
+
+def _features(seed: int, q: int, g: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((12, dim))
+    qf = centres[rng.integers(0, 12, q)] + 0.6 * rng.standard_normal((q, dim))
+    gf = centres[rng.integers(0, 12, g)] + 0.6 * rng.standard_normal((g, dim))
+    return qf.astype(np.float32), gf.astype(np.float32)
+
+
+PARAMS = [(20, 6, 0.3), (5, 1, 0.0), (7, 8, 1.0), (1, 1, 0.5), (3, 2, 0.3), (6, 4, 0.7)]
+
+
+@pytest.mark.parametrize("k1, k2, lam", PARAMS)
+@pytest.mark.parametrize("seed, q, g", [(0, 15, 60), (1, 9, 131)])
+def test_features_and_distances_match_dense_transcription(k1: int, k2: int, lam: float, seed: int, q: int, g: int) -> None:
+    qf, gf = _features(seed, q, g)
+    q_g, q_q, g_g = _squared_euclidean(qf, gf), _squared_euclidean(qf, qf), _squared_euclidean(gf, gf)
+    expected = _classic_dense(q_g, q_q, g_g, k1, k2, lam)
+    from_features = rerank(qf, gf, k1=k1, k2=k2, lambda_value=lam, block_size=64)  # several blocks
+    from_distances = rerank_distances(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lam)
+    assert from_features.shape == (q, g) and from_features.dtype == np.float32
+    np.testing.assert_allclose(from_features, expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(from_distances, expected, rtol=0, atol=1e-5)
+
+
+def test_defaults_and_torch_inputs() -> None:
+    qf, gf = _features(3, 20, 100)
+    q_g, q_q, g_g = _squared_euclidean(qf, gf), _squared_euclidean(qf, qf), _squared_euclidean(gf, gf)
+    expected = _classic_dense(q_g, q_q, g_g, 20, 6, 0.3)
+    np.testing.assert_allclose(rerank(torch.from_numpy(qf), torch.from_numpy(gf)), expected, atol=1e-5)
+    got = rerank_distances(torch.from_numpy(q_g), torch.from_numpy(q_q), torch.from_numpy(g_g))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_distances_need_not_be_symmetric(dtype: type) -> None:
+    # arbitrary matrices (negative entries too): the classic's transposition must be reproduced
+    rng = np.random.default_rng(4)
+    q_g, q_q, g_g = (rng.standard_normal(s).astype(dtype) for s in ((12, 70), (12, 12), (70, 70)))
+    for k1, k2, lam in [(20, 6, 0.3), (4, 5, 0.6)]:
+        expected = _classic_dense(q_g, q_q, g_g, k1, k2, lam)
+        np.testing.assert_allclose(rerank_distances(q_g, q_q, g_g, k1, k2, lam), expected, atol=1e-5)
+
+
+def test_exact_ties_follow_index_order() -> None:
+    # integer features: every distance is an exact small integer, so ties abound and are the
+    # same in every summation order; the neighbour lists must break them by index
+    rng = np.random.default_rng(5)
+    qf = rng.integers(0, 3, (10, 4)).astype(np.float32)
+    gf = rng.integers(0, 3, (150, 4)).astype(np.float32)
+    q_g, q_q, g_g = _squared_euclidean(qf, gf), _squared_euclidean(qf, qf), _squared_euclidean(gf, gf)
+    for k1, k2, lam in [(20, 6, 0.3), (5, 3, 0.5)]:
+        expected = _classic_dense(q_g, q_q, g_g, k1, k2, lam)
+        np.testing.assert_allclose(rerank(qf, gf, k1, k2, lam, block_size=64), expected, atol=1e-5)
+        np.testing.assert_allclose(rerank_distances(q_g, q_q, g_g, k1, k2, lam), expected, atol=1e-5)
+
+
+def test_partial_selection_matches_full_sorts() -> None:
+    # Rows wider than 1,024 take the thresholded selections (the sweep's diagonal blocks with
+    # block_size=1024, the dense path's rows); 128-row blocks and the dense transcription's
+    # full sorts (checked above on small sets) must agree with them.
+    qf, gf = _features(6, 30, 1170, dim=8)
+    q_g, q_q, g_g = _squared_euclidean(qf, gf), _squared_euclidean(qf, qf), _squared_euclidean(gf, gf)
+    wide_blocks = rerank(qf, gf, block_size=1024)
+    np.testing.assert_allclose(wide_blocks, rerank(qf, gf, block_size=128), atol=1e-6)
+    np.testing.assert_allclose(rerank_distances(q_g, q_q, g_g), wide_blocks, atol=1e-6)
+
+
+def test_no_dense_n_by_n_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    # N = 6,000: one N x N float32 array is 144 MB. With the fixed-size work blocks made small,
+    # what remains is O(N k1) plus the q x g output: numpy's peak stays far below N x N.
+    module = importlib.import_module("reid.evaluation.rerank")  # the package attribute is the function
+    monkeypatch.setattr(module, "_JACCARD_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(module, "_JACCARD_TRIPLES", 1 << 14)
+    monkeypatch.setattr(module, "_SETS_ROWS", 64)
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((300, 32))  # ~10 images per identity, as in re-ID test sets
+    qf = (centres[rng.integers(0, 300, 100)] + 0.3 * rng.standard_normal((100, 32))).astype(np.float32)
+    gf = (centres[rng.integers(0, 300, 5900)] + 0.3 * rng.standard_normal((5900, 32))).astype(np.float32)
+    tracemalloc.start()
+    try:
+        rerank(qf, gf, block_size=1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    n = 6000
+    assert peak < n * n * 4 / 4, f"numpy peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu not installed")
+def test_faiss_backend_matches_torch_backend() -> None:
+    qf, gf = _features(8, 25, 300)
+    a = rerank(qf, gf, knn_backend="torch", block_size=64)
+    b = rerank(qf, gf, knn_backend="faiss")
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k1": 0}, "k1=0"),
+        ({"k2": 0}, "k2=0"),
+        ({"k1": 5, "k2": 7}, "k2=7: expected an integer with 1 <= k2 <= k1 \\+ 1 = 6"),
+        ({"lambda_value": -0.1}, "lambda_value=-0.1"),
+        ({"lambda_value": 1.5}, "lambda_value=1.5"),
+        ({"knn_backend": "annoy"}, "knn_backend='annoy'"),
+        ({"block_size": 16}, "block_size=16"),
+    ],
+)
+def test_parameter_errors(kwargs: dict, message: str) -> None:
+    qf, gf = _features(9, 5, 30)
+    with pytest.raises(ValueError, match=message):
+        rerank(qf, gf, **kwargs)
+
+
+def test_feature_errors() -> None:
+    qf, gf = _features(10, 5, 30)
+    with pytest.raises(ValueError, match="feature widths differ"):
+        rerank(qf, gf[:, :8])
+    bad = qf.copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="query_features contains NaN or inf"):
+        rerank(bad, gf)
+    bad = gf.copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="gallery_features contains NaN or inf"):
+        rerank(qf, bad)
+    with pytest.raises(ValueError, match="empty query or gallery"):
+        rerank(qf[:0], gf)
+
+
+def test_distance_errors() -> None:
+    qf, gf = _features(11, 5, 30)
+    q_g, q_q, g_g = _squared_euclidean(qf, gf), _squared_euclidean(qf, qf), _squared_euclidean(gf, gf)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        rerank_distances(q_g, q_q[:4, :4], g_g)
+    bad = q_g.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="q_g contains NaN or inf"):
+        rerank_distances(bad, q_q, g_g)
+    with pytest.raises(ValueError, match="k2=0"):
+        rerank_distances(q_g, q_q, g_g, k2=0)
+    with pytest.raises(ValueError, match="q_g is empty"):
+        rerank_distances(q_g[:0], q_q[:0, :0], g_g)
