@@ -19,6 +19,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_required: bo
                         help="dotted overrides, e.g. train.epochs=3 model.backbone=resnet18")
 
 
+def model_and_config(parser: argparse.ArgumentParser, weights: Path, config: Path | None, overrides: list[str]):
+    """(model on its device, config, device) for a checkpoint: the config is ``config`` if given,
+    else the one stored in the checkpoint, with ``overrides`` on top; a bad key exits with a message."""
+    from reid import builders
+    from reid.config import ConfigError, apply_overrides, load_config
+
+    model, stored = builders.load_model_from_checkpoint(weights)
+    try:
+        cfg = load_config(config, overrides) if config else apply_overrides(stored, overrides)
+    except ConfigError as err:
+        parser.exit(2, f"error: {err}\n")
+    device = builders.resolve_device(cfg.train.device)
+    return model.to(device), cfg, device
+
+
 def setup_logging(
     output_dir: Path | None = None, *, is_main: bool = True, filename: str = "train.log", stream: TextIO = sys.stdout
 ) -> None:

@@ -21,9 +21,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tools` importable when run as a script
 
 from reid import builders  # noqa: E402
-from reid.config import ConfigError, apply_overrides, load_config  # noqa: E402
 from reid.engine import INFERENCE_SWITCHES, ablate_inference, evaluate  # noqa: E402
-from tools._common import add_config_arguments, metrics_table, setup_logging  # noqa: E402
+from tools._common import add_config_arguments, metrics_table, model_and_config, setup_logging  # noqa: E402
 
 log = logging.getLogger("reid")
 
@@ -43,15 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     setup_logging()
 
-    device = builders.resolve_device("auto")
-    model, stored = builders.load_model_from_checkpoint(args.weights, device)
-    try:
-        cfg = load_config(args.config, args.overrides) if args.config else apply_overrides(stored, args.overrides)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    device = builders.resolve_device(cfg.train.device)
-    model.to(device)
-
+    model, cfg, device = model_and_config(parser, args.weights, args.config, args.overrides)
     dataset = builders.dataset_from_config(cfg)
     query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
     if args.ablate is not None:

@@ -30,10 +30,10 @@ import numpy as np  # noqa: E402
 
 from reid import builders  # noqa: E402
 from reid import visualization as vis  # noqa: E402
-from reid.config import Config, ConfigError, apply_overrides, load_config  # noqa: E402
+from reid.config import Config, ConfigError, load_config  # noqa: E402
 from reid.evaluation import evaluate_rank, pairwise_distance, rerank  # noqa: E402
 from reid.evaluation.features import FeatureSet, extract_features, postprocess_features  # noqa: E402
-from tools._common import add_config_arguments, setup_logging  # noqa: E402
+from tools._common import add_config_arguments, model_and_config, setup_logging  # noqa: E402
 
 log = logging.getLogger("reid")
 METRIC_NAMES = {"euclidean": "squared Euclidean", "cosine": "cosine"}
@@ -74,13 +74,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argpars
 def features_from_checkpoint(args: argparse.Namespace, parser: argparse.ArgumentParser
                              ) -> tuple[FeatureSet, FeatureSet, Config]:
     """Rebuild model and dataset from the checkpoint's config and extract both feature sets."""
-    model, stored = builders.load_model_from_checkpoint(args.weights)
-    try:
-        cfg = load_config(args.config, args.overrides) if args.config else apply_overrides(stored, args.overrides)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
-    device = builders.resolve_device(cfg.train.device)
-    model.to(device)
+    model, cfg, device = model_and_config(parser, args.weights, args.config, args.overrides)
     dataset = builders.dataset_from_config(cfg)
     query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
     options = {"feature": cfg.test.feature, "flip": cfg.test.flip}
