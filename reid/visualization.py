@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import cv2
 import numpy as np
@@ -172,6 +172,14 @@ def average_precision(matches: np.ndarray) -> float:
     return float(np.mean(np.arange(1, hits.size + 1) / (hits + 1)))
 
 
+def _protocol_arrays(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> tuple[np.ndarray, ...]:
+    """The q x g distances and the four label arrays as numpy, with their sizes checked."""
+    dist = _numpy(distmat, "distmat", 2)
+    num_q, num_g = dist.shape
+    return (dist, _labels(q_pids, "q_pids", num_q), _labels(g_pids, "g_pids", num_g),
+            _labels(q_camids, "q_camids", num_q), _labels(g_camids, "g_camids", num_g))
+
+
 def query_average_precision(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
                             g_camids: ArrayLike) -> np.ndarray:
     """Per-query AP of the rank lists this module draws (NaN where a query has no true match).
@@ -180,12 +188,8 @@ def query_average_precision(distmat: ArrayLike, q_pids: ArrayLike, g_pids: Array
     are moved to infinite distance, behind every true match, which is the same as leaving them
     out of the list. Queries with pid -1 have no ground truth and get NaN.
     """
-    dist = _numpy(distmat, "distmat", 2)
+    dist, q_pids, g_pids, q_camids, g_camids = _protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = dist.shape
-    q_pids = _labels(q_pids, "q_pids", num_q)
-    g_pids = _labels(g_pids, "g_pids", num_g)
-    q_camids = _labels(q_camids, "q_camids", num_q)
-    g_camids = _labels(g_camids, "g_camids", num_g)
     valid = _has_true_match(q_pids, g_pids, q_camids, g_camids)
     ap = np.full(num_q, np.nan)
     if not valid.any():
@@ -470,12 +474,8 @@ def split_distances(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_
     Match: same pid, other camera. Non-match: another pid. Left out: same pid and camera,
     gallery junk (pid -1) and queries of unknown pid (-1).
     """
-    dist = _numpy(distmat, "distmat", 2)
+    dist, q_pids, g_pids, q_camids, g_camids = _protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = dist.shape
-    q_pids = _labels(q_pids, "q_pids", num_q)
-    g_pids = _labels(g_pids, "g_pids", num_g)
-    q_camids = _labels(q_camids, "q_camids", num_q)
-    g_camids = _labels(g_camids, "g_camids", num_g)
     matches, non_matches = [], []
     known_gallery = g_pids != JUNK_PID
     rows = max(1, (1 << 22) // max(num_g, 1))  # bounded temporaries on large galleries
