@@ -290,7 +290,6 @@ def training_state(model, optimizer, scheduler, scaler, progress: Progress, extr
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "progress": vars(progress).copy(),
-        "epoch": progress.epoch,
         "rng": rng_state(),
         **extra,
     }

@@ -36,6 +36,18 @@ def as_float_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     return t
 
 
+def as_feature_pair(x: ArrayLike, y: ArrayLike, x_name: str = "x", y_name: str = "y") -> tuple[torch.Tensor, torch.Tensor]:
+    """Two feature sets as float tensors, checked to be 2-D (rows are samples) and equally wide."""
+    xt, yt = as_float_tensor(x, x_name), as_float_tensor(y, y_name)
+    if xt.dim() != 2 or yt.dim() != 2:
+        raise ValueError(f"{x_name} and {y_name} must be 2-D (rows are samples); "
+                         f"got shapes {tuple(xt.shape)} and {tuple(yt.shape)}")
+    if xt.shape[1] != yt.shape[1]:
+        raise ValueError(f"feature widths differ: {x_name} is {tuple(xt.shape)}, {y_name} is {tuple(yt.shape)}; "
+                         "expected equal widths")
+    return xt, yt
+
+
 def squared_euclidean_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor,
                             out: torch.Tensor | None = None) -> torch.Tensor:
     """``a_sq[i] + b_sq[j] - 2 a_i.b_j`` without clamping (the classic formula, op for op).
@@ -80,12 +92,7 @@ def pairwise_distance(x: ArrayLike, y: ArrayLike, metric: str = "euclidean",
     """
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
-    xt = as_float_tensor(x, "x")
-    yt = as_float_tensor(y, "y")
-    if xt.dim() != 2 or yt.dim() != 2:
-        raise ValueError(f"x and y must be 2-D (rows are samples); got shapes {tuple(xt.shape)} and {tuple(yt.shape)}")
-    if xt.shape[1] != yt.shape[1]:
-        raise ValueError(f"feature widths differ: x is {tuple(xt.shape)}, y is {tuple(yt.shape)}; expected equal widths")
+    xt, yt = as_feature_pair(x, y)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: expected a positive number of rows or None")
     dtype = torch.float64 if torch.float64 in (xt.dtype, yt.dtype) else torch.float32

@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .distance import MIN_CHUNK_ROWS, as_float_tensor, squared_euclidean_block
+from .distance import MIN_CHUNK_ROWS, as_feature_pair, squared_euclidean_block
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -490,12 +490,7 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
         raise ValueError(f"knn_backend={knn_backend!r}: expected one of {', '.join(KNN_BACKENDS)}")
     if block_size < MIN_CHUNK_ROWS:
         raise ValueError(f"block_size={block_size}: expected at least {MIN_CHUNK_ROWS} rows")
-    qf = as_float_tensor(query_features, "query_features")
-    gf = as_float_tensor(gallery_features, "gallery_features")
-    if qf.dim() != 2 or gf.dim() != 2:
-        raise ValueError(f"features must be 2-D (rows are samples); got query {tuple(qf.shape)}, gallery {tuple(gf.shape)}")
-    if qf.shape[1] != gf.shape[1]:
-        raise ValueError(f"feature widths differ: query is {tuple(qf.shape)}, gallery is {tuple(gf.shape)}; expected equal widths")
+    qf, gf = as_feature_pair(query_features, gallery_features, "query_features", "gallery_features")
     if qf.shape[0] == 0 or gf.shape[0] == 0:
         raise ValueError(f"empty query or gallery: query {tuple(qf.shape)}, gallery {tuple(gf.shape)}")
     dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
