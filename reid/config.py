@@ -5,128 +5,208 @@ file names in ``_base_``), the experiment file, then ``key=value`` overrides fro
 line. Every key is checked against the schema: an unknown key or a value of the wrong type is
 an error that names the key and what was expected. Two levels only (``train.lr``), so a config
 reads like a table.
+
+The schema below is the one home of every key: its default, its one-line help, its valid
+choices (the constants of the modules that use them) and its valid range. ``configs/base.yaml``
+is generated from it (``python -m reid.config --write``) and a test keeps the two equal.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
+import re
+import sys
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+from .data import DATASETS
+from .evaluation.distance import METRICS
+from .evaluation.features import FEATURE_KINDS
+from .io import atomic_write_text
+from .losses import LOSSES, loss_parameters
+from .models.heads import POOLINGS
+from .optim import AMP_MODES, OPTIMIZERS, SCHEDULES
+
+BASE_YAML = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
+GENERATE_COMMAND = "python -m reid.config --write"
 
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+# ---------------------------------------------------------------------------------------------
+# Schema helpers: a key is a dataclass field whose metadata holds its help, and optionally its
+# choices (a tuple, or a function returning one for registries that grow at run time) and a
+# range check (predicate, "what was expected").
+
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _key(default: Any, help: str, *, choices: Any = None, check: Check | None = None) -> Any:
+    metadata = {"help": help, "choices": choices, "check": check}
+    if isinstance(default, type) and dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=default, metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_POSITIVE: Check = (lambda v: v >= 1, "a positive integer")
+_FRACTION: Check = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+def _int_at_least(low: int) -> Check:
+    return (lambda v: v >= low, f"an integer >= {low}")
+
+
+def _int_between(low: int, high: int) -> Check:
+    return (lambda v: low <= v <= high, f"an integer in {low}..{high}")
+
+
+def _at_least(low: float) -> Check:
+    return (lambda v: v >= low, f"a number >= {low:g}")
+
+
+def _above(low: float) -> Check:
+    return (lambda v: v > low, f"a number > {low:g}")
+
+
+def _dataset_names() -> tuple[str, ...]:
+    return ("synthetic", *sorted(DATASETS))  # the registry as it is now: register_dataset adds names
+
+
+def _loss_names() -> tuple[str, ...]:
+    return tuple(sorted(LOSSES))
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema
+
+
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | market1501 | dukemtmcreid | custom (see reid.data.DATASETS)
-    root: str = "datasets/synthetic"
-    height: int = 256
-    width: int = 128
-    num_identities: int = 16  # P identities per batch (per process)
-    num_instances: int = 4  # K images per identity
-    num_workers: int = 2
-    test_batch_size: int = 128
-    flip_prob: float = 0.5
-    padding: int = 10
-    color_jitter: bool = False
-    erasing_prob: float = 0.5
-    skip_invalid: bool = False  # skip file names that do not match the dataset's pattern
+    name: str = _key("synthetic", "synthetic: generated into root; the others: read from root",
+                     choices=_dataset_names)
+    root: str = _key("datasets/synthetic",
+                     "for a real dataset: the folder holding (or the parent of) its split folders")
+    height: int = _key(256, "input height in pixels", check=_POSITIVE)
+    width: int = _key(128, "input width in pixels", check=_POSITIVE)
+    num_identities: int = _key(16, "P identities per batch (per process)", check=_POSITIVE)
+    num_instances: int = _key(4, "K images per identity", check=_POSITIVE)
+    num_workers: int = _key(2, "data loader processes; 0: load in the main process", check=_int_at_least(0))
+    test_batch_size: int = _key(128, "images per batch when extracting features", check=_POSITIVE)
+    flip_prob: float = _key(0.5, "probability of a random horizontal flip", check=_FRACTION)
+    padding: int = _key(10, "pad then random-crop back to height x width; 0: off", check=_int_at_least(0))
+    color_jitter: bool = _key(False, "random brightness, contrast, saturation and hue")
+    erasing_prob: float = _key(0.5, "random erasing (Zhong et al. 2020) probability", check=_FRACTION)
+    skip_invalid: bool = _key(False, "skip (with one warning naming them) images whose file names break the "
+                              "dataset's pattern or that cannot be read")
 
 
 @dataclass
 class SyntheticConfig:
-    """Arguments of reid.data.synthetic.make_synthetic_market, used when data.name == synthetic."""
+    """Arguments of reid.data.synthetic.make_synthetic_market, used when data.name == synthetic.
 
-    num_train_ids: int = 100
-    num_test_ids: int = 100
-    num_cameras: int = 6
-    height: int = 128
-    width: int = 64
-    seed: int = 0
+    The ranges are that function's own limits (4-digit pids, 1-digit cameras, crops >= 32 x 16).
+    """
+
+    num_train_ids: int = _key(100, "training identities (odd pids)", check=_int_between(1, 5000))
+    num_test_ids: int = _key(100, "query and gallery identities (even pids)", check=_int_between(1, 4999))
+    num_cameras: int = _key(6, "more than 6 is read with the custom loader", check=_int_between(2, 9))
+    height: int = _key(128, "height of the generated crops", check=_int_at_least(32))
+    width: int = _key(64, "width of the generated crops", check=_int_at_least(16))
+    seed: int = _key(0, "the same seed and settings give byte-identical images", check=_int_at_least(0))
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # any timm model name
-    pretrained: bool = False  # weights from the timm hub (needs network)
-    weights: str = ""  # or a local weights file for the trunk
-    last_stride: int = 1
-    pooling: str = "avg"  # avg | max | gem | mix
-    gem_p: float = 3.0
-    pool_lambda: float = 0.5  # mix pooling: lam * max + (1 - lam) * avg
-    neck: bool = True  # BNNeck (Luo et al. 2019)
-    leaky_relu: float = 0.0  # > 0: leaky final ReLU of the trunk (Group Loss++)
-    channels_last: bool = False
+    backbone: str = _key("resnet50", "any timm model name")
+    pretrained: bool = _key(False, "ImageNet weights from the timm hub (needs network)")
+    weights: str = _key("", "or a local weights file for the trunk")
+    last_stride: int = _key(1, "ResNet-style trunks: stride of the last stage, 1 or 2",
+                            check=(lambda v: v in (1, 2), "1 or 2"))
+    pooling: str = _key("avg", "mix: pool_lambda * max + (1 - pool_lambda) * avg", choices=POOLINGS)
+    gem_p: float = _key(3.0, "gem pooling: initial exponent p", check=_above(0))
+    pool_lambda: float = _key(0.5, "mix pooling: weight of max pooling", check=_FRACTION)
+    neck: bool = _key(True, "BNNeck (Luo et al. 2019)")
+    leaky_relu: float = _key(0.0, "> 0: leaky final ReLU of the trunk with this slope (Group Loss++)",
+                             check=_at_least(0))
+    channels_last: bool = _key(False, "channels-last memory format for the convolutions")
 
 
 @dataclass
 class LossConfig:
-    name: str = "cross_entropy"
-    weight: float = 1.0
-    params: dict = field(default_factory=dict)
-
-
-def _default_losses() -> list[LossConfig]:
-    return [
-        LossConfig("group", 1.0, {"temperature": 80.0, "num_anchors": 2, "num_iterations": 1}),
-        LossConfig("cross_entropy", 1.0, {"label_smoothing": 0.1}),
-    ]
+    name: str = _key("cross_entropy", "a loss of reid.losses.LOSSES", choices=_loss_names)
+    weight: float = _key(1.0, "multiplies this loss in the sum")
+    params: dict = _key({}, "keyword arguments of the loss class")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
-    iters_per_epoch: int = 0  # 0: one pass of the identity sampler
-    optimizer: str = "radam"  # adam | adamw | sgd | radam
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    momentum: float = 0.9  # sgd only
-    scheduler: str = "cosine"  # cosine | step
-    warmup_epochs: int = 5
-    warmup_factor: float = 0.01
-    milestones: list[int] = field(default_factory=lambda: [40, 50])
-    gamma: float = 0.1
-    amp: str = "none"  # none | bf16 | fp16 (CUDA only)
-    grad_clip: float = 0.0  # max gradient norm; 0 disables
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_every: int = 10  # evaluate every N epochs (and always after the last)
-    eval_untrained: bool = False  # also evaluate the initial model (the demo's baseline)
-    deterministic: bool = False
+    epochs: int = _key(60, "training epochs", check=_POSITIVE)
+    iters_per_epoch: int = _key(0, "0: one pass of the identity sampler; N: at most N batches",
+                                check=_int_at_least(0))
+    optimizer: str = _key("radam", "RAdam is the Group Loss papers' optimizer", choices=OPTIMIZERS)
+    lr: float = _key(3.5e-4, "base learning rate", check=_above(0))
+    weight_decay: float = _key(5e-4, "L2 penalty of the optimizer", check=_at_least(0))
+    momentum: float = _key(0.9, "sgd only", check=_at_least(0))
+    scheduler: str = _key("cosine", "after warmup; step: milestones, gamma", choices=SCHEDULES)
+    warmup_epochs: int = _key(5, "linear warmup from warmup_factor * lr to lr", check=_int_at_least(0))
+    warmup_factor: float = _key(0.01, "learning-rate factor at the start of warmup",
+                                check=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    milestones: list[int] = _key([40, 50], "step schedule: epochs at which the lr is multiplied by gamma")
+    gamma: float = _key(0.1, "step schedule: lr factor at each milestone", check=_above(0))
+    amp: str = _key("none", "mixed precision, CUDA only", choices=AMP_MODES)
+    grad_clip: float = _key(0.0, "max gradient norm; 0: off", check=_at_least(0))
+    seed: int = _key(0, "random seed (plus the process rank)", check=_int_at_least(0))
+    device: str = _key("auto", "auto: cuda when available; or cpu, cuda, cuda:N",
+                       check=(lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+                              "auto, cpu, cuda or cuda:N"))
+    eval_every: int = _key(10, "evaluate every N epochs (and always after the last)", check=_POSITIVE)
+    eval_untrained: bool = _key(False, "also evaluate the model before training")
+    deterministic: bool = _key(False, "deterministic algorithms (slower)")
 
 
 @dataclass
 class TestConfig:
-    feature: str = "bn"  # bn: after BNNeck | pre_bn: pooled trunk features
-    flip: bool = False  # flip test-time augmentation
-    normalize: bool = True  # L2-normalise features before matching
-    beta: float = 0.0  # > 0: beta normalisation normalize(f) + beta * f (Group Loss++)
-    metric: str = "euclidean"  # euclidean (squared) | cosine
-    rerank: bool = True  # also report k-reciprocal re-ranking in metrics.json
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-    max_rank: int = 50
+    feature: str = _key("bn", "bn: after BNNeck; pre_bn: pooled trunk features", choices=FEATURE_KINDS)
+    flip: bool = _key(False, "flip test-time augmentation")
+    normalize: bool = _key(True, "L2-normalise features")
+    beta: float = _key(0.0, "beta normalisation normalize(f) + beta * f; 0: off (Group Loss++)",
+                       check=_at_least(0))
+    metric: str = _key("euclidean", "euclidean is squared", choices=METRICS)
+    rerank: bool = _key(True, "the final evaluation also reports k-reciprocal re-ranking")
+    k1: int = _key(20, "re-ranking: size of the k-reciprocal neighbourhoods", check=_POSITIVE)
+    k2: int = _key(6, "re-ranking: neighbours of the query expansion (at most k1 + 1)", check=_int_at_least(1))
+    lambda_value: float = _key(0.3, "re-ranking: weight of the original distance", check=_FRACTION)
+    max_rank: int = _key(50, "CMC ranks computed", check=_POSITIVE)
 
 
 @dataclass
 class Config:
-    output_dir: str = "outputs/run"
-    resume: Union[bool, str] = False  # true: the output folder's last checkpoint; or a path
-    data: DataConfig = field(default_factory=DataConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    losses: list[LossConfig] = field(default_factory=_default_losses)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    test: TestConfig = field(default_factory=TestConfig)
+    output_dir: str = _key("outputs/run", "the run's folder: checkpoints, logs, metrics")
+    resume: Union[bool, str] = _key(False, "true: continue from OUTPUT_DIR/last.pt; or a checkpoint path")
+    overwrite: bool = _key(False, "true: a fresh run may replace the run already in output_dir "
+                           "(its checkpoints, logs and metrics)")
+    data: DataConfig = _key(DataConfig, "the dataset, the P x K identity batches and the augmentations")
+    synthetic: SyntheticConfig = _key(SyntheticConfig, "used when data.name is synthetic: generated once into "
+                                      "data.root")
+    model: ModelConfig = _key(ModelConfig, "trunk, pooling and head")
+    losses: list[LossConfig] = _key([
+        LossConfig("group", 1.0, {"temperature": 80.0, "num_anchors": 2, "num_iterations": 1}),
+        LossConfig("cross_entropy", 1.0, {"label_smoothing": 0.1}),
+    ], "summed with their weights")
+    train: TrainConfig = _key(TrainConfig, "optimisation and the training loop")
+    test: TestConfig = _key(TestConfig, "evaluation: features, matching, re-ranking")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +222,7 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
     origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
+    if origin in (Union, getattr(types, "UnionType", Union)):
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, key)
@@ -291,33 +371,43 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
-_CHOICES = {
-    "model.pooling": ("avg", "max", "gem", "mix"),
-    "train.optimizer": ("adam", "adamw", "sgd", "radam"),
-    "train.scheduler": ("cosine", "step"),
-    "train.amp": ("none", "bf16", "fp16"),
-    "test.feature": ("bn", "pre_bn"),
-    "test.metric": ("cosine", "euclidean"),
-}
-
-
 def validate(cfg: Config) -> None:
-    """Checks that types alone cannot express: choices and ranges."""
-    for dotted, choices in _CHOICES.items():
-        section, name = dotted.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            raise ConfigError(f"{dotted}: expected one of {', '.join(choices)}, got {value!r}")
-    positive = ["data.height", "data.width", "data.num_identities", "data.num_instances",
-                "data.test_batch_size", "train.epochs", "train.eval_every", "test.k1", "test.max_rank"]
-    for dotted in positive:
-        section, name = dotted.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{dotted}: expected a positive integer, got {getattr(getattr(cfg, section), name)}")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr: expected a positive number, got {cfg.train.lr}")
+    """Checks that types alone cannot express: choices, ranges and the losses' parameters."""
+    _check_fields(cfg, "")
+    if cfg.test.k2 > cfg.test.k1 + 1:
+        raise ConfigError(f"test.k2: expected an integer <= k1 + 1 = {cfg.test.k1 + 1}, got {cfg.test.k2!r}")
     if not cfg.losses:
         raise ConfigError("losses: expected at least one loss, e.g. [{name: cross_entropy}]")
+    for i, spec in enumerate(cfg.losses):
+        accepted = loss_parameters(spec.name)
+        unexpected = sorted(set(spec.params) - set(accepted))
+        if unexpected:
+            names = ", ".join(repr(str(p)) for p in unexpected)
+            raise ConfigError(f"losses[{i}].params: unexpected parameter{'s' if len(unexpected) > 1 else ''} "
+                              f"{names} for loss {spec.name!r}; valid: {', '.join(accepted)}")
+
+
+def _check_fields(obj: Any, prefix: str) -> None:
+    """Each field's choices and range check from its metadata, sections and list items included."""
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_fields(item, f"{key}[{i}].")
+        choices = _choices(f)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        check = f.metadata.get("check")
+        if check is not None and not check[0](value):
+            raise ConfigError(f"{key}: expected {check[1]}, got {value!r}")
+
+
+def _choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def to_dict(cfg: Config) -> dict:
@@ -330,4 +420,81 @@ def from_dict(values: dict) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML (all keys), atomically."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# configs/base.yaml, generated from the schema
+
+_HEADER = f"""\
+# Every key, its default and what it means. GENERATED from the schema in reid/config.py: change
+# the defaults and their help there, then run `{GENERATE_COMMAND}`.
+# Experiment files name this file in `_base_` and change only what differs; the command line
+# overrides any key: `python tools/train.py --config F train.lr=1e-3`.
+"""
+_COMMENT_COLUMN = 28
+
+
+def render_base_yaml() -> str:
+    """The text of ``configs/base.yaml``: every key with its default and its help as a comment."""
+    lines: list[str] = []
+    _render(Config(), "", "", lines)
+    return _HEADER + "\n".join(lines) + "\n"
+
+
+def _render(obj: Any, prefix: str, indent: str, lines: list[str], *, comments: bool = True,
+            first: str | None = None) -> None:
+    """Append the YAML lines of dataclass ``obj``; ``first`` replaces ``indent`` on its first line
+    (``- `` for a list item). List items after the first carry no comments."""
+    for i, f in enumerate(dataclasses.fields(obj)):
+        value, key = getattr(obj, f.name), prefix + f.name
+        lead = first if first is not None and i == 0 else indent
+        note = _help(f) if comments else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(_commented(f"{lead}{f.name}:", note))
+            _render(value, key + ".", indent + "  ", lines)
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            lines.append(_commented(f"{lead}{f.name}:", note))
+            for j, item in enumerate(value):
+                _render(item, key + "[].", indent + "  ", lines, comments=comments and j == 0, first=indent + "- ")
+        elif isinstance(value, dict) and value:
+            lines.append(_commented(f"{lead}{f.name}:", note))
+            lines += [f"{indent}  {k}: {_scalar(v)}" for k, v in value.items()]
+        else:
+            lines.append(_commented(f"{lead}{f.name}: {_scalar(value)}", note))
+
+
+def _help(f: dataclasses.Field) -> str:
+    text, choices = f.metadata.get("help", ""), _choices(f)
+    if choices:
+        text = " | ".join(choices) + (f" ({text})" if text else "")
+    return text
+
+
+def _commented(line: str, note: str) -> str:
+    return f"{line:<{_COMMENT_COLUMN - 2}}  # {note}" if note else line
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30)
+    return text.removesuffix("\n...\n").rstrip("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m reid.config",
+        description="Print configs/base.yaml as generated from the schema in reid/config.py.")
+    parser.add_argument("--write", nargs="?", const=BASE_YAML, type=Path, metavar="PATH",
+                        help=f"write it (atomically) instead; PATH defaults to {BASE_YAML}")
+    args = parser.parse_args(argv)
+    text = render_base_yaml()
+    if args.write is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(args.write, text)
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "radam")
+SCHEDULES = ("cosine", "step")
+AMP_MODES = ("none", "bf16", "fp16")
 
 
 def build_optimizer(
@@ -56,7 +61,7 @@ def lr_factor(
     if schedule == "step":
         epoch = step // max(1, steps_per_epoch)
         return gamma ** sum(epoch >= m for m in milestones)
-    raise ValueError(f"unknown scheduler {schedule!r}; valid: cosine, step")
+    raise ValueError(f"unknown scheduler {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def build_scheduler(
@@ -69,3 +74,65 @@ def build_scheduler(
         optimizer,
         lambda step: lr_factor(step, total_steps=total, steps_per_epoch=steps_per_epoch, schedule=schedule, **kwargs),
     )
+
+
+def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """Autocast dtype and grad scaler for ``amp`` in {none, bf16, fp16}; CUDA only.
+
+    On CPU mixed precision is ignored with a warning: bf16 matmuls are far slower than fp32 on
+    CPUs without bf16 units (measured on the project's 2-core machines).
+    """
+    if amp == "none":
+        return None, None
+    if device.type != "cuda":
+        logging.getLogger("reid").warning("train.amp=%s ignored on %s: mixed precision is used on CUDA only", amp, device)
+        return None, None
+    if amp == "bf16":
+        return torch.bfloat16, None
+    if amp == "fp16":
+        return torch.float16, torch.amp.GradScaler("cuda")
+    raise ValueError(f"train.amp: expected one of {', '.join(AMP_MODES)}, got {amp!r}")
+
+
+@dataclass
+class Optimization:
+    """Everything a training step does after the loss: backward (scaled under fp16), gradient
+    clipping, the optimizer step and the per-iteration LR schedule; plus the autocast context
+    of the forward pass."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    amp_dtype: torch.dtype | None = None
+    grad_clip: float = 0.0  # max gradient norm; 0: off
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # so that clipping sees the true gradient norms
+        else:
+            loss.backward()
+        if self.grad_clip > 0:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_modules(self) -> dict[str, object]:
+        """What a checkpoint saves of it (None entries are skipped by the Checkpointer)."""
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}

@@ -20,18 +20,22 @@ LOSSES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_loss(name: str, **params: object) -> nn.Module:
-    """The loss registered as ``name`` built with ``params``; unknown names or parameters are errors."""
+def loss_parameters(name: str) -> list[str]:
+    """The parameters the loss registered as ``name`` accepts: its constructor's arguments."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
-    loss_class = LOSSES[name]
-    accepted = [p for p in inspect.signature(loss_class.__init__).parameters if p != "self"]
+    return [p for p in inspect.signature(LOSSES[name].__init__).parameters if p != "self"]
+
+
+def build_loss(name: str, **params: object) -> nn.Module:
+    """The loss registered as ``name`` built with ``params``; unknown names or parameters are errors."""
+    accepted = loss_parameters(name)
     unexpected = sorted(set(params) - set(accepted))
     if unexpected:
         raise TypeError(
             f"loss {name!r}: unexpected parameter(s) {', '.join(unexpected)}; valid: {', '.join(accepted)}"
         )
-    return loss_class(**params)
+    return LOSSES[name](**params)
 
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "GroupLoss",
     "TripletLoss",
     "build_loss",
+    "loss_parameters",
     "first_anchors_mask",
     "group_loss_probabilities",
     "pairwise_embedding_distances",
