@@ -32,8 +32,9 @@ from reid.data.loaders import build_train_loader  # noqa: E402
 from reid.data.synthetic import make_synthetic_market  # noqa: E402
 from reid.engine import train_one_epoch  # noqa: E402
 from reid.losses import build_loss  # noqa: E402
+from reid.losses.weighted import WeightedLosses  # noqa: E402
 from reid.models import build_model  # noqa: E402
-from reid.optim import build_optimizer  # noqa: E402
+from reid.optim import Optimization, build_optimizer  # noqa: E402
 
 
 def bare_timm(backbone: str, num_classes: int, batch: int, height: int, width: int, steps: int, warmup: int) -> float:
@@ -55,12 +56,12 @@ def bare_timm(backbone: str, num_classes: int, batch: int, height: int, width: i
 def reid_loop(loader, backbone: str, num_classes: int, last_stride: int, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     model = build_model(backbone, num_classes, last_stride=last_stride)
-    losses = {"group": (1.0, build_loss("group")), "cross_entropy": (1.0, build_loss("cross_entropy"))}
-    optimizer = build_optimizer(model.parameters(), "radam", 3.5e-4)
+    criterion = WeightedLosses({"group": (1.0, build_loss("group")), "cross_entropy": (1.0, build_loss("cross_entropy"))})
+    optimization = Optimization(build_optimizer(model.parameters(), "radam", 3.5e-4))
     loader.batch_sampler.set_epoch(0)
-    train_one_epoch(model, loader, losses, optimizer, max_steps=warmup, progress=False)
+    train_one_epoch(model, loader, criterion, optimization, max_steps=warmup, progress=False)
     loader.batch_sampler.set_epoch(1)
-    result = train_one_epoch(model, loader, losses, optimizer, max_steps=steps, progress=False)
+    result = train_one_epoch(model, loader, criterion, optimization, max_steps=steps, progress=False)
     return result.images_per_second
 
 

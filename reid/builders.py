@@ -20,7 +20,9 @@ from .data import build_dataset
 from .data.datasets.base import ReidDataset
 from .data.loaders import build_test_loader, build_train_loader
 from .losses import build_loss
+from .losses.weighted import WeightedLosses
 from .models import ReidModel, build_model
+from .optim import Optimization, amp_settings, build_optimizer, build_scheduler
 
 log = logging.getLogger("reid")
 
@@ -30,16 +32,28 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
+        raise ValueError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
     return device
 
 
-def dataset_from_config(cfg: Config) -> ReidDataset:
-    """The configured dataset; ``synthetic`` is generated on first use (cached in data.root)."""
+def dataset_from_config(cfg: Config, *, generate: bool = True) -> ReidDataset:
+    """The configured dataset; ``synthetic`` is generated on first use (cached in data.root).
+
+    ``generate=False`` (evaluation tools) never writes: a synthetic dataset that is not there
+    is an error naming the folder, instead of a new dataset quietly made in the working folder.
+    """
     if cfg.data.name == "synthetic":
-        from .data.synthetic import make_synthetic_market
+        from .data.synthetic import MANIFEST_NAME, make_synthetic_market
 
         s = cfg.synthetic
+        if not generate:
+            folder = Path(cfg.data.root)
+            if not (folder / MANIFEST_NAME).is_file():
+                raise FileNotFoundError(
+                    f"data.root={cfg.data.root}: no synthetic dataset in {folder.resolve()} (evaluation does not "
+                    "generate one); point data.root at the folder the model was trained with, or make it "
+                    f"with: reid make-synthetic --root {folder}")
+            return build_dataset("market1501" if s.num_cameras <= 6 else "custom", folder)
         folder = make_synthetic_market(
             cfg.data.root, num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,
             num_cameras=s.num_cameras, image_size=(s.height, s.width), seed=s.seed,
@@ -78,8 +92,8 @@ def model_from_config(cfg: Config, num_classes: int, *, load_pretrained: bool = 
     )
 
 
-def losses_from_config(cfg: Config) -> dict[str, tuple[float, nn.Module]]:
-    """name -> (weight, module); a name may appear once (the log keys terms by name)."""
+def criterion_from_config(cfg: Config) -> WeightedLosses:
+    """The weighted sum of ``cfg.losses``; a name may appear once (the log keys terms by name)."""
     losses: dict[str, tuple[float, nn.Module]] = {}
     for i, spec in enumerate(cfg.losses):
         if spec.name in losses:
@@ -88,7 +102,28 @@ def losses_from_config(cfg: Config) -> dict[str, tuple[float, nn.Module]]:
             losses[spec.name] = (spec.weight, build_loss(spec.name, **spec.params))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"losses[{i}] ({spec.name}): {err}") from None
-    return losses
+    return WeightedLosses(losses)
+
+
+def optimization_from_config(cfg: Config, modules: list[nn.Module], steps_per_epoch: int,
+                             device: torch.device) -> Optimization:
+    """Optimizer over the trainable parameters of ``modules`` (model and criterion), its
+    per-iteration LR schedule, and mixed precision as ``train`` says."""
+    t = cfg.train
+    params = [p for module in modules for p in module.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, t.optimizer, t.lr, t.weight_decay, t.momentum)
+    scheduler = build_scheduler(
+        optimizer, epochs=t.epochs, steps_per_epoch=steps_per_epoch, schedule=t.scheduler,
+        warmup_epochs=t.warmup_epochs, warmup_factor=t.warmup_factor, milestones=t.milestones, gamma=t.gamma,
+    )
+    amp_dtype, scaler = amp_settings(t.amp, device)
+    return Optimization(optimizer, scheduler, scaler, amp_dtype, t.grad_clip)
+
+
+def steps_per_epoch(cfg: Config, train_loader) -> int:
+    """One pass of the identity sampler, or ``train.iters_per_epoch`` batches when that is fewer."""
+    steps = len(train_loader)
+    return min(steps, cfg.train.iters_per_epoch) if cfg.train.iters_per_epoch > 0 else steps
 
 
 def eval_options(cfg: Config, *, rerank: bool | None = None) -> dict[str, Any]:

@@ -1,47 +1,236 @@
-"""Checkpoints that survive interruption: written to a temporary file, then renamed."""
+"""A run's saved state: the one place that knows a checkpoint's layout.
+
+A checkpoint is *data*: tensors, numbers, strings, lists and dicts, read back with
+``torch.load(..., weights_only=True)``, so a file someone sends you cannot run code when it is
+loaded (a pickle can: ``weights_only=False`` executes whatever the file asks for). The RNG
+states, which numpy and Python give as tuples holding arrays, are stored as plain data too.
+
+Layout (``version`` 2)::
+
+    {"format": "reid-checkpoint", "version": 2,
+     "model": state_dict, "config": dict, "num_classes": int,          # what inference needs
+     "optimizer": ..., "scheduler": ..., "scaler": ..., "loss": ...,   # what resuming needs
+     "progress": {"epoch", "step", "best_mAP", "best_epoch"}, "rng": {"torch", "numpy", "python", "cuda"}}
+
+Files written by version 1 (unpickled with ``weights_only=False``) are refused; the user
+converts a trusted one once with ``reid convert-checkpoint OLD NEW`` (:func:`convert_checkpoint`).
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import logging
+import pickle
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
+
+from .io import atomic_write, remove_stale_temporaries
+
+log = logging.getLogger("reid")
+
+FORMAT = "reid-checkpoint"
+VERSION = 2
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` with torch.save atomically: a crash mid-write leaves the old file intact.
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, unsafe, foreign or not fitting the run."""
 
-    The temporary file lives in the same folder so that ``os.replace`` is a rename on one
-    file system (atomic on POSIX), and it is fsync'ed first so the rename never exposes a
-    partly written file after a power loss.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``state`` with torch.save atomically (:func:`reid.io.atomic_write`): a crash
+    mid-write leaves the old file intact, and what an earlier killed save left is removed."""
+    remove_stale_temporaries(path)
+    return atomic_write(path, lambda handle: torch.save(dict(state), handle))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`, with errors that name the file."""
+    """Read a checkpoint as data only (``weights_only=True``); errors name the file.
+
+    A file holding anything but tensors and plain containers (a malicious pickle, or a
+    checkpoint of reid 0.1 with numpy RNG states) is refused before any of it runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        # weights_only=False: our checkpoints hold RNG states and plain config dicts.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        global_name = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if global_name is None:  # not a pickle the safe unpickler could follow: garbage, not a threat
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects, not only tensors and plain data, and "
+            f"loading it could run code (it asks for {global_name.group(1)}). If it is a checkpoint of an earlier "
+            f"reid version from a source you trust, convert it once: reid convert-checkpoint {path} NEW.pt"
+        ) from None
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not a reid checkpoint (expected a dict with a 'model' entry)")
+        raise CheckpointError(f"{path}: not a reid checkpoint (expected a dict with a 'model' entry)")
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error's message (torch's run on for lines)."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first.split(". ")[0].rstrip(".")
+
+
+def convert_checkpoint(source: str | Path, destination: str | Path, *, overwrite: bool = False) -> Path:
+    """Rewrite a version-1 checkpoint (pickled numpy/Python RNG states) as plain data.
+
+    This UNPICKLES ``source`` (``weights_only=False``), which runs any code the file holds: use
+    it only on files you trust, once. The result loads with :func:`load_checkpoint`.
+    """
+    source, destination = Path(source), Path(destination)
+    if not source.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {source}")
+    if destination.exists() and not overwrite:
+        raise FileExistsError(f"{destination} already exists; choose another name or pass overwrite")
+    if destination.resolve() == source.resolve():
+        raise ValueError(f"{destination}: write the converted checkpoint to a new file, not over {source}")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{source}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{source}: not a reid checkpoint (expected a dict with a 'model' entry)")
+    state = dict(state)
+    if "rng" in state:
+        state["rng"] = rng_to_data(_rng_from_any(state["rng"]))
+    state.pop("epoch", None)  # version 0.1 kept a copy of progress["epoch"] at the top level
+    state.update(format=FORMAT, version=VERSION)
+    save_checkpoint(state, destination)
+    load_checkpoint(destination)  # proves the result is plain data
+    return destination
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states as plain data
+
+
+def capture_rng() -> dict[str, Any]:
+    """The torch, numpy, Python (and CUDA) generator states, as the live objects."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def rng_to_data(state: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`capture_rng` output as tensors, numbers and lists (what weights_only loads)."""
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    version, internal, gauss_next = state["python"]
+    data = {
+        "torch": state["torch"],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
+    }
+    if "cuda" in state:
+        data["cuda"] = list(state["cuda"])
+    return data
+
+
+def restore_rng(data: Mapping[str, Any]) -> None:
+    """Set every generator from :func:`rng_to_data` output."""
+    numpy = data["numpy"]
+    torch.set_rng_state(data["torch"])
+    np.random.set_state((numpy["kind"], np.asarray(numpy["keys"], dtype=np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = data["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    if "cuda" in data and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(data["cuda"])
+
+
+def _rng_from_any(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Version-1 states are the live tuples already; version-2 ones are converted back."""
+    if isinstance(state.get("numpy"), Mapping):
+        numpy, python = state["numpy"], state["python"]
+        state = {**state,
+                 "numpy": (numpy["kind"], np.asarray(numpy["keys"]), numpy["pos"], numpy["has_gauss"],
+                           numpy["cached_gaussian"]),
+                 "python": (python["version"], tuple(python["state"]), python["gauss_next"])}
+    return dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's state
+
+
+@dataclass
+class Progress:
+    """Where training stands: ``epoch`` is the epoch in progress, ``step`` the batches done in it."""
+
+    epoch: int = 0
+    step: int = 0
+    best_mAP: float = -1.0
+    best_epoch: int = -1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel (what checkpoints hold)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class Checkpointer:
+    """Saves and restores everything a run needs to continue exactly where it stopped.
+
+    ``modules`` maps a checkpoint key to anything with ``state_dict`` / ``load_state_dict``
+    (the model, the optimizer, the LR scheduler, the AMP grad scaler, the loss module with its
+    learnable parameters); ``None`` values are skipped. ``extra`` (plain data: the resolved
+    config, the class count) is stored as is. Only the main process writes
+    (``is_main=False`` makes :meth:`save` a no-op); every process restores.
+    """
+
+    def __init__(self, output_dir: str | Path, modules: Mapping[str, Any], *,
+                 extra: Mapping[str, Any] | None = None, is_main: bool = True) -> None:
+        if "model" not in modules:
+            raise ValueError("Checkpointer needs a 'model' entry")
+        self.output_dir = Path(output_dir)
+        self.modules = {name: module for name, module in modules.items() if module is not None}
+        self.extra = dict(extra or {})
+        self.is_main = is_main
+
+    def state(self, progress: Progress) -> dict[str, Any]:
+        state: dict[str, Any] = {"format": FORMAT, "version": VERSION, **self.extra}
+        for name, module in self.modules.items():
+            state[name] = (unwrap(module) if isinstance(module, nn.Module) else module).state_dict()
+        state["progress"] = asdict(progress)
+        state["rng"] = rng_to_data(capture_rng())
+        return state
+
+    def save(self, name: str, progress: Progress) -> Path | None:
+        """Write ``OUTPUT_DIR/name`` atomically (main process only)."""
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.state(progress), self.output_dir / name)
+
+    def resume(self, path: str | Path) -> Progress:
+        """Load every module's state, the RNG states and the progress from ``path``."""
+        state = load_checkpoint(path)
+        missing = [key for key in (*self.modules, "progress", "rng") if key not in state]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume: the checkpoint has no {', '.join(missing)} "
+                                  "(a weights-only file; use model.weights=FILE to start from its weights)")
+        try:
+            for name, module in self.modules.items():
+                (unwrap(module) if isinstance(module, nn.Module) else module).load_state_dict(state[name])
+            progress = Progress(**state["progress"])
+            restore_rng(state["rng"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{path}: cannot resume from this checkpoint ({_first_line(err)})") from None
+        return progress

@@ -1,20 +1,17 @@
-"""Training loop, evaluation and checkpoint/resume: plain functions that read top to bottom.
+"""The training loop and evaluation: plain functions that read top to bottom.
 
-Nothing here knows about the config schema: ``tools/train.py`` builds the model, loaders,
-losses and optimizer (``reid.builders``) and passes them in.
+Nothing here knows about the config schema: ``reid.training`` builds the model, loaders,
+criterion, optimization and checkpointer (``reid.builders``) and passes them in.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,22 +20,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpointer, Progress, unwrap
 from .evaluation.features import extract_features, metrics_from_features
+from .optim import Optimization
 
 log = logging.getLogger("reid")
-
-# name -> (weight, loss module); every loss is called as loss(embeddings, logits, labels).
-WeightedLosses = Mapping[str, tuple[float, nn.Module]]
 
 
 class TrainingInterrupted(RuntimeError):
     """Raised after SIGINT/SIGTERM once the checkpoint to resume from has been written."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DistributedDataParallel (what checkpoints hold)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class StopRequest:
@@ -94,69 +84,41 @@ class EpochResult:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def compute_losses(output: Any, labels: torch.Tensor, losses: WeightedLosses) -> dict[str, torch.Tensor]:
-    """Weighted loss terms and their sum under "total"; a non-finite total is an error."""
-    terms = {
-        name: weight * loss(output.embeddings.float(), output.logits.float(), labels)
-        for name, (weight, loss) in losses.items()
-    }
-    total = sum(terms.values())
-    if not torch.isfinite(total):
-        values = ", ".join(f"{k}={v.item():.6g}" for k, v in terms.items())
-        raise FloatingPointError(f"non-finite loss: {values}; lower train.lr or check the data")
-    terms["total"] = total
-    return terms
-
-
 def train_one_epoch(
     model: nn.Module,
     loader,
-    losses: WeightedLosses,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    criterion: nn.Module,
+    optimization: Optimization,
     *,
     device: torch.device | str = "cpu",
     max_steps: int | None = None,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    grad_clip: float = 0.0,
     stop: StopRequest | None = None,
     progress: bool = True,
     description: str = "train",
 ) -> EpochResult:
-    """One pass over ``loader`` (at most ``max_steps`` batches); the scheduler steps per batch."""
+    """One pass over ``loader`` (at most ``max_steps`` batches).
+
+    ``criterion(embeddings, logits, labels)`` returns the named loss terms with their sum
+    under "total" (:class:`reid.losses.WeightedLosses`); ``optimization`` does the backward
+    pass, clipping, the optimizer and the per-batch LR step. A stop request ends the epoch
+    after the current step.
+    """
     device = torch.device(device)
     model.train()
     result = EpochResult()
     sums: dict[str, float] = {}
     total_steps = len(loader) if max_steps is None else min(max_steps, len(loader))
     bar = tqdm(total=total_steps, desc=description, disable=not progress, dynamic_ncols=True, leave=False)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     start = time.perf_counter()
     for images, pids, _camids, _paths in loader:
         if result.steps >= total_steps:
             break
         images = images.to(device, non_blocking=True)
         labels = torch.as_tensor(pids).to(device, non_blocking=True)
-        with autocast:
+        with optimization.autocast(device):
             output = model(images)
-        terms = compute_losses(output, labels, losses)
-
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(terms["total"]).backward()
-            scaler.unscale_(optimizer)  # so that clipping sees true gradient norms
-        else:
-            terms["total"].backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        terms = criterion(output.embeddings, output.logits, labels)
+        optimization.step(terms["total"])
 
         result.steps += 1
         result.images += len(images)
@@ -255,107 +217,25 @@ def ablate_inference(
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoint state
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass
-class Progress:
-    """Where training stands: ``epoch`` is the epoch in progress, ``step`` the batches done in it."""
-
-    epoch: int = 0
-    step: int = 0
-    best_mAP: float = -1.0
-    best_epoch: int = -1
-
-
-def training_state(model, optimizer, scheduler, scaler, progress: Progress, extra: Mapping[str, Any]) -> dict:
-    return {
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "progress": vars(progress).copy(),
-        "rng": rng_state(),
-        **extra,
-    }
-
-
-def restore_training_state(path: str | Path, model, optimizer, scheduler, scaler) -> Progress:
-    state = load_checkpoint(path)
-    try:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        progress = Progress(**state["progress"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise ValueError(f"{path}: cannot resume from this checkpoint ({err})") from None
-    set_rng_state(state["rng"])
-    return progress
-
-
-# ---------------------------------------------------------------------------------------------
 # The whole run
 
 
-def fit(
-    model: nn.Module,
-    train_loader,
-    losses: WeightedLosses,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-    output_dir: str | Path,
-    device: torch.device | str = "cpu",
-    evaluate_fn: Callable[[nn.Module, bool], dict[str, Any]] | None = None,
-    eval_every: int = 10,
-    resume_from: str | Path | None = None,
-    checkpoint_extra: Mapping[str, Any] | None = None,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    grad_clip: float = 0.0,
-    is_main: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train for ``epochs``, evaluating every ``eval_every`` epochs and after the last one.
+def fit(model: nn.Module, train_loader, criterion: nn.Module, optimization: Optimization, checkpointer: Checkpointer,
+        *, epochs: int, steps_per_epoch: int, device: torch.device | str = "cpu", start: Progress | None = None,
+        evaluate_fn: Callable[[nn.Module, bool], dict[str, Any]] | None = None, eval_every: int = 10,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train from ``start`` (default: the beginning) to ``epochs``; return the last metrics.
 
-    Writes ``last.pt`` after every epoch and on SIGINT/SIGTERM (then raises
-    TrainingInterrupted), ``best.pt`` whenever mAP improves, and one JSON line per epoch to
-    ``log.jsonl``. ``evaluate_fn(model, final)`` returns metrics; ``final`` is True after the
-    last epoch (the caller may add re-ranking then). Returns the last evaluation's metrics.
-    Only the main process writes files; every process must call fit (collectives inside).
+    After every epoch ``last.pt`` is written first, so an error in the evaluation that follows
+    loses no training; then, every ``eval_every`` epochs and after the last one,
+    ``evaluate_fn(model, final)`` runs on the main process (``final``: the caller may add
+    re-ranking) and ``best.pt`` is written when mAP improves. ``on_epoch(record)`` gets one
+    dict per epoch (losses, lr, speed, metrics) on the main process. SIGINT/SIGTERM finish the
+    current step, write ``last.pt`` and raise :class:`TrainingInterrupted`. Every process of a
+    torchrun job calls fit (there are collectives inside); only the main one writes.
     """
-    output_dir = Path(output_dir)
-    extra = dict(checkpoint_extra or {})
-    state = Progress()
-    if resume_from is not None:
-        state = restore_training_state(resume_from, model, optimizer, scheduler, scaler)
-        log.info("resumed from %s at epoch %d, step %d", resume_from, state.epoch + 1, state.step)
-
-    def checkpoint(name: str) -> None:
-        if is_main:
-            save_checkpoint(training_state(model, optimizer, scheduler, scaler, state, extra), output_dir / name)
-
-    writer = _tensorboard(output_dir) if is_main else None
+    state = start if start is not None else Progress()
+    is_main = checkpointer.is_main
     metrics: dict[str, Any] = {}
     with StopRequest() as stop:
         while state.epoch < epochs:
@@ -363,45 +243,32 @@ def fit(
             # The sampler's batches are a pure function of (seed, epoch), so starting at a
             # batch offset reproduces the rest of an interrupted epoch exactly.
             train_loader.batch_sampler.set_epoch(epoch, start_batch=state.step)
-            result = train_one_epoch(
-                model, train_loader, losses, optimizer, scheduler,
-                device=device, max_steps=steps_per_epoch - state.step, amp_dtype=amp_dtype, scaler=scaler,
-                grad_clip=grad_clip, stop=stop, progress=progress and is_main,
-                description=f"epoch {epoch + 1}/{epochs}",
-            )
+            result = train_one_epoch(model, train_loader, criterion, optimization, device=device,
+                                     max_steps=steps_per_epoch - state.step, stop=stop, progress=is_main,
+                                     description=f"epoch {epoch + 1}/{epochs}")
             state.step += result.steps
             if result.interrupted and state.step < steps_per_epoch:
-                checkpoint("last.pt")
-                raise TrainingInterrupted(
-                    f"stopped at epoch {epoch + 1}, step {state.step}; resume with resume=true "
-                    f"(checkpoint {output_dir / 'last.pt'})"
-                )
+                checkpointer.save("last.pt", state)
+                raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {state.step}; resume with resume=true "
+                                          f"(checkpoint {checkpointer.output_dir / 'last.pt'})")
             state.epoch, state.step = epoch + 1, 0
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "loss": result.losses,
-                "images_per_s": round(result.images_per_second, 2),
-                "seconds": round(result.seconds, 2),
-            }
+            checkpointer.save("last.pt", state)
+            record = {"epoch": state.epoch, "lr": optimization.lr, "loss": result.losses,
+                      "images_per_s": round(result.images_per_second, 2), "seconds": round(result.seconds, 2)}
             final = state.epoch == epochs
             if evaluate_fn is not None and (final or state.epoch % eval_every == 0):
                 if is_main:
-                    metrics = evaluate_fn(model, final)
-                    record["metrics"] = metrics
+                    metrics = record["metrics"] = evaluate_fn(model, final)
                     if metrics["mAP"] > state.best_mAP:
                         state.best_mAP, state.best_epoch = metrics["mAP"], state.epoch
-                        checkpoint("best.pt")
+                        checkpointer.save("best.pt", state)
+                    checkpointer.save("last.pt", state)  # with the best so far, for a resumed run
                 _barrier()
-            checkpoint("last.pt")
-            if is_main:
-                _log_epoch(output_dir, record, writer)
+            if is_main and on_epoch is not None:
+                on_epoch(record)
             if stop.requested and not final:
-                raise TrainingInterrupted(
-                    f"stopped after epoch {epoch + 1}; resume with resume=true (checkpoint {output_dir / 'last.pt'})"
-                )
-    if writer is not None:
-        writer.close()
+                raise TrainingInterrupted(f"stopped after epoch {state.epoch}; resume with resume=true "
+                                          f"(checkpoint {checkpointer.output_dir / 'last.pt'})")
     return metrics
 
 
@@ -410,54 +277,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _log_epoch(output_dir: Path, record: dict[str, Any], writer) -> None:
-    losses = ", ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
-    line = f"epoch {record['epoch']}: {losses}, lr {record['lr']:.2e}, {record['images_per_s']:.1f} img/s"
-    if "metrics" in record:
-        m = record["metrics"]
-        line += f" | mAP {m['mAP']:.4f} rank1 {m['rank1']:.4f} mINP {m['mINP']:.4f}"
-    log.info(line)
-    with open(output_dir / "log.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    if writer is not None:
-        step = record["epoch"]
-        for name, value in record["loss"].items():
-            writer.add_scalar(f"loss/{name}", value, step)
-        writer.add_scalar("lr", record["lr"], step)
-        for name in ("mAP", "mINP", "rank1"):
-            if name in record.get("metrics", {}):
-                writer.add_scalar(f"eval/{name}", record["metrics"][name], step)
-
-
-def _tensorboard(output_dir: Path):
-    """A SummaryWriter when TensorBoard is installed; training does not depend on it."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(output_dir / "tensorboard"))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-    """Autocast dtype and grad scaler for ``amp`` in {none, bf16, fp16}; CUDA only.
-
-    On CPU mixed precision is ignored with a warning: bf16 matmuls are far slower than fp32 on
-    CPUs without bf16 units (measured on the project's 2-core machines).
-    """
-    if amp == "none":
-        return None, None
-    if device.type != "cuda":
-        log.warning("train.amp=%s ignored on %s: mixed precision is used on CUDA only", amp, device)
-        return None, None
-    if amp == "bf16":
-        return torch.bfloat16, None
-    if amp == "fp16":
-        return torch.float16, torch.amp.GradScaler("cuda")
-    raise ValueError(f"train.amp must be none, bf16 or fp16, got {amp!r}")
-

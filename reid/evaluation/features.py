@@ -7,6 +7,8 @@ can ablate: flip test-time augmentation (at extraction) and beta normalisation
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,25 @@ class FeatureSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"features file not found: {path}")
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("features", "pids", "camids", "paths") if k not in data]
-            if missing:
-                raise KeyError(f"{path}: missing key(s) {', '.join(missing)}; expected features, pids, camids, paths")
-            out = cls(data["features"].astype(np.float32), data["pids"].astype(np.int64),
-                      data["camids"].astype(np.int64), [str(p) for p in data["paths"]])
+        expected = "expected an .npz with features, pids, camids, paths (FeatureSet.save, reid extract)"
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # zip signatures (an empty archive: the second)
+            what = "a single .npy array" if magic.startswith(b"\x93NUM") else "the bytes are not a zip archive"
+            raise ValueError(f"{path}: not a features file ({what}); {expected}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                missing = [k for k in ("features", "pids", "camids", "paths") if k not in data]
+                if missing:
+                    raise KeyError(f"{path}: missing key(s) {', '.join(missing)}; expected features, pids, camids, paths")
+                out = cls(data["features"].astype(np.float32), data["pids"].astype(np.int64),
+                          data["camids"].astype(np.int64), [str(p) for p in data["paths"]])
+        except KeyError:
+            raise
+        except (ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            # Random bytes, a truncated archive, pickled or non-numeric arrays.
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path}: not a readable features file ({reason}); {expected}") from None
         n = len(out.features)
         if out.features.ndim != 2 or not (len(out.pids) == len(out.camids) == len(out.paths) == n):
             raise ValueError(f"{path}: features must be N x D with N pids, camids and paths; got "
@@ -144,3 +159,15 @@ def metrics_from_features(
         reranked = rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value)
         metrics["rerank"] = _summary(evaluate_rank(reranked, *labels, max_rank=max_rank))
     return metrics
+
+
+def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table, one row per named result: mAP, mINP and Rank-1/5/10 in percent."""
+    columns = [("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10")]
+    width = max([len("run")] + [len(name) for name in rows])
+    lines = [f"| {'run':<{width}} | " + " | ".join(f"{title:>7}" for _, title in columns) + " |",
+             f"|{'-' * (width + 2)}|" + "|".join("-" * 9 for _ in columns) + "|"]
+    for name, metrics in rows.items():
+        cells = " | ".join(f"{100 * metrics[key]:7.2f}" if key in metrics else f"{'-':>7}" for key, _ in columns)
+        lines.append(f"| {name:<{width}} | {cells} |")
+    return "\n".join(lines)

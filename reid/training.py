@@ -1,0 +1,258 @@
+"""A training run from a config: check everything, build, train, write the results.
+
+The order is the point. Everything that can be wrong — the config, the output folder, the
+checkpoint to resume from, the data, the model, the losses — is checked before the first file
+of the run is written, so a mistake never costs a user the run already in ``output_dir``:
+
+* a fresh run into a folder that holds a run refuses (``resume=true`` continues it, a new
+  ``output_dir`` starts another, ``overwrite=true`` replaces it);
+* ``resume=true`` on a finished run says so and changes nothing;
+* a resumed run must be the same experiment: a changed setting that shapes the training
+  (model, data, losses, optimizer, schedule) is refused with the key and both values.
+
+Files of a run (all in ``output_dir``): ``config.yaml``, ``train.log`` (every message and every
+error), ``log.jsonl`` (one JSON line per epoch), ``last.pt``, ``best.pt``, ``metrics.json`` and
+``untrained_metrics.json`` (with ``train.eval_untrained``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import builders
+from .checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoint
+from .config import Config, ConfigError, from_dict, save_config, to_dict
+from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .engine import evaluate, fit, seed_everything
+from .evaluation.features import metrics_table
+from .io import atomic_write_json
+
+log = logging.getLogger("reid")
+
+RUN_FILES = ("config.yaml", "train.log", "log.jsonl", "last.pt", "best.pt", "metrics.json",
+             "untrained_metrics.json", "tensorboard")
+
+# Settings a resumed run may change: where and how fast it runs, how long, how it is evaluated.
+RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "train.epochs", "train.eval_every", "train.device",
+                     "data.num_workers", "data.test_batch_size", "data.root", "test.")
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train as ``cfg`` says; return the final metrics (also written to ``metrics.json``).
+
+    Under torchrun every process calls this; only the main one writes files.
+    """
+    device = builders.resolve_device(cfg.train.device)
+    dist_info, device = init_distributed(device)
+    try:
+        return _run(cfg, device, dist_info)
+    finally:
+        cleanup_distributed()
+
+
+def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, Any]:
+    if not dist_info.is_main:
+        log.setLevel(logging.WARNING)
+    output_dir = Path(cfg.output_dir)
+    resume_from = resume_checkpoint(cfg)
+    if resume_from is None:
+        check_output_folder(output_dir, overwrite=cfg.overwrite)
+    else:
+        finished = _check_resumable(cfg, resume_from)
+        if finished is not None:
+            return finished
+    seed_everything(cfg.train.seed + dist_info.rank)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    dataset = builders.dataset_from_config(cfg)
+    train_loader = builders.train_loader_from_config(cfg, dataset, dist_info.rank, dist_info.world_size)
+    query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
+    steps = builders.steps_per_epoch(cfg, train_loader)
+    model = builders.model_from_config(cfg, dataset.num_train_pids).to(device)
+    criterion = builders.criterion_from_config(cfg).to(device)
+    optimization = builders.optimization_from_config(cfg, [model, criterion], steps, device)
+    checkpointer = Checkpointer(
+        output_dir, {"model": model, "loss": criterion, **optimization.state_modules()},
+        extra={"config": to_dict(cfg), "num_classes": dataset.num_train_pids}, is_main=dist_info.is_main,
+    )
+    start = checkpointer.resume(resume_from) if resume_from is not None else Progress()
+
+    # Everything is checked: from here on the run writes its files.
+    with RunFiles(output_dir, fresh=resume_from is None, overwrite=cfg.overwrite, is_main=dist_info.is_main) as files:
+        if dist_info.is_main:
+            save_config(cfg, output_dir / "config.yaml")
+        log.info("dataset %s (%s)\n%s", dataset.name, dataset.root, dataset.summary())
+        log.info("model %s: %d-d embeddings, %d classes, %.1fM parameters%s", cfg.model.backbone, model.feature_dim,
+                 model.num_classes, sum(p.numel() for p in model.parameters()) / 1e6,
+                 f"; resumed from {resume_from} at epoch {start.epoch + 1}, step {start.step}" if resume_from else "")
+        if dist_info.enabled:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+
+        def evaluate_fn(current_model: torch.nn.Module, final: bool) -> dict[str, Any]:
+            # Re-ranking is costly; it runs on the final evaluation only.
+            options = builders.eval_options(cfg, rerank=cfg.test.rerank and final)
+            return evaluate(current_model, query_loader, gallery_loader, device, **options)
+
+        if cfg.train.eval_untrained and resume_from is None and dist_info.is_main:
+            untrained = evaluate_fn(model, True)
+            atomic_write_json(output_dir / "untrained_metrics.json", untrained)
+            log.info("untrained model: mAP %.4f, rank1 %.4f", untrained["mAP"], untrained["rank1"])
+        metrics = fit(model, train_loader, criterion, optimization, checkpointer, epochs=cfg.train.epochs,
+                      steps_per_epoch=steps, device=device, start=start, evaluate_fn=evaluate_fn,
+                      eval_every=cfg.train.eval_every, on_epoch=files.log_epoch)
+        if dist_info.is_main:
+            metrics = files.write_metrics(metrics, dataset.name)
+    return metrics
+
+
+def resume_checkpoint(cfg: Config) -> Path | None:
+    """``resume=true``: the output folder's last.pt if there is one; a string: that file."""
+    if cfg.resume is False or cfg.resume == "":
+        return None
+    if cfg.resume is True:
+        last = Path(cfg.output_dir) / "last.pt"
+        if last.is_file():
+            return last
+        log.warning("resume=true but %s does not exist yet: starting from scratch", last)
+        return None
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint file")
+    return path
+
+
+def _check_resumable(cfg: Config, path: Path) -> dict[str, Any] | None:
+    """Refuse to resume a different experiment; for a finished run, its metrics (nothing is run)."""
+    state = load_checkpoint(path)
+    if "progress" not in state or "config" not in state:
+        raise CheckpointError(f"{path}: cannot resume: it holds no training progress "
+                              "(a weights-only file; use model.weights=FILE to start from its weights)")
+    try:
+        stored = from_dict(state["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its stored config no longer fits this version ({err})") from None
+    changed = [(key, old, new) for key, old, new in _differences(to_dict(stored), to_dict(cfg))
+               if not key.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        key, old, new = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ConfigError(f"{key}: {new!r} differs from {old!r} in the checkpoint {path}{more}; a resumed run "
+                          "continues the same experiment: drop the change, or start a new output_dir")
+    progress = Progress(**state["progress"])
+    if progress.epoch < cfg.train.epochs:
+        return None
+    metrics_file = Path(cfg.output_dir) / "metrics.json"
+    log.info("the run in %s has finished all %d epochs (%s): nothing to do. Train longer with resume=true "
+             "train.epochs=N (N > %d); evaluate with: reid test --weights %s", cfg.output_dir, progress.epoch,
+             path, progress.epoch, path)
+    return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(old.keys() | new.keys()):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}" if not prefix else f"{prefix}.{key}")
+        return out
+    return [] if old == new else [(prefix, old, new)]
+
+
+class RunFiles:
+    """The files of one run: the folder check, the log file, the per-epoch log and the metrics.
+
+    On entry (main process, after :func:`check_output_folder` has passed): remove the old
+    run's files when a fresh run ``overwrite``s one, create the folder, and send the log to
+    ``train.log``. An error inside the ``with`` block is written to ``train.log`` too.
+    """
+
+    def __init__(self, output_dir: Path, *, fresh: bool, overwrite: bool, is_main: bool = True) -> None:
+        self.output_dir, self.fresh, self.overwrite, self.is_main = output_dir, fresh, overwrite, is_main
+        self._handler: logging.Handler | None = None
+        self._writer = None
+
+    def __enter__(self) -> "RunFiles":
+        if not self.is_main:
+            return self
+        if self.fresh and self.overwrite:
+            for name in RUN_FILES:
+                target = self.output_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._handler = logging.FileHandler(self.output_dir / "train.log")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(self._handler)
+        self._writer = _tensorboard(self.output_dir)
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self._handler is None:
+            return
+        if error is not None:
+            # To the file only: the caller reports the error on the console.
+            record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (kind.__name__, error), None)
+            self._handler.handle(record)
+        log.removeHandler(self._handler)
+        self._handler.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
+        line = f"epoch {record['epoch']}: {losses}, lr {record['lr']:.2e}, {record['images_per_s']:.1f} img/s"
+        if "metrics" in record:
+            m = record["metrics"]
+            line += f" | mAP {m['mAP']:.4f} rank1 {m['rank1']:.4f} mINP {m['mINP']:.4f}"
+        log.info(line)
+        with open(self.output_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            step = record["epoch"]
+            for name, value in record["loss"].items():
+                self._writer.add_scalar(f"loss/{name}", value, step)
+            self._writer.add_scalar("lr", record["lr"], step)
+            for name in ("mAP", "mINP", "rank1"):
+                if name in record.get("metrics", {}):
+                    self._writer.add_scalar(f"eval/{name}", record["metrics"][name], step)
+
+    def write_metrics(self, metrics: dict[str, Any], dataset_name: str) -> dict[str, Any]:
+        """``metrics.json`` (with the untrained block when there is one) and the results table."""
+        untrained_file = self.output_dir / "untrained_metrics.json"
+        if untrained_file.is_file():
+            metrics = {**metrics, "untrained": json.loads(untrained_file.read_text())}
+        path = atomic_write_json(self.output_dir / "metrics.json", metrics)
+        rows = {"untrained": metrics["untrained"]} if "untrained" in metrics else {}
+        rows["trained"] = metrics
+        if "rerank" in metrics:
+            rows["trained + re-ranking"] = metrics["rerank"]
+        log.info("results on %s (%d valid queries)\n%s\nwritten to %s", dataset_name,
+                 metrics.get("num_valid_queries", 0), metrics_table(rows), path)
+        return metrics
+
+
+def check_output_folder(output_dir: Path, *, overwrite: bool = False) -> None:
+    """A fresh run may go into a new or empty folder; one that holds a run needs ``overwrite``."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output_dir={output_dir} is a file, not a folder")
+    held = sorted(name for name in RUN_FILES if (output_dir / name).exists())
+    if held and not overwrite:
+        raise FileExistsError(
+            f"output_dir={output_dir} already holds a run ({', '.join(held)}); continue it with resume=true, "
+            "choose a new output_dir, or replace it with overwrite=true")
+
+
+def _tensorboard(output_dir: Path):
+    """A SummaryWriter when TensorBoard is installed; training does not depend on it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(output_dir / "tensorboard"))

@@ -1,0 +1,100 @@
+"""A training run never loses what a user has: folder checks, finished runs, failed evaluations."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from reid import losses as reid_losses
+from reid import training
+from reid.checkpoint import load_checkpoint
+from reid.config import ConfigError, load_config
+
+
+def run_files(folder):
+    """name -> bytes of every file of a run folder (what must survive a refused command)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def finished_run(tiny_train_args, tmp_path):
+    """A tiny 2-epoch run, trained once (shared set-up of the tests below)."""
+    metrics = training.train(load_config(None, tiny_train_args))
+    return tmp_path / "run", metrics
+
+
+def test_resume_on_a_finished_run_says_so_and_changes_nothing(finished_run, tiny_train_args, caplog):
+    run, metrics = finished_run
+    before = run_files(run)
+    with caplog.at_level("INFO", logger="reid"):
+        again = training.train(load_config(None, tiny_train_args + ["resume=true"]))
+    assert again == json.loads(json.dumps(metrics))  # the stored metrics, nothing re-run
+    assert "has finished all 2 epochs" in caplog.text and "train.epochs=N" in caplog.text
+    assert run_files(run) == before
+
+
+def test_a_fresh_run_into_a_run_folder_refuses_before_anything_else(finished_run, tiny_train_args, tmp_path):
+    run, _ = finished_run
+    before = run_files(run)
+    # even with data that would fail later, the folder check comes first and nothing is touched
+    args = tiny_train_args + [f"data.root={tmp_path / 'no_such_data'}"]
+    with pytest.raises(FileExistsError, match=r"output_dir=.*run already holds a run \(best.pt, config.yaml, "
+                                              r"last.pt, log.jsonl, metrics.json, train.log\); continue it with "
+                                              r"resume=true, choose a new output_dir, or .* overwrite=true"):
+        training.train(load_config(None, args))
+    assert run_files(run) == before
+
+
+def test_overwrite_replaces_the_old_run(finished_run, tiny_train_args):
+    run, _ = finished_run
+    training.train(load_config(None, tiny_train_args + ["overwrite=true", "train.epochs=1", "train.eval_every=5"]))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1]  # a fresh log, not appended to the old one
+    assert load_checkpoint(run / "last.pt")["progress"]["epoch"] == 1
+
+
+def test_a_resumed_run_must_be_the_same_experiment(finished_run, tiny_train_args):
+    run, _ = finished_run
+    before = run_files(run)
+    with pytest.raises(ConfigError, match=r"train.lr: 0.01 differs from 0.00035 in the checkpoint .*last.pt; "
+                                          r"a resumed run continues the same experiment"):
+        training.train(load_config(None, tiny_train_args + ["resume=true", "train.epochs=3", "train.lr=0.01"]))
+    assert run_files(run) == before
+    # a longer schedule is allowed: epoch 3 continues from the checkpoint
+    training.train(load_config(None, tiny_train_args + ["resume=true", "train.epochs=3"]))
+    assert [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_failing_final_evaluation_keeps_the_trained_checkpoint_and_logs_the_error(
+        tiny_train_args, tmp_path, monkeypatch):
+    def broken_evaluate(*args, **kwargs):
+        raise ValueError("evaluation failed on purpose")
+
+    monkeypatch.setattr(training, "evaluate", broken_evaluate)
+    with pytest.raises(ValueError, match="on purpose"):
+        training.train(load_config(None, tiny_train_args + ["train.eval_every=5"]))
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "last.pt")["progress"]["epoch"] == 2  # both epochs of training kept
+    assert "ERROR ValueError: evaluation failed on purpose" in (run / "train.log").read_text()
+    assert not (run / "metrics.json").exists()
+
+
+class LearnedScale(nn.Module):
+    """A loss with a learnable parameter: optimised, and saved with the run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, embeddings, logits, labels):
+        return self.scale * embeddings.pow(2).mean()
+
+
+def test_loss_parameters_are_optimised_and_checkpointed(tiny_train_args, tmp_path, monkeypatch):
+    monkeypatch.setitem(reid_losses.LOSSES, "learned_scale", LearnedScale)
+    args = tiny_train_args + ["losses=[{name: cross_entropy}, {name: learned_scale}]", "train.eval_every=5",
+                              "test.rerank=false", "train.lr=0.01"]
+    training.train(load_config(None, args))
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["loss"]["terms.learned_scale.scale"].item() != 1.0
