@@ -31,6 +31,12 @@ class ImageDataset(Dataset):
     Paths, pids and camids are held in numpy arrays rather than a list of tuples: worker
     processes then share them instead of copying them page by page as Python touches the
     reference counts of millions of small objects.
+
+    Images are decoded strictly (:func:`reid.data.transforms.read_image`): a file that is
+    empty, truncated or undecodable raises ``ImageReadError`` naming it, from a worker
+    process too, never a partly grey image. The lists of :func:`reid.data.build_dataset`
+    have already passed the cheap check of every file (``data.skip_invalid`` leaves the bad
+    ones out there); a file damaged since, or corrupt inside, stops the loader here.
     """
 
     def __init__(self, items: Sequence[Item], transform: Transform) -> None:

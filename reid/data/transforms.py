@@ -20,18 +20,65 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from .datasets.base import (  # the checks need no OpenCV: datasets use them without importing it
+    HEAD_BYTES,
+    TAIL_BYTES,
+    ImageReadError,
+    check_image_file,
+    image_error,
+    image_format,
+    read_error,
+    structure_problem,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageReadError",
+    "RandomErasing",
+    "build_transforms",
+    "check_image_file",
+    "read_image",
+    "seed_transform",
+]
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+# OpenCV >= 4.10 decodes straight to RGB: the same pixels, ~15 us less per 128 x 64 image than BGR + cvtColor.
+_DECODES_RGB = hasattr(cv2, "IMREAD_COLOR_RGB")
+_IMREAD_FLAG: int = cv2.IMREAD_COLOR_RGB if _DECODES_RGB else cv2.IMREAD_COLOR
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """H x W x 3 uint8 RGB image; FileNotFoundError / OSError naming the file when it cannot be read."""
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    if image is None:  # OpenCV reports every failure as None, so tell the two common ones apart
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file {path} does not exist")
-        raise OSError(f"cannot read image {path}: OpenCV could not decode it (corrupt or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """H x W x 3 uint8 RGB image, decoded strictly: never a partly decoded one.
+
+    OpenCV decodes a truncated JPEG with a warning only and fills the missing rows with grey,
+    so the file is read once and checked first as in :func:`check_image_file` (empty?
+    signature? end marker?), then decoded from memory (``cv2.imdecode``: the pixels of
+    ``cv2.imread``, EXIF orientation applied). Files in other formats OpenCV knows are
+    decoded without the checks. Raises ``FileNotFoundError`` for a missing file and
+    :class:`ImageReadError` (an ``OSError``) naming the file and saying what is wrong.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise read_error(path, error) from None
+    if not data:
+        raise image_error(path, "is empty (0 bytes)")
+    fmt = image_format(data[:HEAD_BYTES])
+    problem = structure_problem(fmt, data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data), lambda: data)
+    if problem is not None:
+        raise image_error(path, problem)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_FLAG)
+    if image is None:
+        if fmt is None:
+            raise image_error(
+                path, f"is corrupt or not an image: OpenCV could not decode it (it starts with {data[:8]!r})"
+            )
+        raise image_error(path, f"is corrupt: OpenCV could not decode its {fmt} data")
+    return image if _DECODES_RGB else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class RandomErasing(A.ImageOnlyTransform):

@@ -6,11 +6,16 @@
 choice of feature are exactly those of the evaluation) and L2-normalises the result with
 :func:`reid.evaluation.features.postprocess_features`. Images may have any file name; only
 folders of Market-style names carry identity and camera labels (:func:`labels_from_names`).
+
+Unreadable image files (empty, not an image, truncated, undecodable) are never used: they
+stop the extraction, before any model work where a cheap check can tell, with an error
+naming them, or with ``extract(..., skip_invalid=True)`` are left out with one warning.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
@@ -21,10 +26,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..builders import load_model_from_checkpoint
-from ..data.datasets.base import NameFormat
+from ..data.datasets.base import NameFormat, check_images, format_listing
 from ..data.datasets.custom import CUSTOM_NAME_PATTERN
 from ..data.loaders import init_worker
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, read_image
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, build_transforms, read_image
 from .features import FEATURE_KINDS, FeatureSet, extract_features, postprocess_features
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
@@ -37,13 +42,30 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # the custom dataset's rule, any pid width, cameras from 1 with no upper bound.
 _LABELLED_NAME = NameFormat(pattern=CUSTOM_NAME_PATTERN, example="0002_c1s1_000451_03.jpg", first_camera=1)
 
+SKIP_HINT = "pass skip_invalid=True (reid extract --skip-invalid) to leave such files out"
+_UNREADABLE = -2  # the pid _ImageList gives an image it could not decode (skip_invalid): its row is dropped
+
 
 class _ImageList(Dataset):
-    """Paths and/or arrays -> ``(image tensor, -1, -1, name)``, the batches extract_features reads."""
+    """Paths and/or arrays -> ``(image tensor, -1, -1, name)``, the batches extract_features reads.
 
-    def __init__(self, images: Sequence[ImageInput], transform) -> None:
+    ``positions``: the index of each image in the caller's list, for the ``"<array i>"`` names
+    (default: its index here). With ``skip_invalid`` a file that does not decode gives a
+    placeholder image with pid ``_UNREADABLE`` instead of raising, for the caller to drop.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[ImageInput],
+        transform,
+        *,
+        skip_invalid: bool = False,
+        positions: Sequence[int] | None = None,
+    ) -> None:
         self.images = images
         self.transform = transform
+        self.skip_invalid = skip_invalid
+        self.positions = positions
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,10 +73,16 @@ class _ImageList(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
         image = self.images[index]
         if isinstance(image, np.ndarray):
-            name, pixels = f"<array {index}>", image
+            position = index if self.positions is None else self.positions[index]
+            name, pixels = f"<array {position}>", image
         else:
             name = os.fspath(image)
-            pixels = read_image(name)  # raises naming the file when it is missing or not an image
+            try:
+                pixels = read_image(name)  # raises naming the file when it is missing or not an image
+            except ImageReadError:
+                if not self.skip_invalid:
+                    raise
+                return self.transform(image=np.zeros((1, 1, 3), np.uint8))["image"], _UNREADABLE, -1, name
         return self.transform(image=pixels)["image"], -1, -1, name
 
 
@@ -147,6 +175,7 @@ class FeatureExtractor:
         return int(self.model.feature_dim)
 
     def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """The feature rows of ``images``; any unreadable file raises (see :meth:`extract`)."""
         return self.extract(images).features
 
     def extract(
@@ -154,10 +183,22 @@ class FeatureExtractor:
         images: Sequence[ImageInput],
         pids: Sequence[int] | None = None,
         camids: Sequence[int] | None = None,
+        *,
+        skip_invalid: bool = False,
     ) -> FeatureSet:
         """Features of ``images`` in their order, with labels (-1 where not given).
 
         ``paths`` of the result are the image paths as given, ``"<array i>"`` for arrays.
+
+        Before any model work every image file passes a cheap integrity check
+        (:func:`reid.data.transforms.check_image_file`: empty? not an image? truncated?).
+        A missing file raises ``FileNotFoundError``. A file that fails the check raises
+        :class:`reid.data.transforms.ImageReadError` naming every such file, unless
+        ``skip_invalid``: then those images are left out, as are files that pass the check
+        but do not decode (found while extracting, where without ``skip_invalid`` they raise
+        the same error). The result then has fewer rows than ``images``: its ``paths``,
+        ``pids`` and ``camids`` are those of the images kept, in their order, and one
+        warning names the files left out (with what is wrong with each).
         """
         if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim == 3):
             raise TypeError(f"images: expected a list of images, got a single {type(images).__name__}; wrap it in [ ]")
@@ -165,22 +206,68 @@ class FeatureExtractor:
         _check_inputs(images)
         pids_array = _labels(pids, len(images), "pids")
         camids_array = _labels(camids, len(images), "camids")
+        keep, skipped = _check_files(images, skip_invalid)
+        if skipped:
+            images = [images[i] for i in keep]
+            pids_array, camids_array = pids_array[keep], camids_array[keep]
         if not images:
+            _warn_left_out(skipped)
             empty = np.zeros((0, self.feature_dim), dtype=np.float32)
             return FeatureSet(empty, pids_array, camids_array, [])
-        raw = extract_features(self.model, self._loader(images), self.device, feature=self.feature, flip=self.flip)
-        features = postprocess_features(raw.features, normalize=True) if self.normalize else raw.features
-        return FeatureSet(features, pids_array, camids_array, raw.paths)
+        loader = self._loader(images, skip_invalid=skip_invalid, positions=keep if skipped else None)
+        raw = extract_features(self.model, loader, self.device, feature=self.feature, flip=self.flip)
+        features, paths = raw.features, raw.paths
+        undecodable = raw.pids == _UNREADABLE
+        if undecodable.any():
+            skipped += [_read_error_message(path) for path, bad in zip(paths, undecodable) if bad]
+            kept = np.flatnonzero(~undecodable)
+            features, pids_array, camids_array = features[kept], pids_array[kept], camids_array[kept]
+            paths = [paths[i] for i in kept]
+        _warn_left_out(skipped)
+        features = postprocess_features(features, normalize=True) if self.normalize else features
+        return FeatureSet(features, pids_array, camids_array, paths)
 
-    def _loader(self, images: list[ImageInput]) -> DataLoader:
+    def _loader(
+        self, images: list[ImageInput], *, skip_invalid: bool = False, positions: Sequence[int] | None = None
+    ) -> DataLoader:
         workers = min(self.num_workers, len(images))
         return DataLoader(
-            _ImageList(images, self.transform),
+            _ImageList(images, self.transform, skip_invalid=skip_invalid, positions=positions),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=init_worker if workers > 0 else None,
+        )
+
+
+def _check_files(images: list[ImageInput], skip_invalid: bool) -> tuple[list[int], list[str]]:
+    """Positions of the images to extract, and messages for the files left out (skip_invalid).
+
+    Every path passes :func:`reid.data.datasets.base.check_images` (missing files raise,
+    whatever ``skip_invalid``; arrays need no check).
+    """
+    files = [(os.fspath(image), index, -1) for index, image in enumerate(images) if not isinstance(image, np.ndarray)]
+    good, skipped = check_images(files, skip_invalid=skip_invalid, where="the images to extract", hint=SKIP_HINT)
+    good_files = {index for _, index, _ in good}
+    keep = [index for index, image in enumerate(images) if isinstance(image, np.ndarray) or index in good_files]
+    return keep, skipped
+
+
+def _read_error_message(path: str) -> str:
+    """What is wrong with a file that failed to decode in a loader (maybe in a worker process)."""
+    try:
+        read_image(path)
+    except OSError as error:
+        return str(error)
+    return f"image file {path} could not be read while extracting"
+
+
+def _warn_left_out(messages: list[str]) -> None:
+    if messages:
+        warnings.warn(
+            f"left out {len(messages)} unreadable image file(s) (skip_invalid): {format_listing(messages)}",
+            stacklevel=3,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from reid.builders import model_from_config
 from reid.checkpoint import save_checkpoint
 from reid.config import load_config, to_dict
-from reid.data.transforms import build_transforms, read_image
+from reid.data.transforms import ImageReadError, build_transforms, read_image
 from reid.evaluation.extractor import FeatureExtractor, find_images, labels_from_names
 
 HEIGHT, WIDTH = 64, 32
@@ -218,3 +219,95 @@ def test_checkpoint_of_another_architecture_or_class_count_names_the_file(checkp
     no_config = save_checkpoint({"model": model.state_dict()}, tmp_path / "bare.pt")
     with pytest.raises(ValueError, match=r"bare\.pt: checkpoint has no stored config"):
         FeatureExtractor.from_checkpoint(no_config)
+
+
+# unreadable image files -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def damaged_folder(tmp_path):
+    """Three good images and three bad ones (truncated JPEG, empty PNG, text named .jpg), with their labels."""
+    folder = tmp_path / "damaged"
+    good = ["0001_c1s1_000151_01.jpg", "0002_c2s1_000001_01.png", "sub/0003_c3_f0046182.jpg"]
+    for seed, name in enumerate(good):
+        write_image(folder / name, random_image(seed, 128, 64))
+    truncated = write_image(folder / "0004_c1s1_000001_01.jpg", random_image(7, 128, 64))
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size * 6 // 10])
+    (folder / "sub" / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    bad = [folder / "0004_c1s1_000001_01.jpg", folder / "notes.jpg", folder / "sub" / "empty.png"]
+    return folder, [folder / name for name in good], bad
+
+
+def count_forward_calls(model):
+    calls = []
+    return calls, model.register_forward_hook(lambda *args: calls.append(1))
+
+
+def test_unreadable_file_fails_before_any_model_work_naming_it(checkpoint, damaged_folder):
+    _, model = checkpoint
+    folder, _, bad = damaged_folder
+    calls, hook = count_forward_calls(model)
+    try:
+        with pytest.raises(ImageReadError, match=r"3 unreadable image files in the images to extract") as info:
+            make_extractor(model).extract(find_images(folder))
+        with pytest.raises(ImageReadError, match=re.escape(f"image file {bad[0]} is truncated (JPEG data ends")):
+            make_extractor(model)([bad[0]])
+    finally:
+        hook.remove()
+    assert calls == []
+    assert all(str(path) in str(info.value) for path in bad)
+    assert "skip_invalid=True" in str(info.value) and "--skip-invalid" in str(info.value)
+
+
+def test_skip_invalid_leaves_out_unreadable_files_with_one_warning(checkpoint, damaged_folder):
+    _, model = checkpoint
+    folder, good, bad = damaged_folder
+    paths = [str(p) for p in find_images(folder)]
+    extractor = make_extractor(model, batch_size=2)
+    with pytest.warns(UserWarning) as record:
+        result = extractor.extract(paths, *labels_from_names(paths), skip_invalid=True)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message.startswith("left out 3 unreadable image file(s)")
+    assert f"image file {bad[0]} is truncated" in message and f"image file {bad[2]} is empty" in message
+    assert f"image file {bad[1]} is not an image" in message
+    kept = [p for p in paths if Path(p) in good]
+    assert result.paths == kept and len(result) == 3
+    assert result.pids.tolist() == [1, 2, 3] and result.camids.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(result.features, extractor(kept))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_file_that_fails_only_to_decode_is_left_out_too(checkpoint, damaged_folder, num_workers):
+    """A file with a JPEG signature and end marker passes the cheap check, then fails to decode."""
+    _, model = checkpoint
+    folder, good, bad = damaged_folder
+    garbage = folder / "garbage.jpg"
+    garbage.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
+    arrays = [random_image(20, HEIGHT, WIDTH), random_image(21, 90, 40)]
+    images = [arrays[0], bad[0], good[0], garbage, arrays[1]]
+    extractor = make_extractor(model, batch_size=2, num_workers=num_workers)
+    with pytest.raises(ImageReadError, match=re.escape(f"image file {bad[0]} is truncated")):
+        extractor.extract(images)
+    if num_workers == 0:  # (from a worker, the error's traceback would keep it alive for PyTorch's 5 s shutdown wait)
+        with pytest.raises(ImageReadError, match=re.escape(f"image file {garbage} is corrupt: OpenCV could not")):
+            extractor.extract([good[0], garbage])
+    with pytest.warns(UserWarning) as record:
+        result = extractor.extract(images, pids=[10, 11, 12, 13, 14], skip_invalid=True)
+    assert len(record) == 1 and str(record[0].message).startswith("left out 2 unreadable image file(s)")
+    assert f"image file {garbage} is corrupt" in str(record[0].message)
+    assert result.paths == ["<array 0>", str(good[0]), "<array 4>"]
+    assert result.pids.tolist() == [10, 12, 14] and result.camids.tolist() == [-1, -1, -1]
+    np.testing.assert_allclose(result.features, extractor([arrays[0], good[0], arrays[1]]), atol=1e-6)
+
+
+def test_skip_invalid_with_nothing_left_gives_an_empty_set(checkpoint, damaged_folder):
+    _, model = checkpoint
+    _, _, bad = damaged_folder
+    extractor = make_extractor(model)
+    with pytest.warns(UserWarning, match="left out 3 unreadable"):
+        result = extractor.extract(bad, skip_invalid=True)
+    assert result.features.shape == (0, extractor.feature_dim) and result.paths == []
+    with pytest.raises(FileNotFoundError, match="gone.jpg"):  # a missing file is an error, skipping or not
+        extractor.extract([*bad, bad[0].parent / "gone.jpg"], skip_invalid=True)

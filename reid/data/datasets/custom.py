@@ -22,8 +22,14 @@ written (camids are 0-based here). The camid column is optional but all rows of 
 must agree. Without camera ids the Market protocol, which drops gallery items with the
 query's pid *and* camid, would drop every true match if query and gallery shared one camid,
 so query images get camid 0 and gallery images camid 1 (train images camid 0); a warning
-says so. Query and gallery must both have camera ids or both lack them. Bad rows always
-raise (``skip_invalid`` only concerns folder file names).
+says so. Query and gallery must both have camera ids or both lack them. Bad rows (a missing
+file included) always raise.
+
+**Unreadable images.** Every image listed, by a folder or a CSV list, passes the cheap
+integrity check of :func:`reid.data.datasets.base.check_images` when the dataset is built
+(empty, not an image, truncated?): a file that fails it is an error naming it, or with
+``skip_invalid`` is left out. ``skip_invalid`` also skips folder files whose names break
+the naming rule; one warning names all skipped files.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from .base import (
     Item,
     NameFormat,
     ReidDataset,
+    check_images,
     read_split,
     relabel_train,
     warn_skipped,
@@ -98,7 +105,12 @@ def load_custom(
         if rows[0][2] is None:
             without_camids.append(split)
         default_camid = DEFAULT_CAMIDS[split]
-        splits[split] = sorted((path, pid, default_camid if camid is None else camid) for path, pid, camid in rows)
+        items = sorted((path, pid, default_camid if camid is None else camid) for path, pid, camid in rows)
+        items, skipped_here = check_images(items, skip_invalid=skip_invalid, where=f"CSV list {source}")
+        if not items:
+            raise ValueError(f"CSV list {source} holds no usable images ({len(rows)} rows, all unreadable and skipped)")
+        skipped.extend(skipped_here)
+        splits[split] = items
     warn_skipped("custom", skipped)
     _check_camids(without_camids)
     return ReidDataset(

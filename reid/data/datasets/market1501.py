@@ -32,8 +32,9 @@ MARKET1501_HOW_TO_GET = (
 
 def load_market1501(root: str | os.PathLike, *, skip_invalid: bool = False) -> ReidDataset:
     """Market-1501 from ``root`` (the folder holding the split folders, or its parent
-    holding ``Market-1501-v15.09.15/``). ``skip_invalid`` skips files whose names do not
-    follow the pattern (one warning counts them) instead of raising."""
+    holding ``Market-1501-v15.09.15/``). Every listed image passes a cheap integrity check
+    (empty, not an image, truncated?). ``skip_invalid`` skips files whose names do not
+    follow the pattern and unreadable images (one warning names them) instead of raising."""
     return load_split_folders(
         root,
         name="market1501",
