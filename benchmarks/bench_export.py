@@ -7,7 +7,7 @@ For each backbone: a re-ID model (last stride 1, BNNeck, 751 classes as for Mark
 random weights: speed does not depend on them) is exported with reid.export.export_onnx
 (bn feature, L2-normalised, dynamic batch), and the same random batch is embedded by
 - torch eager: the exported module itself under torch.inference_mode, NCHW;
-- torch channels_last: the same model with NHWC weights and input (DESIGN.md: faster here);
+- torch channels_last: the same model with NHWC weights and input (docs/ARCHITECTURE.md: faster here);
 - onnxruntime: CPU provider, as many intra-op threads as torch uses.
 images/s is the median over --runs timed batches after --warmup untimed ones. "max |diff|" is
 the largest absolute difference of each row's output to torch eager's (unit-norm embeddings).

@@ -2,7 +2,7 @@
 
 Elezi, Vascon, Torcinovich, Pelillo and Leal-Taixé, "The Group Loss for Deep Metric Learning",
 ECCV 2020; Elezi et al., "The Group Loss++: A Deeper Look into Group Loss for Deep Metric
-Learning", TPAMI 2022. The math follows the official implementation (see DESIGN.md):
+Learning", TPAMI 2022. The math follows the official implementation (see docs/ARCHITECTURE.md):
 
 1. Anchors: the first ``num_anchors`` samples of each class in batch order (or a given mask).
    An anchor's prior is the exact one-hot of its label, every other prior is softmax(Z / T).

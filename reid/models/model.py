@@ -57,7 +57,7 @@ class ReidModel(nn.Module):
         self.classifier = build_classifier(self.feature_dim, self.num_classes)
         self.channels_last = channels_last
         if channels_last:
-            # NHWC convolutions are about 1.4x faster for inference on this CPU (DESIGN.md);
+            # NHWC convolutions are about 1.4x faster for inference on this CPU (docs/ARCHITECTURE.md);
             # .to(device) later keeps the layout (preserve_format).
             self.to(memory_format=torch.channels_last)
 

@@ -14,7 +14,7 @@ from reid.evaluation import rerank, rerank_distances
 
 
 def _classic_dense(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
-    """The classic function step by step (DESIGN.md), with dense N x N arrays and plain loops.
+    """The classic function step by step (docs/ARCHITECTURE.md), with dense N x N arrays and plain loops.
 
     Ties are ordered by index (stable sort), the order re-ranking promises.
     """

@@ -1,4 +1,4 @@
-"""GroupLoss against a plain per-sample loop that follows DESIGN.md line by line."""
+"""GroupLoss against a plain per-sample loop that follows docs/ARCHITECTURE.md line by line."""
 
 from __future__ import annotations
 
