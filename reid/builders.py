@@ -69,14 +69,15 @@ def train_loader_from_config(cfg: Config, dataset: ReidDataset, rank: int = 0, w
     return build_train_loader(
         dataset.train, height=d.height, width=d.width, num_identities=d.num_identities,
         num_instances=d.num_instances, num_workers=d.num_workers, seed=cfg.train.seed,
-        rank=rank, world_size=world_size, flip_prob=d.flip_prob, padding=d.padding,
+        rank=rank, world_size=world_size, pipeline=d.pipeline, flip_prob=d.flip_prob, padding=d.padding,
         color_jitter=d.color_jitter, erasing_prob=d.erasing_prob,
     )
 
 
 def test_loaders_from_config(cfg: Config, dataset: ReidDataset):
     d = cfg.data
-    kwargs = dict(height=d.height, width=d.width, batch_size=d.test_batch_size, num_workers=d.num_workers)
+    kwargs = dict(height=d.height, width=d.width, batch_size=d.test_batch_size, num_workers=d.num_workers,
+                  pipeline=d.pipeline, resize=d.resize)
     return build_test_loader(dataset.query, **kwargs), build_test_loader(dataset.gallery, **kwargs)
 
 
@@ -87,7 +88,7 @@ def model_from_config(cfg: Config, num_classes: int, *, load_pretrained: bool = 
         pretrained = m.weights or m.pretrained
     return build_model(
         m.backbone, num_classes, pretrained=pretrained, last_stride=m.last_stride, pooling=m.pooling,
-        gem_p=m.gem_p, pool_lambda=m.pool_lambda, neck=m.neck, leaky_relu=m.leaky_relu,
+        gem_p=m.gem_p, pool_lambda=m.pool_lambda, embedding_dim=m.embedding_dim, neck=m.neck, leaky_relu=m.leaky_relu,
         channels_last=m.channels_last,
     )
 

@@ -28,6 +28,7 @@ from typing import Any, Union
 import yaml
 
 from .data import DATASETS
+from .data.transforms import PIPELINES
 from .evaluation.distance import METRICS
 from .evaluation.features import FEATURE_KINDS
 from .io import atomic_write_text
@@ -104,6 +105,10 @@ class DataConfig:
     num_instances: int = _key(4, "K images per identity", check=_POSITIVE)
     num_workers: int = _key(2, "data loader processes; 0: load in the main process", check=_int_at_least(0))
     test_batch_size: int = _key(128, "images per batch when extracting features", check=_POSITIVE)
+    pipeline: str = _key("reid", "reid: resize, flip, pad + crop, erasing; retrieval: random resized crop + "
+                         "flip, tests resized then centre-cropped", choices=PIPELINES)
+    resize: int = _key(256, "retrieval pipeline: shorter side of test images before the centre crop",
+                       check=_POSITIVE)
     flip_prob: float = _key(0.5, "probability of a random horizontal flip", check=_FRACTION)
     padding: int = _key(10, "pad then random-crop back to height x width; 0: off", check=_int_at_least(0))
     color_jitter: bool = _key(False, "random brightness, contrast, saturation and hue")
@@ -137,6 +142,8 @@ class ModelConfig:
     pooling: str = _key("avg", "mix: pool_lambda * max + (1 - pool_lambda) * avg", choices=POOLINGS)
     gem_p: float = _key(3.0, "gem pooling: initial exponent p", check=_above(0))
     pool_lambda: float = _key(0.5, "mix pooling: weight of max pooling", check=_FRACTION)
+    embedding_dim: int = _key(0, "> 0: a linear layer from the pooled features to this many dimensions "
+                              "(512 in the retrieval papers); 0: none", check=_int_at_least(0))
     neck: bool = _key(True, "BNNeck (Luo et al. 2019)")
     leaky_relu: float = _key(0.0, "> 0: leaky final ReLU of the trunk with this slope (Group Loss++)",
                              check=_at_least(0))

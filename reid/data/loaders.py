@@ -132,10 +132,14 @@ def build_test_loader(
     pin_memory: bool | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    pipeline: str = "reid",
+    resize: int = 256,
 ) -> DataLoader:
-    """Un-augmented images in the items' order: batches of ``(images, pids, camids, paths)``."""
+    """Un-augmented images in the items' order: batches of ``(images, pids, camids, paths)``.
+
+    ``pipeline`` / ``resize``: see :func:`reid.data.transforms.build_transforms`."""
     norm = {key: value for key, value in (("mean", mean), ("std", std)) if value is not None}
-    dataset = ImageDataset(items, build_transforms(height, width, False, **norm))
+    dataset = ImageDataset(items, build_transforms(height, width, False, pipeline=pipeline, resize=resize, **norm))
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, drop_last=False, **_worker_kwargs(num_workers, pin_memory)
     )

@@ -135,11 +135,16 @@ class RandomErasing(A.ImageOnlyTransform):
         return ("scale", "ratio", "fill", "max_attempts")
 
 
+PIPELINES = ("reid", "retrieval")
+
+
 def build_transforms(
     height: int,
     width: int,
     is_train: bool,
     *,
+    pipeline: str = "reid",
+    resize: int = 256,
     flip_prob: float = 0.5,
     padding: int = 10,
     color_jitter: bool = False,
@@ -150,30 +155,47 @@ def build_transforms(
 ) -> A.Compose:
     """The train or test pipeline; ``pipeline(image=rgb_uint8)["image"]`` is a float32 3 x H x W tensor.
 
+    ``pipeline="reid"`` (the BoT / torchreid recipe): resize to height x width; for training,
+    flip, pad + random crop, optional colour jitter and random erasing. ``pipeline="retrieval"``
+    (the deep-metric-learning standard of the Group Loss papers and their peers): for training
+    a random resized crop to height x width (scale 0.08-1, aspect 3/4-4/3) and a flip; for
+    testing the shorter side resized to ``resize``, then a centre crop of height x width.
     ``seed`` makes the random augmentations repeatable (see :func:`seed_transform`).
     """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline: expected one of {', '.join(PIPELINES)}, got {pipeline!r}")
     normalize = A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
-    steps: list[A.BasicTransform] = [A.Resize(height, width, interpolation=cv2.INTER_LINEAR)]
-    if is_train:
-        steps.append(A.HorizontalFlip(p=flip_prob))
-        if padding > 0:
-            steps += [
-                A.Pad(padding=padding, fill=0, border_mode=cv2.BORDER_CONSTANT),
-                A.RandomCrop(height, width),
-            ]
-        if color_jitter:
-            # Mild photometric jitter: re-ID relies on clothing colour, so hue is left alone.
-            steps.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.1, hue=0.0, p=0.5))
+    if pipeline == "retrieval":
+        if is_train:
+            steps: list[A.BasicTransform] = [
+                A.RandomResizedCrop(size=(height, width), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                                    interpolation=cv2.INTER_LINEAR),
+                A.HorizontalFlip(p=flip_prob)]
+        else:
+            steps = [A.SmallestMaxSize(max_size=resize, interpolation=cv2.INTER_LINEAR), A.CenterCrop(height, width)]
         steps.append(normalize)
-        if erasing_prob > 0:
-            steps.append(RandomErasing(scale=(0.02, 0.4), ratio=(0.3, 3.3), fill=0.0, p=erasing_prob))
     else:
-        steps.append(normalize)
+        steps = [A.Resize(height, width, interpolation=cv2.INTER_LINEAR)]
+        if is_train:
+            steps.append(A.HorizontalFlip(p=flip_prob))
+            if padding > 0:
+                steps += [
+                    A.Pad(padding=padding, fill=0, border_mode=cv2.BORDER_CONSTANT),
+                    A.RandomCrop(height, width),
+                ]
+            if color_jitter:
+                # Mild photometric jitter: re-ID relies on clothing colour, so hue is left alone.
+                steps.append(A.ColorJitter(brightness=0.2, contrast=0.15, saturation=0.1, hue=0.0, p=0.5))
+            steps.append(normalize)
+            if erasing_prob > 0:
+                steps.append(RandomErasing(scale=(0.02, 0.4), ratio=(0.3, 3.3), fill=0.0, p=erasing_prob))
+        else:
+            steps.append(normalize)
     steps.append(ToTensorV2())
-    pipeline = A.Compose(steps)
+    transform = A.Compose(steps)
     if seed is not None:
-        seed_transform(pipeline, seed)
-    return pipeline
+        seed_transform(transform, seed)
+    return transform
 
 
 def seed_transform(pipeline: A.Compose, seed: int) -> None:

@@ -1,4 +1,4 @@
-"""The re-ID model: timm trunk -> pooling -> (BNNeck) -> bias-free classifier."""
+"""The embedding model: timm trunk -> pooling -> (linear embedding) -> (BNNeck) -> bias-free classifier."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from .heads import BNNeck, build_classifier, build_pooling
 class ModelOutput:
     """What ``ReidModel`` returns, in train and eval mode alike.
 
-    embeddings: B x D pooled trunk features before the BNNeck (what metric losses use).
+    embeddings: B x D pooled trunk features (after the linear embedding layer when there is one),
+        before the BNNeck: what metric losses use.
     bn_embeddings: B x D after the BNNeck (the same tensor when the neck is off).
     logits: B x C identity scores from the classifier over ``bn_embeddings``.
     """
@@ -33,10 +34,11 @@ except ValueError:  # already registered (module re-imported)
 
 
 class ReidModel(nn.Module):
-    """trunk -> pool -> embeddings -> BNNeck -> bn_embeddings -> classifier -> logits.
+    """trunk -> pool -> (embedding) -> embeddings -> BNNeck -> bn_embeddings -> classifier -> logits.
 
-    Attributes: ``backbone`` (the timm trunk), ``pool``, ``neck`` (BNNeck or Identity),
-    ``classifier``, ``feature_dim`` (D), ``num_classes`` (C), ``channels_last``.
+    Attributes: ``backbone`` (the timm trunk), ``pool``, ``embedding`` (a Linear to
+    ``embedding_dim`` dimensions, or Identity), ``neck`` (BNNeck or Identity), ``classifier``,
+    ``feature_dim`` (D), ``num_classes`` (C), ``channels_last``.
     """
 
     def __init__(
@@ -45,14 +47,20 @@ class ReidModel(nn.Module):
         num_classes: int,
         *,
         pool: nn.Module | None = None,
+        embedding_dim: int = 0,
         neck: bool = True,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.feature_dim: int = int(backbone.num_features)
+        if embedding_dim < 0:
+            raise ValueError(f"embedding_dim: expected 0 (none) or a positive size, got {embedding_dim!r}")
+        trunk_dim = int(backbone.num_features)
+        self.feature_dim: int = embedding_dim or trunk_dim
         self.num_classes: int = int(num_classes)
         self.backbone = backbone
         self.pool = pool if pool is not None else build_pooling("avg")
+        # The retrieval papers' 512-d embedding (a linear layer over the pooled features).
+        self.embedding: nn.Module = nn.Linear(trunk_dim, embedding_dim) if embedding_dim else nn.Identity()
         self.neck: nn.Module = BNNeck(self.feature_dim) if neck else nn.Identity()
         self.classifier = build_classifier(self.feature_dim, self.num_classes)
         self.channels_last = channels_last
@@ -65,7 +73,7 @@ class ReidModel(nn.Module):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         feature_map = backbone_feature_map(self.backbone, images)
-        embeddings = self.pool(feature_map)
+        embeddings = self.embedding(self.pool(feature_map))
         bn_embeddings = self.neck(embeddings)
         return ModelOutput(embeddings, bn_embeddings, self.classifier(bn_embeddings))
 
@@ -93,6 +101,7 @@ def build_model(
     pooling: str = "avg",
     gem_p: float = 3.0,
     pool_lambda: float = 0.5,
+    embedding_dim: int = 0,
     neck: bool = True,
     leaky_relu: float = 0.0,
     channels_last: bool = False,
@@ -102,8 +111,9 @@ def build_model(
 
     pretrained / last_stride / leaky_relu: see ``build_backbone``; pooling: "avg" | "max" |
     "gem" (p = gem_p, learned unless gem_learnable=False) | "mix" (pool_lambda * max +
-    (1 - pool_lambda) * avg); neck: BNNeck between embeddings and classifier.
+    (1 - pool_lambda) * avg); embedding_dim: > 0 adds a linear layer to that many dimensions;
+    neck: BNNeck between embeddings and classifier.
     """
     pool = build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable, pool_lambda=pool_lambda)
     trunk = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride, leaky_relu=leaky_relu)
-    return ReidModel(trunk, num_classes, pool=pool, neck=neck, channels_last=channels_last)
+    return ReidModel(trunk, num_classes, pool=pool, embedding_dim=embedding_dim, neck=neck, channels_last=channels_last)

@@ -121,3 +121,18 @@ def test_same_seed_same_augmentations_different_seed_differs() -> None:
     first, again, other = run(11), run(11), run(12)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_retrieval_pipeline_resizes_the_shorter_side_then_centre_crops():
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[:, 200:] = 255  # right half white
+    out = build_transforms(224, 224, False, pipeline="retrieval", resize=256, mean=(0, 0, 0), std=(1, 1, 1))(
+        image=image)["image"]
+    assert out.shape == (3, 224, 224)
+    # 300 x 400 -> 256 x 341; the centre 224 columns span 58..282 of 341: the white half starts at 170.5
+    row = out[0, 112].numpy()
+    assert row[:112].max() < 0.01 and row[114:].min() > 0.99
+    train = build_transforms(224, 224, True, pipeline="retrieval", seed=3)
+    assert train(image=image)["image"].shape == (3, 224, 224)
+    with pytest.raises(ValueError, match="pipeline: expected one of reid, retrieval, got 'imagenet'"):
+        build_transforms(224, 224, True, pipeline="imagenet")

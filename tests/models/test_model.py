@@ -356,3 +356,17 @@ def test_model_reid_model_from_parts():
     model = ReidModel(trunk, 6, neck=False)
     assert isinstance(model.neck, nn.Identity) and isinstance(model.pool, nn.Module)
     assert model(images()).logits.shape == (4, 6)
+
+
+def test_embedding_layer_maps_pooled_features_to_embedding_dim():
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 5, embedding_dim=32, last_stride=2).eval()
+    images = torch.randn(3, 3, 64, 32)
+    out = model(images)
+    assert model.feature_dim == 32 and out.embeddings.shape == (3, 32) and out.logits.shape == (3, 5)
+    pooled = model.pool(model.backbone.forward_features(images))
+    expected = pooled @ model.embedding.weight.T + model.embedding.bias
+    assert torch.allclose(out.embeddings, expected, atol=1e-6)
+    assert isinstance(build_model("test_resnet", 5).embedding, torch.nn.Identity)
+    with pytest.raises(ValueError, match="embedding_dim: expected 0 \\(none\\) or a positive size, got -1"):
+        build_model("test_resnet", 5, embedding_dim=-1)
