@@ -832,11 +832,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(set(old) | set(new))
-    return "; ".join(f"{k}: {old.get(k)!r} (on disk) != {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(set(old) | set(new))
     diffs = [f"{k}: {old.get(k)!r} (on disk) != {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
     return "; ".join(diffs) or "none (the tree is incomplete)"
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .base import Item, ReidDataset
+from .base import PROTOCOLS, Item, ReidDataset
+from .cars196 import load_cars196
+from .cub200 import load_cub200
 from .custom import load_custom
 from .dukemtmcreid import load_dukemtmcreid
+from .fashion_mnist import load_fashion_mnist
+from .inshop import load_inshop
 from .market1501 import load_market1501
+from .sop import load_sop
 
 DatasetBuilder = Callable[..., ReidDataset]
 
@@ -20,6 +25,13 @@ DATASETS: dict[str, DatasetBuilder] = {
     "market1501": load_market1501,
     "dukemtmcreid": load_dukemtmcreid,
     "custom": load_custom,
+    # Deep-metric-learning retrieval benchmarks (the Group Loss papers): class labels, camid 0,
+    # protocol "leave_one_out" (query = gallery) or "query_gallery" (In-Shop).
+    "cub200": load_cub200,
+    "cars196": load_cars196,
+    "sop": load_sop,
+    "inshop": load_inshop,
+    "fashion_mnist": load_fashion_mnist,
 }
 
 
@@ -37,4 +49,4 @@ def build_dataset(name: str, root: str | os.PathLike, **kwargs: object) -> ReidD
     return DATASETS[name](root, **kwargs)
 
 
-__all__ = ["DATASETS", "Item", "ReidDataset", "build_dataset", "register_dataset"]
+__all__ = ["DATASETS", "PROTOCOLS", "Item", "ReidDataset", "build_dataset", "register_dataset"]

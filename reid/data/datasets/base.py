@@ -10,6 +10,10 @@ Every listed image file also passes a cheap integrity check when the dataset is 
 (:func:`check_images`, :func:`check_image_file`): a file that is empty, not an image or
 truncated is an error naming it (:class:`ImageReadError`), or, with ``skip_invalid``, is left
 out of the lists with one warning naming it. This module needs only the standard library.
+
+The same record also carries the retrieval benchmarks of deep metric learning (CUB-200-2011,
+Cars196, Stanford Online Products, In-Shop, Fashion-MNIST): there the "pid" is a class label,
+every camid is 0, and ``protocol`` says how query and gallery are compared (:data:`PROTOCOLS`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,18 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 JUNK_PID = -1
 SPLITS = ("train", "query", "gallery")
 
+PROTOCOLS = ("reid", "leave_one_out", "query_gallery")
+"""How a dataset's query and gallery are compared (:attr:`ReidDataset.protocol`):
+
+- ``reid``: camera-aware re-ID ranking (Market-1501 protocol): gallery items with the query's
+  pid *and* camid are left out (Market-1501, DukeMTMC-reID, custom, synthetic).
+- ``leave_one_out``: query and gallery are the same list; each query is ranked against all the
+  others, excluding only itself (by index). CUB-200-2011, Cars196, SOP, Fashion-MNIST.
+- ``query_gallery``: queries against a separate gallery, no camera filtering (In-Shop).
+"""
+DEFAULT_RECALL_KS = (1, 5, 10)
+"""The ranks a re-ID dataset reports (CMC rank-1/5/10); retrieval datasets set their own."""
+
 SYNTHETIC_HINT = (
     "or make the synthetic dataset in Market-1501 layout with `python tools/make_synthetic.py`"
 )
@@ -43,13 +59,35 @@ CHECK_THREADS = 8
 
 @dataclass
 class ReidDataset:
-    """Train / query / gallery lists of ``(path, pid, camid)``, each sorted by path."""
+    """Train / query / gallery lists of ``(path, pid, camid)``, each sorted by path.
+
+    ``protocol`` (one of :data:`PROTOCOLS`) says how query and gallery are evaluated and
+    ``recall_ks`` the ranks K the dataset's papers report (Recall@K / CMC rank-K). Both have
+    defaults (the re-ID protocol, ranks 1, 5, 10), so ``ReidDataset(name, root, train, query,
+    gallery)`` is a re-ID dataset. With ``leave_one_out`` the query and the gallery are the
+    same list (the loaders pass one list object for both).
+    """
 
     name: str
     root: str
     train: list[Item] = field(repr=False)
     query: list[Item] = field(repr=False)
     gallery: list[Item] = field(repr=False)
+    protocol: str = "reid"
+    recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"dataset {self.name}: unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        ks = tuple(self.recall_ks)
+        if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+            raise ValueError(f"dataset {self.name}: recall_ks must be positive integers, got {self.recall_ks!r}")
+        self.recall_ks = ks
+        if self.protocol == "leave_one_out" and self.query is not self.gallery and self.query != self.gallery:
+            raise ValueError(
+                f"dataset {self.name}: the leave_one_out protocol needs query and gallery to be the same list "
+                f"({len(self.query)} and {len(self.gallery)} items differ)"
+            )
 
     @property
     def num_train_pids(self) -> int:
@@ -60,12 +98,27 @@ class ReidDataset:
         return len({camid for _, _, camid in self.train})
 
     def summary(self) -> str:
-        """A table with one row per split: identities, images, cameras."""
-        header = ("split", "identities", "images", "cameras")
-        rows = [
-            (split, str(len({p for _, p, _ in items})), str(len(items)), str(len({c for _, _, c in items})))
-            for split, items in (("train", self.train), ("query", self.query), ("gallery", self.gallery))
-        ]
+        """A table with one row per split: identities, images, cameras.
+
+        Retrieval datasets (protocol other than ``reid``) count classes and images only (their
+        camid is always 0); leave-one-out shows one ``query = gallery`` row; a last line names
+        the protocol and its Recall@K.
+        """
+        if self.protocol == "reid":
+            header: tuple[str, ...] = ("split", "identities", "images", "cameras")
+            splits = (("train", self.train), ("query", self.query), ("gallery", self.gallery))
+        else:
+            header = ("split", "classes", "images")
+            if self.protocol == "leave_one_out":
+                splits = (("train", self.train), ("query = gallery", self.query))
+            else:
+                splits = (("train", self.train), ("query", self.query), ("gallery", self.gallery))
+        rows = []
+        for split, items in splits:
+            row = [split, str(len({p for _, p, _ in items})), str(len(items))]
+            if self.protocol == "reid":
+                row.append(str(len({c for _, _, c in items})))
+            rows.append(tuple(row))
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
         def line(cells: Sequence[str]) -> str:
@@ -74,7 +127,15 @@ class ReidDataset:
             return "  " + " | ".join([first, *rest])
 
         rule = "  " + "-+-".join("-" * width for width in widths)
-        return "\n".join([f"{self.name} ({self.root})", line(header), rule, *(line(r) for r in rows)])
+        lines = [f"{self.name} ({self.root})", line(header), rule, *(line(r) for r in rows)]
+        if self.protocol != "reid":
+            how = {
+                "leave_one_out": "leave-one-out: query = gallery, each query excludes only itself",
+                "query_gallery": "queries against a separate gallery, no camera filtering",
+            }[self.protocol]
+            ks = ", ".join(str(k) for k in self.recall_ks)
+            lines.append(f"  protocol {self.protocol} ({how}); Recall@K for K = {ks}")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
