@@ -35,3 +35,15 @@ echo "import site; site.addsitedir('$project_site')" > "$bench_site/_reid_projec
 # Check that the two classic functions load, and that the evaluation is the compiled one.
 "$BENCH_VENV/bin/python" benchmarks/bench_evaluation.py --check-peer
 "$BENCH_VENV/bin/python" benchmarks/bench_rerank.py --check-peer
+
+# bench_retrieval.py's peer: pytorch-metric-learning's AccuracyCalculator (Recall@K, R-precision,
+# MAP@R; Musgrave et al., ECCV 2020). --no-deps: its dependencies torch, numpy and tqdm, and the
+# faiss-cpu its kNN uses (the project's `faiss` extra), come from the project's .venv through the
+# .pth hook above. scikit-learn (imported by its accuracy_calculator module, and used by
+# tests/evaluation/test_retrieval.py's NMI cross-check) is installed with its small pure-Python
+# dependencies (joblib, threadpoolctl, ...); numpy and scipy are already satisfied by the project's .venv.
+PML_VERSION="${PML_VERSION:-2.9.0}"
+SKLEARN_VERSION="${SKLEARN_VERSION:-1.9.1}"
+"$BENCH_VENV/bin/python" -m pip install --quiet --no-deps "pytorch-metric-learning==$PML_VERSION"
+"$BENCH_VENV/bin/python" -m pip install --quiet "scikit-learn==$SKLEARN_VERSION"
+"$BENCH_VENV/bin/python" benchmarks/bench_retrieval.py --check-peer

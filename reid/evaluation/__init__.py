@@ -7,5 +7,10 @@ Feature extraction (``reid.evaluation.features``) is imported from its own modul
 from .distance import pairwise_distance
 from .rank import RankResult, evaluate_rank
 from .rerank import rerank, rerank_distances
+from .retrieval import ClusterResult, RetrievalResult, cluster_metrics, evaluate_retrieval
+from .retrieval import normalized_mutual_info
+from .verification import VerificationResult, roc_curve, verification_metrics
 
-__all__ = ["RankResult", "evaluate_rank", "pairwise_distance", "rerank", "rerank_distances"]
+__all__ = ["RankResult", "evaluate_rank", "pairwise_distance", "rerank", "rerank_distances",
+           "VerificationResult", "roc_curve", "verification_metrics",
+           "ClusterResult", "RetrievalResult", "cluster_metrics", "evaluate_retrieval", "normalized_mutual_info"]
