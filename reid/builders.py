@@ -75,10 +75,14 @@ def train_loader_from_config(cfg: Config, dataset: ReidDataset, rank: int = 0, w
 
 
 def test_loaders_from_config(cfg: Config, dataset: ReidDataset):
+    """(query loader, gallery loader); one loader twice for a leave-one-out dataset."""
     d = cfg.data
     kwargs = dict(height=d.height, width=d.width, batch_size=d.test_batch_size, num_workers=d.num_workers,
                   pipeline=d.pipeline, resize=d.resize)
-    return build_test_loader(dataset.query, **kwargs), build_test_loader(dataset.gallery, **kwargs)
+    query_loader = build_test_loader(dataset.query, **kwargs)
+    if dataset.gallery is dataset.query:
+        return query_loader, query_loader
+    return query_loader, build_test_loader(dataset.gallery, **kwargs)
 
 
 def model_from_config(cfg: Config, num_classes: int, *, load_pretrained: bool = True) -> ReidModel:
@@ -127,11 +131,14 @@ def steps_per_epoch(cfg: Config, train_loader) -> int:
     return min(steps, cfg.train.iters_per_epoch) if cfg.train.iters_per_epoch > 0 else steps
 
 
-def eval_options(cfg: Config, *, rerank: bool | None = None) -> dict[str, Any]:
-    """Keyword arguments of reid.engine.evaluate from the ``test`` section."""
+def eval_options(cfg: Config, dataset: ReidDataset | None = None, *, rerank: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments of reid.engine.evaluate: the ``test`` section, and the dataset's
+    protocol and Recall@K when a dataset is given."""
     options = dataclasses.asdict(cfg.test)
     if rerank is not None:
         options["rerank"] = rerank
+    if dataset is not None:
+        options.update(protocol=dataset.protocol, recall_ks=tuple(dataset.recall_ks))
     return options
 
 
@@ -139,7 +146,7 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     """Rebuild the model a checkpoint was trained with (architecture from its stored config)."""
     state = load_checkpoint(path)
     if "config" not in state or "num_classes" not in state:
-        raise ValueError(f"{path}: checkpoint has no stored config/num_classes; was it written by tools/train.py?")
+        raise ValueError(f"{path}: checkpoint has no stored config/num_classes; was it written by reid train?")
     cfg = from_dict(state["config"])
     model = model_from_config(cfg, state["num_classes"], load_pretrained=False)
     try:

@@ -10,7 +10,7 @@ Layout (``version`` 2)::
     {"format": "reid-checkpoint", "version": 2,
      "model": state_dict, "config": dict, "num_classes": int,          # what inference needs
      "optimizer": ..., "scheduler": ..., "scaler": ..., "loss": ...,   # what resuming needs
-     "progress": {"epoch", "step", "best_mAP", "best_epoch"}, "rng": {"torch", "numpy", "python", "cuda"}}
+     "progress": {"epoch", "step", "best_score", "best_epoch"}, "rng": {"torch", "numpy", "python", "cuda"}}
 
 Files written by version 1 (unpickled with ``weights_only=False``) are refused; the user
 converts a trusted one once with ``reid convert-checkpoint OLD NEW`` (:func:`convert_checkpoint`).
@@ -111,6 +111,10 @@ def convert_checkpoint(source: str | Path, destination: str | Path, *, overwrite
     if "rng" in state:
         state["rng"] = rng_to_data(_rng_from_any(state["rng"]))
     state.pop("epoch", None)  # version 0.1 kept a copy of progress["epoch"] at the top level
+    if isinstance(state.get("progress"), dict) and "best_mAP" in state["progress"]:
+        progress = dict(state["progress"])
+        progress["best_score"] = progress.pop("best_mAP")
+        state["progress"] = progress
     state.update(format=FORMAT, version=VERSION)
     save_checkpoint(state, destination)
     load_checkpoint(destination)  # proves the result is plain data
@@ -177,7 +181,7 @@ class Progress:
 
     epoch: int = 0
     step: int = 0
-    best_mAP: float = -1.0
+    best_score: float = -1.0  # mAP (re-ID) or MAP@R (retrieval) of best.pt
     best_epoch: int = -1
 
 

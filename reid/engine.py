@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import Checkpointer, Progress, unwrap
-from .evaluation.features import extract_features, metrics_from_features
+from .evaluation.features import extract_features, metrics_from_features, primary_score
 from .optim import Optimization
 
 log = logging.getLogger("reid")
@@ -150,7 +150,9 @@ def evaluate(
     """Extract query and gallery features and compute the field's metrics (see metrics_from_features)."""
     model = unwrap(model)
     query = extract_features(model, query_loader, device, feature=feature, flip=flip)
-    gallery = extract_features(model, gallery_loader, device, feature=feature, flip=flip)
+    # Leave-one-out datasets pass one loader for both: extract once.
+    same = gallery_loader is query_loader
+    gallery = query if same else extract_features(model, gallery_loader, device, feature=feature, flip=flip)
     return metrics_from_features(query, gallery, **metric_options)
 
 
@@ -259,8 +261,8 @@ def fit(model: nn.Module, train_loader, criterion: nn.Module, optimization: Opti
             if evaluate_fn is not None and (final or state.epoch % eval_every == 0):
                 if is_main:
                     metrics = record["metrics"] = evaluate_fn(model, final)
-                    if metrics["mAP"] > state.best_mAP:
-                        state.best_mAP, state.best_epoch = metrics["mAP"], state.epoch
+                    if primary_score(metrics) > state.best_score:
+                        state.best_score, state.best_epoch = primary_score(metrics), state.epoch
                         checkpointer.save("best.pt", state)
                     checkpointer.save("last.pt", state)  # with the best so far, for a resumed run
                 _barrier()

@@ -30,7 +30,7 @@ from .checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoint
 from .config import Config, ConfigError, from_dict, save_config, to_dict
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .engine import evaluate, fit, seed_everything
-from .evaluation.features import metrics_table
+from .evaluation.features import metrics_line, metrics_table
 from .io import atomic_write_json
 
 log = logging.getLogger("reid")
@@ -98,13 +98,13 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
 
         def evaluate_fn(current_model: torch.nn.Module, final: bool) -> dict[str, Any]:
             # Re-ranking is costly; it runs on the final evaluation only.
-            options = builders.eval_options(cfg, rerank=cfg.test.rerank and final)
+            options = builders.eval_options(cfg, dataset, rerank=cfg.test.rerank and final)
             return evaluate(current_model, query_loader, gallery_loader, device, **options)
 
         if cfg.train.eval_untrained and resume_from is None and dist_info.is_main:
             untrained = evaluate_fn(model, True)
             atomic_write_json(output_dir / "untrained_metrics.json", untrained)
-            log.info("untrained model: mAP %.4f, rank1 %.4f", untrained["mAP"], untrained["rank1"])
+            log.info("untrained model: %s", metrics_line(untrained))
         metrics = fit(model, train_loader, criterion, optimization, checkpointer, epochs=cfg.train.epochs,
                       steps_per_epoch=steps, device=device, start=start, evaluate_fn=evaluate_fn,
                       eval_every=cfg.train.eval_every, on_epoch=files.log_epoch)
@@ -190,6 +190,10 @@ class RunFiles:
         self._handler = logging.FileHandler(self.output_dir / "train.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(self._handler)
+        # The log file gets every INFO line even when the caller left the logger at WARNING.
+        self._level = log.level
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
         self._writer = _tensorboard(self.output_dir)
         return self
 
@@ -201,6 +205,7 @@ class RunFiles:
             record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (kind.__name__, error), None)
             self._handler.handle(record)
         log.removeHandler(self._handler)
+        log.setLevel(self._level)
         self._handler.close()
         if self._writer is not None:
             self._writer.close()
@@ -209,8 +214,7 @@ class RunFiles:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
         line = f"epoch {record['epoch']}: {losses}, lr {record['lr']:.2e}, {record['images_per_s']:.1f} img/s"
         if "metrics" in record:
-            m = record["metrics"]
-            line += f" | mAP {m['mAP']:.4f} rank1 {m['rank1']:.4f} mINP {m['mINP']:.4f}"
+            line += " | " + metrics_line(record["metrics"])
         log.info(line)
         with open(self.output_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -100,7 +100,8 @@ def test_rng_states_are_plain_data_and_restore_exactly():
 
 def _v1_checkpoint(path, model):
     """The layout reid 0.1 wrote: numpy/Python RNG states pickled as live objects."""
-    torch.save({"model": model.state_dict(), "optimizer": {}, "progress": vars(Progress(epoch=3)), "epoch": 3,
+    progress = {"epoch": 3, "step": 0, "best_mAP": -1.0, "best_epoch": -1}
+    torch.save({"model": model.state_dict(), "optimizer": {}, "progress": progress, "epoch": 3,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                 "config": {"train": {"epochs": 5}}, "num_classes": 4}, path)
 
@@ -117,6 +118,7 @@ def test_old_checkpoints_are_refused_then_convert_once(tmp_path):
     convert_checkpoint(tmp_path / "old.pt", tmp_path / "new.pt")
     state = load_checkpoint(tmp_path / "new.pt")
     assert state["version"] == 2 and state["format"] == "reid-checkpoint" and "epoch" not in state
+    assert state["progress"] == {"epoch": 3, "step": 0, "best_score": -1.0, "best_epoch": -1}
     assert torch.equal(state["model"]["weight"], model.weight.detach())
     np.random.seed(0)
     restore_rng(state["rng"])
@@ -146,7 +148,7 @@ def test_checkpointer_saves_and_restores_every_part(tmp_path):
     scheduler.step()
     saver = Checkpointer(tmp_path, {"model": model, "loss": loss, "optimizer": optimizer, "scheduler": scheduler,
                                     "scaler": None}, extra={"num_classes": 3})
-    saver.save("last.pt", Progress(epoch=2, step=1, best_mAP=0.5, best_epoch=1))
+    saver.save("last.pt", Progress(epoch=2, step=1, best_score=0.5, best_epoch=1))
     expected_draw = torch.rand(3)
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["num_classes"] == 3 and "scaler" not in state and state["loss"]["scale"] != 1.0
@@ -157,7 +159,7 @@ def test_checkpointer_saves_and_restores_every_part(tmp_path):
     scheduler2 = torch.optim.lr_scheduler.LambdaLR(optimizer2, lambda step: 0.5 ** step)
     loader = Checkpointer(tmp_path, {"model": model2, "loss": loss2, "optimizer": optimizer2, "scheduler": scheduler2})
     progress = loader.resume(tmp_path / "last.pt")
-    assert progress == Progress(epoch=2, step=1, best_mAP=0.5, best_epoch=1)
+    assert progress == Progress(epoch=2, step=1, best_score=0.5, best_epoch=1)
     assert torch.equal(model2.weight, model.weight) and loss2.scale.item() == loss.scale.item()
     assert optimizer2.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
     assert scheduler2.last_epoch == 1 and optimizer2.param_groups[0]["lr"] == pytest.approx(0.05)

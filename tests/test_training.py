@@ -98,3 +98,45 @@ def test_loss_parameters_are_optimised_and_checkpointed(tiny_train_args, tmp_pat
     training.train(load_config(None, args))
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["loss"]["terms.learned_scale.scale"].item() != 1.0
+
+
+def write_fashion_mnist(folder, per_class=8, seed=0):
+    """Tiny idx files in Fashion-MNIST's real format: a class-dependent stripe pattern plus noise."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = rng.integers(0, 60, (len(labels), 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, :, 2 * label:2 * label + 6] = 250  # a vertical band whose place is the class
+        header = struct.pack(">IIII", 2051, len(labels), 28, 28)
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
+        header = struct.pack(">II", 2049, len(labels))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(header + labels.tobytes()))
+    return folder
+
+
+def test_training_on_a_retrieval_set_reports_recall_map_at_r_and_nmi(tmp_path, monkeypatch):
+    monkeypatch.setenv("REID_CACHE", str(tmp_path / "cache"))
+    root = write_fashion_mnist(tmp_path / "fashion-mnist")
+    args = ["data.name=fashion_mnist", f"data.root={root}", "data.pipeline=retrieval", "data.height=32",
+            "data.width=32", "data.resize=32", "data.num_identities=5", "data.num_instances=4",
+            "data.num_workers=0", "model.backbone=test_resnet", "model.embedding_dim=16", "model.last_stride=2",
+            "train.epochs=2", "train.warmup_epochs=0", "train.device=cpu", "train.eval_every=1",
+            "train.eval_untrained=true", f"output_dir={tmp_path / 'run'}"]
+    metrics = training.train(load_config(None, args))
+    keys = {"recall@1", "recall@2", "recall@4", "recall@8", "precision_at_1", "r_precision", "map_at_r", "nmi", "f1"}
+    assert keys <= set(metrics) and "mAP" not in metrics and "rerank" not in metrics
+    assert metrics["num_valid_queries"] == 5 * 8  # leave-one-out over the 5 unseen classes' 8 images each
+    assert metrics["recall@1"] == metrics["precision_at_1"] and 0 <= metrics["map_at_r"] <= 1
+    assert keys <= set(metrics["untrained"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [set(r["metrics"]) >= keys for r in records] == [True, True]
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert state["progress"]["best_score"] == max(r["metrics"]["map_at_r"] for r in records)
+    assert "recall@1" in (tmp_path / "run" / "train.log").read_text()
