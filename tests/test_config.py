@@ -17,7 +17,8 @@ from reid.models.heads import POOLINGS
 from reid.optim import AMP_MODES, OPTIMIZERS, SCHEDULES
 
 EXPERIMENT_CONFIGS = ["demo.yaml", "demo_ce_triplet.yaml", "market1501_resnet50_group.yaml",
-                      "dukemtmc_resnet50_group.yaml", "market1501_resnet50_ce_triplet.yaml"]
+                      "dukemtmc_resnet50_group.yaml", "market1501_resnet50_ce_triplet.yaml", "cub200_group.yaml",
+                      "cars196_group.yaml", "sop_group.yaml", "inshop_group.yaml", "fashion_mnist_group.yaml"]
 
 
 def _error(overrides):
@@ -345,3 +346,15 @@ def test_save_config_replaces_through_a_temporary_file_in_the_same_folder(tmp_pa
     save_config(Config(), tmp_path / "config.yaml")
     assert len(calls) == 1 and os.path.dirname(calls[0][0]) == str(tmp_path) and fsyncs
     assert load_config(tmp_path / "config.yaml") == Config()
+
+
+# The Group Loss paper's retrieval settings (temperature, classes x samples per batch, anchors).
+@pytest.mark.parametrize("name, temperature, batch, anchors", [
+    ("cub200_group.yaml", 24.0, (6, 9), 2), ("cars196_group.yaml", 79.0, (5, 7), 3), ("sop_group.yaml", 54.0, (10, 6), 2)])
+def test_retrieval_configs_carry_the_papers_settings(repo_root, name, temperature, batch, anchors):
+    cfg = load_config(repo_root / "configs" / name)
+    group = cfg.losses[0]
+    assert group.name == "group" and group.params == {"temperature": temperature, "num_anchors": anchors,
+                                                      "num_iterations": 1}
+    assert (cfg.data.num_identities, cfg.data.num_instances) == batch
+    assert (cfg.data.pipeline, cfg.model.embedding_dim, cfg.train.optimizer) == ("retrieval", 512, "radam")
