@@ -52,7 +52,8 @@ def dataset_from_config(cfg: Config, *, generate: bool = True) -> ReidDataset:
                 raise FileNotFoundError(
                     f"data.root={cfg.data.root}: no synthetic dataset in {folder.resolve()} (evaluation does not "
                     "generate one); point data.root at the folder the model was trained with, or make it "
-                    f"with: reid make-synthetic --root {folder}")
+                    f"with: reid make-synthetic --root {folder} --train-ids {s.num_train_ids} --test-ids "
+                    f"{s.num_test_ids} --cameras {s.num_cameras} --height {s.height} --width {s.width} --seed {s.seed}")
             return build_dataset("market1501" if s.num_cameras <= 6 else "custom", folder)
         folder = make_synthetic_market(
             cfg.data.root, num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,

@@ -439,7 +439,7 @@ _HEADER = f"""\
 # Every key, its default and what it means. GENERATED from the schema in reid/config.py: change
 # the defaults and their help there, then run `{GENERATE_COMMAND}`.
 # Experiment files name this file in `_base_` and change only what differs; the command line
-# overrides any key: `python tools/train.py --config F train.lr=1e-3`.
+# overrides any key: `reid train --config F train.lr=1e-3`.
 """
 _COMMENT_COLUMN = 28
 

@@ -11,7 +11,7 @@ also drops the one layer whose size depends on the training set.
 
 The TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) is used: it
 needs no extra package, whereas the torch.export-based one needs ``onnxscript``.
-onnx and onnxruntime are the ``export`` extras (``pip install 'reid[export]'``).
+onnx and onnxruntime are the ``export`` extras (``pip install 'groupreid[export]'``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(
-            f"ONNX export needs the {module!r} package: pip install 'reid[export]' (onnx and onnxruntime)"
+            f"ONNX export needs the {module!r} package: pip install 'groupreid[export]' (onnx and onnxruntime)"
         ) from None
 
 

@@ -107,7 +107,7 @@ def test_checkpoint_test_settings_are_the_defaults(checkpoint, tmp_path):
 
 def test_tool_fails_above_the_tolerance(checkpoint, tmp_path, monkeypatch, capsys):
     path, _ = checkpoint
-    monkeypatch.setattr(export_tool, "verify_onnx", lambda *args: 3e-4)
+    monkeypatch.setattr("reid.export.verify_onnx", lambda *args: 3e-4)
     with pytest.raises(SystemExit) as exit_info:
         export_tool.main(["--weights", str(path), "--output", str(tmp_path / "m.onnx")])
     assert exit_info.value.code == 1

@@ -943,7 +943,7 @@ def make_synthetic_market(
                 if ours else "not made by this generator")
         raise FileExistsError(
             f"{root} already holds a dataset ({existing} files in its split folders) {what}; "
-            "pass overwrite=True (tools/make_synthetic.py --overwrite) to replace it, or choose another root")
+            "pass overwrite=True (reid make-synthetic --overwrite) to replace it, or choose another root")
 
     train_pids = [2 * i + 1 for i in range(num_train_ids)]
     test_pids = [2 * i + 2 for i in range(num_test_ids)]
@@ -968,8 +968,10 @@ def make_synthetic_market(
     else:
         chunk = max(64, len(jobs) // (workers * 8) + 1)
         chunks = [jobs[i:i + chunk] for i in range(0, len(jobs), chunk)]
+        # forkserver, not fork: a process that already ran torch or OpenCV holds thread pools whose
+        # locks a forked child inherits mid-use (a deadlock seen after `reid visualize` in-process).
         methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
             futures = [pool.submit(_write_jobs, str(root), c, cameras, seed, size) for c in chunks]
             for future in futures:

@@ -156,7 +156,7 @@ class FeatureExtractor:
         batch_size: int = 64,
         num_workers: int = 0,
     ) -> "FeatureExtractor":
-        """The model of a checkpoint written by tools/train.py, with its stored input size.
+        """The model of a checkpoint written by `reid train`, with its stored input size.
 
         ``flip`` and ``feature`` default to the checkpoint's ``test.flip`` / ``test.feature``,
         so the embeddings are those its evaluation ranked with. A checkpoint whose weights do

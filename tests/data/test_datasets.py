@@ -112,7 +112,7 @@ def test_summary_table(market_root: Path) -> None:
 
 def test_missing_root_names_path_and_how_to_get_data(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*Market-1501-v15\.09\.15.*make_synthetic\.py"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*Market-1501-v15\.09\.15.*reid make-synthetic"):
         build_dataset("market1501", missing)
 
 
@@ -120,7 +120,7 @@ def test_missing_split_folder_names_it(market_root: Path) -> None:
     for name in MARKET_FILES["query"]:
         (market_root / "query" / name).unlink()
     (market_root / "query").rmdir()
-    expected = re.escape(str(market_root / "query")) + " does not exist.*make_synthetic"
+    expected = re.escape(str(market_root / "query")) + " does not exist.*reid make-synthetic"
     with pytest.raises(FileNotFoundError, match=expected):
         build_dataset("market1501", market_root)
 

@@ -271,10 +271,13 @@ def test_tool_main_writes_and_prints(tmp_path, capsys):
     assert len({pid for pid, _, _ in parse(root / "bounding_box_train")}) == 3
 
 
-def test_tool_reports_a_clash_without_traceback(tmp_path):
+def test_tool_reports_a_clash_without_traceback(tmp_path, capsys):
     tool = _load_tool()
     args = ["--root", str(tmp_path / "ds"), "--train-ids", "2", "--test-ids", "2", "--cameras", "2",
             "--height", "64", "--width", "32", "--images-per-camera", "2", "2", "--distractors", "0", "--junk", "0"]
     tool.main(args)
-    with pytest.raises(SystemExit, match=r"error: .*num_train_ids: 2 \(on disk\) != 3"):
+    with pytest.raises(SystemExit) as exited:
         tool.main([*args[:3], "3", *args[4:]])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^error: .*num_train_ids: 2 \(on disk\) != 3", err) and "Traceback" not in err

@@ -1,4 +1,4 @@
-"""tools/extract.py: a folder of arbitrary images to a FeatureSet .npz; query folder ranked against gallery."""
+"""tools/extract.py (`reid extract`): a folder of arbitrary images to a FeatureSet .npz; query folder ranked against gallery."""
 
 from __future__ import annotations
 
@@ -132,7 +132,10 @@ def test_argument_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_missing_folder_is_named(checkpoint, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+def test_missing_folder_is_named(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         extract_tool.main(["--weights", str(checkpoint), "--images", str(tmp_path / "no-such-folder"),
                            "--output", str(tmp_path / "f.npz"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: --images {tmp_path / 'no-such-folder'}: no such folder\n"
+    assert not (tmp_path / "f.npz").exists()

@@ -1,4 +1,4 @@
-"""tools/train.py end to end on a tiny synthetic set: outputs, exact resume, torchrun with gloo."""
+"""tools/train.py (`reid train`) end to end on a tiny synthetic set: outputs, exact resume, torchrun with gloo."""
 
 import json
 import os
@@ -34,7 +34,7 @@ def test_train_writes_config_log_checkpoints_and_metrics(tiny_train_args, tmp_pa
     assert last["progress"]["epoch"] == 2 and last["progress"]["step"] == 0
     assert last["num_classes"] == 8 and last["config"]["train"]["epochs"] == 2
 
-    # tools/test.py rebuilds the model from the checkpoint and reproduces the final metrics
+    # tools/test.py (`reid test`) rebuilds the model from the checkpoint and reproduces the final metrics
     tested = test_tool.main(["--weights", str(run / "last.pt"), "--rerank", "--output", str(tmp_path / "m.json")])
     for key in METRIC_KEYS:
         assert tested[key] == pytest.approx(metrics[key], abs=1e-6)
@@ -42,15 +42,21 @@ def test_train_writes_config_log_checkpoints_and_metrics(tiny_train_args, tmp_pa
 
 
 class InterruptAt(nn.Module):
-    """A zero-weight loss term that sends this process SIGINT on its ``step``-th call."""
+    """A zero-weight loss term that sends this process SIGINT on its ``at_step``-th call.
 
-    def __init__(self, step: int = -1) -> None:
+    ``at_step`` is a class attribute, not a loss parameter: a resumed run must have the same
+    config as the interrupted one.
+    """
+
+    at_step = -1
+
+    def __init__(self) -> None:
         super().__init__()
-        self.step, self.calls = step, 0
+        self.calls = 0
 
     def forward(self, embeddings, logits, labels):
         self.calls += 1
-        if self.calls == self.step:
+        if self.calls == self.at_step:
             signal.raise_signal(signal.SIGINT)
         return embeddings.sum() * 0.0
 
@@ -58,16 +64,18 @@ class InterruptAt(nn.Module):
 def test_interrupted_run_resumes_to_the_same_weights(tiny_train_args, tmp_path, monkeypatch):
     monkeypatch.setitem(reid_losses.LOSSES, "interrupt_at", InterruptAt)
     losses = ("losses=[{name: group, params: {temperature: 10.0}}, {name: cross_entropy},"
-              " {name: interrupt_at, weight: 0.0, params: {step: %d}}]")
-    args = tiny_train_args + ["train.eval_every=5", "test.rerank=false", "data.erasing_prob=0.5"]
+              " {name: interrupt_at, weight: 0.0}]")
+    args = tiny_train_args + ["train.eval_every=5", "test.rerank=false", "data.erasing_prob=0.5", losses]
 
-    train_tool.main(args + [losses % -1, f"output_dir={tmp_path / 'straight'}"])
+    train_tool.main(args + [f"output_dir={tmp_path / 'straight'}"])
+    monkeypatch.setattr(InterruptAt, "at_step", 5)
     with pytest.raises(SystemExit) as stopped:  # SIGINT at step 2 of epoch 2 (step 5 overall)
-        train_tool.main(args + [losses % 5, f"output_dir={tmp_path / 'stopped'}"])
+        train_tool.main(args + [f"output_dir={tmp_path / 'stopped'}"])
     assert stopped.value.code == 130
     saved = load_checkpoint(tmp_path / "stopped" / "last.pt")
     assert (saved["progress"]["epoch"], saved["progress"]["step"]) == (1, 2)
-    train_tool.main(args + [losses % -1, f"output_dir={tmp_path / 'stopped'}", "resume=true"])
+    monkeypatch.setattr(InterruptAt, "at_step", -1)
+    train_tool.main(args + [f"output_dir={tmp_path / 'stopped'}", "resume=true"])
 
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")["model"]
     resumed = load_checkpoint(tmp_path / "stopped" / "last.pt")["model"]

@@ -1,4 +1,4 @@
-"""tools/visualize.py end to end: from a tiny trained checkpoint, and from saved feature files."""
+"""tools/visualize.py (`reid visualize`) end to end: from a tiny trained checkpoint, and from saved feature files."""
 
 from __future__ import annotations
 
@@ -82,10 +82,27 @@ def test_from_saved_features(tiny_market, tmp_path):
     assert "training_curves" not in written and not (out / "training_curves.png").exists()
 
 
-def test_features_file_missing_a_key_names_file_and_key(tiny_market, tmp_path):
+def test_features_file_missing_a_key_names_file_and_key(tiny_market, tmp_path, capsys):
     query_file, gallery_file = _feature_files(tiny_market, tmp_path, drop="camids")
-    with pytest.raises(KeyError, match=r"gallery\.npz: missing key\(s\) camids"):
+    with pytest.raises(SystemExit) as exit_info:
         visualize_tool.main(["--query-features", str(query_file), "--gallery-features", str(gallery_file)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {gallery_file}: missing key(s) camids") and err.count("\n") == 1
+    with pytest.raises(KeyError, match=r"gallery\.npz: missing key\(s\) camids"):  # --debug: the exception itself
+        visualize_tool.main(["--query-features", str(query_file), "--gallery-features", str(gallery_file), "--debug"])
+
+
+def test_query_index_out_of_range_fails_before_any_drawing(tiny_market, tmp_path, capsys):
+    query_file, gallery_file = _feature_files(tiny_market, tmp_path)
+    num_queries = len(np.load(query_file)["pids"])
+    with pytest.raises(SystemExit) as exit_info:
+        visualize_tool.main(["--query-features", str(query_file), "--gallery-features", str(gallery_file),
+                             "--query-index", "0", "--query-index", "99999"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: --query-index 99999: out of range; {query_file} has {num_queries} "
+                                       f"queries (valid indices 0..{num_queries - 1})\n")
+    assert not (tmp_path / "visualize").exists()
 
 
 def test_weights_and_features_are_exclusive(tmp_path, capsys):

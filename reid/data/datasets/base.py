@@ -46,7 +46,7 @@ DEFAULT_RECALL_KS = (1, 5, 10)
 """The ranks a re-ID dataset reports (CMC rank-1/5/10); retrieval datasets set their own."""
 
 SYNTHETIC_HINT = (
-    "or make the synthetic dataset in Market-1501 layout with `python tools/make_synthetic.py`"
+    "or make the synthetic dataset in Market-1501 layout with `reid make-synthetic`"
 )
 SKIP_HINT = "set data.skip_invalid=true (skip_invalid=True) to skip such files"
 SHOWN_SKIPPED = 10

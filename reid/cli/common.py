@@ -1,0 +1,159 @@
+"""What the commands share: config arguments, checkpoint + config loading, console logging.
+
+Importing this module is cheap (standard library only): ``reid --help`` imports it, and
+must not pay for torch, timm or OpenCV. Everything heavy is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # annotations only
+    from reid.config import Config
+    from reid.data import ReidDataset
+
+log = logging.getLogger("reid")
+
+REPO = Path(__file__).resolve().parents[2]
+"""The source tree this package was imported from (its configs/ exist in a checkout only)."""
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+# Copies of library constants, so that building the parsers imports no torch; tests/test_cli.py
+# checks that they equal reid.evaluation.features.FEATURE_KINDS and reid.engine.INFERENCE_SWITCHES.
+FEATURE_KINDS = ("bn", "pre_bn")
+INFERENCE_SWITCHES = ("flip", "mix", "leaky", "beta", "rerank")
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str | None = None) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help=config_help or "experiment YAML (a delta over configs/base.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.epochs=3 model.backbone=resnet18")
+
+
+def add_weights_argument(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--weights", type=Path, required=required, metavar="CKPT",
+                        help="checkpoint written by `reid train` (last.pt or best.pt of a run)")
+
+
+def add_allow_resize_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-resize", action="store_true",
+                        help="run at a data.height x data.width other than the checkpoint's training size "
+                             "(a warning instead of an error; accuracy usually drops a lot)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the parser names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and checkpoints
+
+
+def demo_config() -> Path:
+    """configs/demo.yaml of the source tree; a clear error where the package was installed without it."""
+    if not DEMO_CONFIG.is_file():
+        raise FileNotFoundError(
+            f"no --config given and the default {DEMO_CONFIG} is not there (configs/ ships with the "
+            "source repository, not with an installed package); pass --config FILE")
+    return DEMO_CONFIG
+
+
+def checkpoint_config(weights: Path) -> "Config":
+    """The config stored in a checkpoint (reads the file as data only; builds no model)."""
+    from reid.checkpoint import load_checkpoint
+    from reid.config import ConfigError, from_dict
+
+    state = load_checkpoint(weights)
+    if "config" not in state or "num_classes" not in state:
+        raise ValueError(f"{weights}: checkpoint has no stored config/num_classes; was it written by reid train?")
+    try:
+        return from_dict(state["config"])
+    except ConfigError as err:
+        raise ConfigError(f"{weights}: stored config: {err}") from None
+
+
+def run_config(stored: "Config", config: Path | None, overrides: list[str]) -> "Config":
+    """``config`` if given, else the checkpoint's stored config, with ``overrides`` on top."""
+    from reid.config import apply_overrides, load_config
+
+    return load_config(config, overrides) if config else apply_overrides(stored, overrides)
+
+
+def check_input_size(weights: Path, stored: "Config", cfg: "Config", *, allow_resize: bool) -> None:
+    """Refuse to run a model at a size other than its training size, unless ``allow_resize``."""
+    trained = (stored.data.height, stored.data.width)
+    requested = (cfg.data.height, cfg.data.width)
+    if trained == requested:
+        return
+    message = (f"{weights} was trained at {trained[0]}x{trained[1]} (data.height x data.width) but this run "
+               f"would use {requested[0]}x{requested[1]}")
+    if not allow_resize:
+        raise ValueError(f"{message}; use the training size (drop the data.height/data.width override or the "
+                         f"--config that changes it), or pass --allow-resize to run at "
+                         f"{requested[0]}x{requested[1]} anyway")
+    log.warning("%s (--allow-resize): expect lower accuracy than at the training size", message)
+
+
+def evaluation_setup(args: argparse.Namespace) -> tuple["Config", Any, "ReidDataset"]:
+    """(config, device, dataset) for an evaluation command, with every cheap check done first:
+
+    the checkpoint is read and its config resolved with ``--config``/overrides, the device
+    and the input size are checked, and the dataset is listed (never generated), all before
+    any model is built or image decoded.
+    """
+    from reid import builders
+
+    stored = checkpoint_config(args.weights)
+    cfg = run_config(stored, args.config, args.overrides)
+    device = builders.resolve_device(cfg.train.device)
+    check_input_size(args.weights, stored, cfg, allow_resize=args.allow_resize)
+    dataset = builders.dataset_from_config(cfg, generate=False)
+    return cfg, device, dataset
+
+
+def load_model(weights: Path, device: Any):
+    """The checkpoint's model on ``device`` in eval mode."""
+    from reid import builders
+
+    model, _ = builders.load_model_from_checkpoint(weights, device)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def setup_logging(
+    output_dir: Path | None = None, *, is_main: bool = True, filename: str = "train.log", stream: TextIO | None = None
+) -> None:
+    """INFO to ``stream`` (default stdout; and to OUTPUT_DIR/filename) on the main process; warnings only elsewhere."""
+    logger = logging.getLogger("reid")
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout if stream is None else stream)]
+    if output_dir is not None and is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(output_dir / filename))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)

@@ -1,0 +1,147 @@
+"""``reid extract``: embeddings of your own images, and query-vs-gallery rankings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import FEATURE_KINDS, add_weights_argument, positive_int, setup_logging
+
+log = logging.getLogger("reid")
+
+SUMMARY = "embed a folder of your own images, or rank a query folder against a gallery folder"
+DESCRIPTION = f"""{SUMMARY}.
+
+Folders are searched recursively for image files (jpg, jpeg, png, bmp, webp, tif; any file
+names; other and hidden files are skipped) and processed in sorted path order, at the
+checkpoint's training size. The .npz holds features (N x D float32, L2-normalised unless
+--no-normalize), pids and camids (parsed from Market / DukeMTMC-style names such as
+0002_c1s1_000451_03.jpg, else -1) and paths; read it with
+reid.evaluation.features.FeatureSet.load. With --query/--gallery, every query image is printed
+with its --top-k nearest gallery images and their distances (squared Euclidean between
+L2-normalised embeddings, 0..4, or cosine distance 1 - cos, 0..2; both rank alike) on stdout;
+--output-dir also writes query.npz and gallery.npz. Flip test-time augmentation and the
+feature (bn | pre_bn) default to the checkpoint's test settings."""
+EPILOG = """examples:
+  reid extract --weights outputs/demo/best.pt --images my_crops/ --output feats.npz
+  reid extract --weights outputs/demo/best.pt --query q/ --gallery g/ --top-k 5 --output-dir feats/"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_weights_argument(parser)
+    parser.add_argument("--images", type=Path, help="folder of images to embed (needs --output)")
+    parser.add_argument("--output", type=Path, help="features file (.npz) for --images")
+    parser.add_argument("--query", type=Path, help="folder of query images (with --gallery)")
+    parser.add_argument("--gallery", type=Path, help="folder of gallery images (with --query)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="gallery matches printed per query (default 5)")
+    parser.add_argument("--output-dir", type=Path, help="with --query/--gallery: write query.npz and gallery.npz here")
+    parser.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean",
+                        help="distance printed in rankings (default: squared Euclidean)")
+    parser.add_argument("--feature", choices=FEATURE_KINDS, default=None, help="default: the checkpoint's test.feature")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="flip test-time augmentation (default: the checkpoint's test.flip)")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
+                        help="L2-normalise the saved features (default: yes)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--num-workers", type=int, default=0, help="image decoding processes (default 0)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if args.images is not None:
+        if args.query is not None or args.gallery is not None:
+            raise ValueError("give either --images or --query with --gallery, not both")
+        if args.output is None:
+            raise ValueError("--images needs --output FILE.npz")
+    elif args.query is None or args.gallery is None:
+        raise ValueError("give --images DIR --output FILE.npz, or --query DIR --gallery DIR")
+    elif args.output is not None:
+        raise ValueError("--output goes with --images; with --query/--gallery use --output-dir")
+    for option, folder in (("--images", args.images), ("--query", args.query), ("--gallery", args.gallery)):
+        if folder is not None and not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "no such folder"
+            raise FileNotFoundError(f"{option} {folder}: {what}")
+
+
+def extract_folder(extractor, folder: Path):
+    from reid.evaluation.extractor import find_images, labels_from_names
+
+    paths = find_images(folder)
+    pids, camids = labels_from_names(paths)
+    log.info("%s: %d images", folder, len(paths))
+    return extractor.extract([str(p) for p in paths], pids, camids)
+
+
+def save(features, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features.save(path)
+    log.info("wrote %s (%d x %d)", path, *features.features.shape)
+
+
+def top_matches(distances, k: int):
+    """Indices and distances of the k nearest gallery items per query row.
+
+    A stable sort: equal distances keep the gallery's (sorted path) order, so the output is
+    the same on every run.
+    """
+    import numpy as np
+
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(distances, order, axis=1)
+
+
+def rank_folders(args: argparse.Namespace, extractor) -> dict[str, Any]:
+    import numpy as np
+
+    from reid.evaluation import pairwise_distance
+
+    query = extract_folder(extractor, args.query)
+    gallery = extract_folder(extractor, args.gallery)
+    if args.output_dir is not None:
+        save(query, args.output_dir / "query.npz")
+        save(gallery, args.output_dir / "gallery.npz")
+    distances = np.asarray(pairwise_distance(query.features, gallery.features, metric=args.metric))
+    order, nearest = top_matches(distances, args.top_k)
+    query_names = [Path(p).relative_to(args.query).as_posix() for p in query.paths]
+    gallery_names = [Path(p).relative_to(args.gallery).as_posix() for p in gallery.paths]
+    what = "squared Euclidean" if args.metric == "euclidean" else "cosine"
+    print(f"{len(query)} query images against {len(gallery)} gallery images; {what} distance, nearest first")
+    matches: dict[str, list[tuple[str, float]]] = {}
+    for row, name in enumerate(query_names):
+        matches[name] = [(gallery_names[j], float(d)) for j, d in zip(order[row], nearest[row])]
+        print(f"\n{name}")
+        for rank, (match, distance) in enumerate(matches[name], start=1):
+            print(f"  {rank:>3}  {distance:.6f}  {match}")
+    return {"query": query, "gallery": gallery, "matches": matches}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Returns {"features": FeatureSet} for --images, else {"query", "gallery", "matches"}
+    (matches: query name -> [(gallery name, distance), ...], names relative to their folders)."""
+    check_arguments(args)
+    setup_logging(stream=sys.stderr)  # stdout carries the ranking (pipe-able)
+
+    from reid import builders
+    from reid.evaluation.extractor import FeatureExtractor
+
+    try:
+        device = builders.resolve_device(args.device)
+    except ValueError:  # a CUDA device on a machine without CUDA
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine; "
+                         "use --device cpu or auto") from None
+    except RuntimeError:  # torch.device's parse error
+        raise ValueError(f"--device {args.device!r}: not a device; expected auto, cpu, cuda or cuda:N") from None
+    extractor = FeatureExtractor.from_checkpoint(
+        args.weights, device, flip=args.flip, feature=args.feature, normalize=args.normalize,
+        batch_size=args.batch_size, num_workers=args.num_workers,
+    )
+    log.info("%s: feature=%s flip=%s input %dx%d", args.weights, extractor.feature, extractor.flip,
+             extractor.height, extractor.width)
+    if args.images is not None:
+        features = extract_folder(extractor, args.images)
+        save(features, args.output)
+        return {"features": features}
+    return rank_folders(args, extractor)

@@ -1,0 +1,113 @@
+"""``reid test``: evaluate a checkpoint on its dataset's query/gallery split."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    INFERENCE_SWITCHES,
+    add_allow_resize_argument,
+    add_config_arguments,
+    add_weights_argument,
+    evaluation_setup,
+    load_model,
+    setup_logging,
+)
+
+log = logging.getLogger("reid")
+
+SUMMARY = "evaluate a checkpoint on its dataset, optionally re-ranked or ablated"
+DESCRIPTION = f"""{SUMMARY}.
+
+Prints the metrics of the dataset's protocol (re-ID: mAP, mINP and Rank-1/5/10, with and
+without re-ranking when asked; retrieval sets: Recall@K, MAP@R, ...) and writes them as
+JSON to --output, by default <checkpoint stem>_test_metrics.json beside the checkpoint
+(best.pt -> best_test_metrics.json; with --ablate: best_ablation.json). The training run's
+metrics.json is never written. The model is rebuilt from the config stored in the checkpoint;
+--config and key=value overrides choose the data and the test options (defaults: the
+checkpoint's own). A synthetic dataset must exist already (reid test never generates one).
+
+--ablate evaluates every on/off combination of Group Loss++'s inference strategies in one run,
+one table row each: --ablate all ({', '.join(INFERENCE_SWITCHES)}) or e.g. --ablate flip,beta."""
+EPILOG = """examples:
+  reid test --weights outputs/demo/best.pt --rerank
+  reid test --weights outputs/demo/best.pt --ablate flip,beta
+  reid test --weights outputs/demo/best.pt data.root=datasets/other --output other.json"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, config_help="experiment YAML for data and test options (default: the checkpoint's)")
+    add_weights_argument(parser)
+    parser.add_argument("--rerank", action="store_true", help="also report k-reciprocal re-ranking")
+    parser.add_argument("--ablate", default=None, metavar="SWITCHES",
+                        help=f"'all' or a comma-separated subset of {','.join(INFERENCE_SWITCHES)}")
+    parser.add_argument("--mix-lambda", type=float, default=0.5, help="ablation: lam of lam*max + (1-lam)*avg")
+    parser.add_argument("--leaky-slope", type=float, default=0.1, help="ablation: slope of the leaky final ReLU")
+    parser.add_argument("--beta", type=float, default=0.1, help="ablation: beta of normalize(f) + beta * f")
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE",
+                        help="JSON file to write (default: <checkpoint stem>_test_metrics.json, or "
+                             "<stem>_ablation.json with --ablate, beside the checkpoint)")
+    add_allow_resize_argument(parser)
+
+
+def ablation_switches(text: str) -> tuple[str, ...]:
+    switches = INFERENCE_SWITCHES if text == "all" else tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in switches if s not in INFERENCE_SWITCHES]
+    if unknown or not switches:
+        raise ValueError(f"--ablate {text!r}: expected 'all' or a comma-separated subset of "
+                         f"{','.join(INFERENCE_SWITCHES)}" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    return switches
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """--output, else <stem>_test_metrics.json / <stem>_ablation.json beside the checkpoint.
+
+    Never the training run's metrics.json: an --output naming it is refused.
+    """
+    weights: Path = args.weights
+    if args.output is None:
+        suffix = "ablation" if args.ablate is not None else "test_metrics"
+        return weights.with_name(f"{weights.stem}_{suffix}.json")
+    run_metrics = weights.parent / "metrics.json"
+    if args.output.resolve() == run_metrics.resolve():
+        raise ValueError(f"--output {args.output}: that is the training run's metrics file; "
+                         "choose another name (reid test never overwrites it)")
+    return args.output
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Returns the metrics written (for --ablate: one entry per combination)."""
+    setup_logging()
+    switches = ablation_switches(args.ablate) if args.ablate is not None else None
+    output = output_path(args)
+    cfg, device, dataset = evaluation_setup(args)
+
+    from reid import builders
+    from reid.engine import ablate_inference, evaluate
+    from reid.evaluation.features import metrics_table
+    from reid.io import atomic_write_json
+
+    query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
+    model = load_model(args.weights, device)
+    if switches is not None:
+        options = builders.eval_options(cfg, dataset)
+        for key in ("flip", "beta", "rerank"):
+            options.pop(key)
+        metrics = ablate_inference(
+            model, query_loader, gallery_loader, device, switches=switches,
+            pool_lambda=args.mix_lambda, leaky_slope=args.leaky_slope, trained_leaky_slope=cfg.model.leaky_relu,
+            beta=args.beta, **options,
+        )
+        rows = metrics
+    else:
+        metrics = evaluate(model, query_loader, gallery_loader, device, **builders.eval_options(cfg, dataset, rerank=args.rerank))
+        rows = {"model": metrics}
+        if "rerank" in metrics:
+            rows["model + re-ranking"] = metrics["rerank"]
+    print(metrics_table(rows))
+    atomic_write_json(output, metrics)
+    log.info("wrote %s", output)
+    return metrics

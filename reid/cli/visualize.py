@@ -1,0 +1,167 @@
+"""``reid visualize``: rank lists, CMC curves, distance histograms and training curves."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    add_allow_resize_argument,
+    add_config_arguments,
+    add_weights_argument,
+    evaluation_setup,
+    load_model,
+    positive_int,
+    setup_logging,
+)
+
+log = logging.getLogger("reid")
+METRIC_NAMES = {"euclidean": "squared Euclidean", "cosine": "cosine"}
+
+SUMMARY = "draw rank lists, CMC curves, distance histograms and training curves"
+DESCRIPTION = f"""{SUMMARY}.
+
+From a checkpoint (the model and the dataset are rebuilt from its stored config; --config and
+key=value overrides as in `reid test`; a synthetic dataset must exist already), or from saved
+features (.npz with features, pids, camids, paths, e.g. from `reid extract`).
+
+Writes under --output (default: a `visualize` folder next to the checkpoint or the query
+features): rank-list PNGs (query_<index>.png, or rank_lists.png with --grid), cmc.png (with and
+without re-ranking), distances.png and, when a log.jsonl is next to the checkpoint or given
+with --log, training_curves.png. Features are post-processed and compared as the config's
+`test` section says. Query choices (--query-index) are checked before any feature is extracted."""
+EPILOG = """examples:
+  reid visualize --weights outputs/demo/last.pt --worst 5 --grid --html
+  reid visualize --weights outputs/demo/best.pt --query-index 0 --query-index 7 --top-k 5
+  reid visualize --query-features q.npz --gallery-features g.npz --output vis/"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    add_weights_argument(parser, required=False)
+    parser.add_argument("--query-features", type=Path, help=".npz of query features (with --gallery-features)")
+    parser.add_argument("--gallery-features", type=Path, help=".npz of gallery features")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--num-queries", type=positive_int, default=None, metavar="N",
+                       help="this many random queries (default 10)")
+    which.add_argument("--worst", type=positive_int, default=None, metavar="N", help="the N queries with the lowest AP")
+    which.add_argument("--query-index", type=int, action="append", default=None, metavar="I",
+                       help="this query (0-based; repeatable)")
+    parser.add_argument("--top-k", type=positive_int, default=10, help="gallery images per rank list (default 10)")
+    parser.add_argument("--grid", action="store_true", help="one figure with a row per query")
+    parser.add_argument("--html", action="store_true", help="also write index.html listing the rank lists")
+    parser.add_argument("--rerank", action="store_true", help="rank lists (and histogram) from re-ranked distances")
+    parser.add_argument("--png-colors", type=int, default=None, metavar="N",
+                        help="write rank lists as palette PNGs of N colours (2-256; small files for docs)")
+    parser.add_argument("--max-rank", type=positive_int, default=20, help="ranks on the CMC plot (default 20)")
+    parser.add_argument("--log", type=Path, default=None, help="training log.jsonl (default: next to --weights)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random query choice")
+    parser.add_argument("--output", type=Path, default=None, help="output folder")
+    add_allow_resize_argument(parser)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    from_features = args.query_features is not None or args.gallery_features is not None
+    if (args.weights is not None) == from_features:
+        raise ValueError("give either --weights CKPT or both --query-features and --gallery-features")
+    if from_features and (args.query_features is None or args.gallery_features is None):
+        raise ValueError("--query-features and --gallery-features go together")
+    if args.png_colors is not None and not 2 <= args.png_colors <= 256:
+        raise ValueError(f"--png-colors: expected 2 to 256 colours, got {args.png_colors}")
+    if args.log is not None and not args.log.is_file():
+        raise FileNotFoundError(f"--log {args.log}: no such file")
+
+
+def check_query_indices(indices: list[int] | None, num_queries: int, source: str) -> None:
+    """--query-index values must name queries that exist (checked before any feature work)."""
+    bad = [i for i in indices or () if not 0 <= i < num_queries]
+    if bad:
+        raise ValueError(f"--query-index {bad[0]}: out of range; {source} has {num_queries} queries "
+                         f"(valid indices 0..{num_queries - 1})")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Returns {"rank_lists": [png, ...], "cmc", "distances", "training_curves"} (the paths written)."""
+    check_arguments(args)
+    setup_logging()
+    if args.weights is not None:
+        cfg, device, dataset = evaluation_setup(args)
+        if getattr(dataset, "protocol", "reid") != "reid":
+            raise ValueError(f"reid visualize draws camera-aware re-ID rank lists; dataset {dataset.name} uses the "
+                             f"{dataset.protocol} protocol (evaluate it with reid test)")
+        check_query_indices(args.query_index, len(dataset.query), f"the query split of {dataset.name} ({dataset.root})")
+
+        from reid import builders
+        from reid.evaluation.features import extract_features
+
+        query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
+        model = load_model(args.weights, device)
+        options = {"feature": cfg.test.feature, "flip": cfg.test.flip}
+        query = extract_features(model, query_loader, device, **options)
+        gallery = extract_features(model, gallery_loader, device, **options)
+        output = args.output or args.weights.parent / "visualize"
+        log_file = args.log or args.weights.parent / "log.jsonl"
+    else:
+        from reid.config import load_config
+        from reid.evaluation.features import FeatureSet
+
+        cfg = load_config(args.config, args.overrides)
+        query, gallery = FeatureSet.load(args.query_features), FeatureSet.load(args.gallery_features)
+        check_query_indices(args.query_index, len(query), str(args.query_features))
+        output = args.output or args.query_features.parent / "visualize"
+        log_file = args.log
+    return draw(args, cfg, query, gallery, output, log_file)
+
+
+def distances(query, gallery, cfg):
+    """(distances, re-ranked distances), features post-processed as ``cfg.test`` says."""
+    import numpy as np
+
+    from reid.evaluation import pairwise_distance, rerank
+    from reid.evaluation.features import postprocess_features
+
+    t = cfg.test
+    qf = postprocess_features(query.features, normalize=t.normalize, beta=t.beta)
+    gf = postprocess_features(gallery.features, normalize=t.normalize, beta=t.beta)
+    plain = np.asarray(pairwise_distance(qf, gf, metric=t.metric))
+    reranked = rerank(qf, gf, k1=t.k1, k2=t.k2, lambda_value=t.lambda_value)
+    return plain, reranked
+
+
+def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: Path | None) -> dict[str, Any]:
+    import numpy as np
+
+    from reid import visualization as vis
+    from reid.evaluation import evaluate_rank
+
+    plain, reranked = distances(query, gallery, cfg)
+    shown = reranked if args.rerank else plain
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    written: dict[str, Any] = {}
+    written["rank_lists"] = vis.save_rank_lists(
+        shown, (query.paths, query.pids, query.camids), (gallery.paths, gallery.pids, gallery.camids), output,
+        query_indices=args.query_index, num_random=args.num_queries, worst=args.worst, top_k=args.top_k,
+        grid=args.grid, html=args.html, seed=args.seed, png_colors=args.png_colors,
+    )
+    # Unlabelled crops (pid -1, e.g. from `reid extract`) have no true matches: nothing to score.
+    if np.isnan(vis.query_average_precision(shown, *labels)).all():
+        log.warning("no query has a true match in the gallery: skipping cmc.png and distances.png")
+    else:
+        max_rank = min(args.max_rank, len(gallery))
+        metric = METRIC_NAMES[cfg.test.metric]
+        results = {name: evaluate_rank(d, *labels, max_rank=max_rank)
+                   for name, d in ((metric, plain), (f"{metric} + re-ranking", reranked))}
+        title = f"CMC ({results[metric].num_valid_queries} queries)"
+        written["cmc"] = vis.plot_cmc({name: r.cmc for name, r in results.items()}, output / "cmc.png",
+                                      max_rank=max_rank, title=title)
+        kind = "re-ranked" if args.rerank else metric
+        written["distances"] = vis.plot_distance_histogram(shown, *labels, output / "distances.png",
+                                                           title=f"query-gallery distances ({kind})")
+    if log_file is not None and log_file.is_file():
+        written["training_curves"] = vis.plot_training_curves(log_file, output / "training_curves.png")
+    for name, paths in written.items():
+        for path in paths if isinstance(paths, list) else [paths]:
+            log.info("wrote %s (%s)", path, name)
+    return written
