@@ -519,3 +519,34 @@ def test_convert_checkpoint(weights, tmp_path, capsys):
 
     code, _, err = run_cli(["convert-checkpoint", tmp_path / "absent.pt", tmp_path / "x.pt"], capsys)
     assert_one_error_line(code, err, tmp_path / "absent.pt")
+
+
+def test_extract_skips_unreadable_images_when_asked_and_never_overwrites(tiny_checkpoint, tiny_market, tmp_path, capsys):
+    import shutil
+
+    weights, _ = tiny_checkpoint
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    names = sorted(p.name for p in (tiny_market / "query").iterdir())[:3]
+    for name in names:
+        shutil.copy(tiny_market / "query" / name, folder / name)
+    good = (folder / names[0]).read_bytes()
+    (folder / "0999_c1s1_000001_00.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    output = tmp_path / "feats.npz"
+    with pytest.raises(SystemExit) as exited:
+        reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exited.value.code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "0999_c1s1_000001_00.jpg" in errors[0] and "truncated" in errors[0]
+    assert not output.exists()
+    result = reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output),
+                   "--skip-invalid"])
+    assert [Path(p).name for p in result["features"].paths] == names and output.is_file()
+    before = output.read_bytes()
+    with pytest.raises(SystemExit) as exited:
+        reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output), "--skip-invalid"])
+    assert exited.value.code == 2 and "feats.npz already exists" in capsys.readouterr().err
+    assert output.read_bytes() == before
+    reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output), "--skip-invalid",
+          "--overwrite"])

@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     parser.add_argument("--num-workers", type=int, default=0, help="image decoding processes (default 0)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave out unreadable images (empty, truncated, not an image) with one warning naming "
+                             "them; default: such a file is an error, before any model work")
+    parser.add_argument("--overwrite", action="store_true", help="replace features files that already exist")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -64,19 +68,25 @@ def check_arguments(args: argparse.Namespace) -> None:
         if folder is not None and not folder.is_dir():
             what = "is not a folder" if folder.exists() else "no such folder"
             raise FileNotFoundError(f"{option} {folder}: {what}")
+    targets = [args.output] if args.output is not None else []
+    if args.output_dir is not None:
+        targets += [args.output_dir / "query.npz", args.output_dir / "gallery.npz"]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+                              "choose another output or pass --overwrite")
 
 
-def extract_folder(extractor, folder: Path):
+def extract_folder(extractor, folder: Path, *, skip_invalid: bool = False):
     from reid.evaluation.extractor import find_images, labels_from_names
 
     paths = find_images(folder)
     pids, camids = labels_from_names(paths)
     log.info("%s: %d images", folder, len(paths))
-    return extractor.extract([str(p) for p in paths], pids, camids)
+    return extractor.extract([str(p) for p in paths], pids, camids, skip_invalid=skip_invalid)
 
 
 def save(features, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     features.save(path)
     log.info("wrote %s (%d x %d)", path, *features.features.shape)
 
@@ -98,8 +108,8 @@ def rank_folders(args: argparse.Namespace, extractor) -> dict[str, Any]:
 
     from reid.evaluation import pairwise_distance
 
-    query = extract_folder(extractor, args.query)
-    gallery = extract_folder(extractor, args.gallery)
+    query = extract_folder(extractor, args.query, skip_invalid=args.skip_invalid)
+    gallery = extract_folder(extractor, args.gallery, skip_invalid=args.skip_invalid)
     if args.output_dir is not None:
         save(query, args.output_dir / "query.npz")
         save(gallery, args.output_dir / "gallery.npz")
@@ -141,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log.info("%s: feature=%s flip=%s input %dx%d", args.weights, extractor.feature, extractor.flip,
              extractor.height, extractor.width)
     if args.images is not None:
-        features = extract_folder(extractor, args.images)
+        features = extract_folder(extractor, args.images, skip_invalid=args.skip_invalid)
         save(features, args.output)
         return {"features": features}
     return rank_folders(args, extractor)

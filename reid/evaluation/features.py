@@ -37,7 +37,14 @@ class FeatureSet:
         return len(self.features)
 
     def save(self, path: str | Path) -> None:
-        np.savez(path, features=self.features, pids=self.pids, camids=self.camids, paths=np.asarray(self.paths))
+        """Write an .npz (features, pids, camids, paths) atomically; a name without .npz gets it."""
+        from ..io import atomic_write
+
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")  # what np.savez would write
+        atomic_write(path, lambda handle: np.savez(handle, features=self.features, pids=self.pids,
+                                                    camids=self.camids, paths=np.asarray(self.paths)))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSet":
