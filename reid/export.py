@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import nn
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .evaluation.features import FEATURE_KINDS
+from .io import atomic_write
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -100,7 +102,6 @@ def export_onnx(
     device = parameter.device if parameter is not None else torch.device("cpu")
     example = torch.zeros(batch_size, 3, height, width, device=device)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = dict(
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
@@ -112,10 +113,22 @@ def export_onnx(
     # the TorchScript one where the argument exists. Its DeprecationWarning is not the user's concern.
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         options["dynamo"] = False
+    # Built in memory and written atomically: an interrupted export never leaves a half-written
+    # model under the user's file name.
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module, (example,), str(path), **options)
-    metadata = {
+        torch.onnx.export(module, (example,), buffer, **options)
+    proto = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(proto, _metadata(height, width, mean, std, feature, flip, normalize))
+    atomic_write(path, lambda handle: handle.write(proto.SerializeToString()))
+    return module
+
+
+def _metadata(height: int, width: int, mean: Sequence[float], std: Sequence[float], feature: str, flip: bool,
+              normalize: bool) -> dict[str, str]:
+    """The preprocessing a caller must apply and the export options, as ONNX metadata_props."""
+    return {
         "input": f"{INPUT_NAME}: N x 3 x {height} x {width} float32, RGB, (pixel / 255 - mean) / std",
         "output": f"{OUTPUT_NAME}: N x D float32" + (", L2-normalised" if normalize else ""),
         "height": str(height),
@@ -126,14 +139,6 @@ def export_onnx(
         "flip": str(flip).lower(),
         "normalize": str(normalize).lower(),
     }
-    _add_metadata(onnx, path, metadata)
-    return module
-
-
-def _add_metadata(onnx: Any, path: Path, metadata: Mapping[str, str]) -> None:
-    proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, dict(metadata))
-    onnx.save(proto, str(path))
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

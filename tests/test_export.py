@@ -118,3 +118,17 @@ def test_wrong_feature_name_is_an_error(checkpoint):
     _, model = checkpoint
     with pytest.raises(ValueError, match="feature: expected one of bn, pre_bn, got 'logits'"):
         EmbeddingModule(model, feature="logits")
+
+
+def test_export_never_replaces_a_file_unasked(tiny_checkpoint, tmp_path, capsys):
+    import reid.cli
+
+    weights, _ = tiny_checkpoint
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the user's own model")
+    with pytest.raises(SystemExit) as exited:
+        reid.cli.main(["export", "--weights", str(weights), "--output", str(target)])
+    assert exited.value.code == 2 and "model.onnx already exists" in capsys.readouterr().err
+    assert target.read_bytes() == b"the user's own model"
+    reid.cli.main(["export", "--weights", str(weights), "--output", str(target), "--overwrite"])
+    assert target.read_bytes() != b"the user's own model" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

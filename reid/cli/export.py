@@ -46,10 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="max |onnxruntime - PyTorch| accepted (default 1e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random check batch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns {"path", "max_abs_diff", "check_batch", "feature", "flip", "normalize"}; exits 1 above tolerance."""
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {args.output} already exists; choose another name or pass --overwrite")
     setup_logging()
     import torch
 
