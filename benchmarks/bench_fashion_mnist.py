@@ -34,7 +34,8 @@ from reid import builders  # noqa: E402
 from reid.config import load_config  # noqa: E402
 from reid.data.transforms import read_image  # noqa: E402
 from reid.engine import evaluate  # noqa: E402
-from reid.evaluation.features import FeatureSet, metrics_from_features, metrics_table  # noqa: E402
+from reid.evaluation.evaluator import metrics_from_features, metrics_table  # noqa: E402
+from reid.evaluation.features import FeatureSet  # noqa: E402
 from reid.training import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,10 +30,10 @@ import yaml
 from .data import DATASETS
 from .data.transforms import PIPELINES
 from .evaluation.distance import METRICS
-from .evaluation.features import FEATURE_KINDS
 from .io import atomic_write_text
 from .losses import LOSSES, loss_parameters
 from .models.heads import POOLINGS
+from .models.model import FEATURE_KINDS
 from .optim import AMP_MODES, OPTIMIZERS, SCHEDULES
 
 BASE_YAML = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"

@@ -1,5 +1,8 @@
 """The training loop and evaluation: plain functions that read top to bottom.
 
+The Group Loss++ inference ablation lives in ``reid.ablation``; running a model over a loader
+in ``reid.inference``.
+
 Nothing here knows about the config schema: ``reid.training`` builds the model, loaders,
 criterion, optimization and checkpointer (``reid.builders``) and passes them in.
 """
@@ -21,7 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import Checkpointer, Progress, unwrap
-from .evaluation.features import extract_features, metrics_from_features, primary_score
+from .evaluation.evaluator import metrics_from_features, primary_score
+from .inference import extract_features
 from .optim import Optimization
 
 log = logging.getLogger("reid")
@@ -145,77 +149,22 @@ def evaluate(
     *,
     feature: str = "bn",
     flip: bool = False,
+    progress: bool | None = None,
     **metric_options: Any,
 ) -> dict[str, Any]:
-    """Extract query and gallery features and compute the field's metrics (see metrics_from_features)."""
+    """Extract query and gallery features and compute the field's metrics (see metrics_from_features).
+
+    ``progress``: bars over the extraction, distances, ranking and re-ranking (see
+    :mod:`reid.progress`; None: on a terminal only).
+    """
     model = unwrap(model)
-    query = extract_features(model, query_loader, device, feature=feature, flip=flip)
+    query = extract_features(model, query_loader, device, feature=feature, flip=flip, progress=progress,
+                             description="extracting query")
     # Leave-one-out datasets pass one loader for both: extract once.
     same = gallery_loader is query_loader
-    gallery = query if same else extract_features(model, gallery_loader, device, feature=feature, flip=flip)
-    return metrics_from_features(query, gallery, **metric_options)
-
-
-INFERENCE_SWITCHES = ("flip", "mix", "leaky", "beta", "rerank")
-
-
-def ablate_inference(
-    model: nn.Module,
-    query_loader,
-    gallery_loader,
-    device: torch.device | str = "cpu",
-    *,
-    switches: tuple[str, ...] = INFERENCE_SWITCHES,
-    feature: str = "bn",
-    pool_lambda: float = 0.5,
-    leaky_slope: float = 0.1,
-    trained_leaky_slope: float = 0.0,
-    beta: float = 0.1,
-    **metric_options: Any,
-) -> dict[str, dict[str, Any]]:
-    """Metrics for every on/off combination of Group Loss++'s inference strategies.
-
-    ``switches`` picks which to vary (the others stay off): flip test-time augmentation, mix
-    pooling ``pool_lambda * max + (1 - pool_lambda) * avg`` in place of the trained pooling,
-    a leaky final ReLU with ``leaky_slope`` (off: the ``trained_leaky_slope``), beta normalisation ``normalize(f) + beta * f``,
-    and k-reciprocal re-ranking. Features are extracted once per model-side combination
-    (flip, mix, leaky); beta and re-ranking reuse them. Rows are named by the switches that
-    are on ("baseline" for none). The model is restored afterwards.
-    """
-    unknown = sorted(set(switches) - set(INFERENCE_SWITCHES))
-    if unknown:
-        raise ValueError(f"unknown inference switch(es) {', '.join(unknown)}; valid: {', '.join(INFERENCE_SWITCHES)}")
-    model = unwrap(model)
-    trained_pool = model.pool
-    options = {k: v for k, v in metric_options.items() if k not in ("beta", "rerank")}
-
-    def states(name: str) -> tuple[bool, ...]:
-        return (False, True) if name in switches else (False,)
-
-    rows: dict[str, dict[str, Any]] = {}
-    try:
-        for flip in states("flip"):
-            for mix in states("mix"):
-                for leaky in states("leaky"):
-                    model.pool = trained_pool
-                    if mix:
-                        model.set_pooling("mix", pool_lambda=pool_lambda)
-                    if "leaky" in switches:
-                        model.set_leaky_relu(leaky_slope if leaky else trained_leaky_slope)
-                    query = extract_features(model, query_loader, device, feature=feature, flip=flip)
-                    gallery = extract_features(model, gallery_loader, device, feature=feature, flip=flip)
-                    for use_beta in states("beta"):
-                        metrics = metrics_from_features(query, gallery, beta=beta if use_beta else 0.0,
-                                                        rerank="rerank" in switches, **options)
-                        on = [n for n, v in (("flip", flip), ("mix", mix), ("leaky", leaky), ("beta", use_beta)) if v]
-                        rows["+".join(on) or "baseline"] = {k: v for k, v in metrics.items() if k != "rerank"}
-                        if "rerank" in metrics:
-                            rows["+".join(on + ["rerank"])] = metrics["rerank"]
-    finally:
-        model.pool = trained_pool
-        if "leaky" in switches:
-            model.set_leaky_relu(trained_leaky_slope)
-    return rows
+    gallery = query if same else extract_features(model, gallery_loader, device, feature=feature, flip=flip,
+                                                  progress=progress, description="extracting gallery")
+    return metrics_from_features(query, gallery, progress=progress, **metric_options)
 
 
 # ---------------------------------------------------------------------------------------------

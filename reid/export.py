@@ -1,9 +1,9 @@
 """ONNX export of a re-ID model as an embedding network, and its parity check against PyTorch.
 
-The exported graph is :class:`EmbeddingModule`: input ``images`` (N x 3 x H x W float32,
-resized and normalised exactly as the test pipeline does: RGB, ImageNet mean / std), output
-``embeddings`` (N x D float32). It is the same computation as
-:class:`reid.evaluation.extractor.FeatureExtractor` after the image decoding: the chosen
+The exported graph is :class:`reid.models.EmbeddingModule`: input ``images`` (N x 3 x H x W
+float32, resized and normalised exactly as the test pipeline does: RGB, ImageNet mean / std),
+output ``embeddings`` (N x D float32). It is ``ReidModel.embed``, the one path that evaluation
+and :class:`reid.inference.FeatureExtractor` take after the image decoding: the chosen
 feature, optionally flip-averaged, and by default L2-normalised inside the graph, so a
 deployed model's outputs compare directly with squared Euclidean or cosine distance. The
 classifier logits are left out (training identities mean nothing at deployment), which
@@ -27,41 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .evaluation.features import FEATURE_KINDS
 from .io import atomic_write
+from .models.model import EmbeddingModule
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
-_OUTPUT_FIELD = {"bn": "bn_embeddings", "pre_bn": "embeddings"}
-
-
-class EmbeddingModule(nn.Module):
-    """``images -> embeddings``: one tensor out, which ONNX needs (it cannot return a dataclass).
-
-    feature: "bn" (after the BNNeck) or "pre_bn"; flip: average with the features of the
-    mirror image (test-time augmentation); normalize: L2-normalise rows (as
-    ``postprocess_features`` does, after the flip average).
-    """
-
-    def __init__(self, model: nn.Module, *, feature: str = "bn", normalize: bool = True, flip: bool = False) -> None:
-        super().__init__()
-        if feature not in FEATURE_KINDS:
-            raise ValueError(f"feature: expected one of {', '.join(FEATURE_KINDS)}, got {feature!r}")
-        self.model = model
-        self.feature, self.normalize, self.flip = feature, normalize, flip
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = getattr(self.model(images), _OUTPUT_FIELD[self.feature])
-        if self.flip:
-            mirrored = getattr(self.model(torch.flip(images, dims=[3])), _OUTPUT_FIELD[self.feature])
-            features = 0.5 * (features + mirrored)
-        if self.normalize:
-            features = F.normalize(features, p=2.0, dim=1, eps=1e-12)
-        return features
 
 
 def _require(module: str) -> Any:

@@ -30,7 +30,7 @@ from .checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoint
 from .config import Config, ConfigError, from_dict, save_config, to_dict
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .engine import evaluate, fit, seed_everything
-from .evaluation.features import metrics_line, metrics_table
+from .evaluation.evaluator import metrics_line, metrics_table
 from .io import atomic_write_json
 
 log = logging.getLogger("reid")

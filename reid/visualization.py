@@ -22,7 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import cv2
 import numpy as np
@@ -32,7 +32,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .data.transforms import read_image
-from .evaluation.rank import evaluate_rank
+from .data.datasets.base import JUNK_PID  # Market-1501's junk images, left out of rank lists
+from .evaluation.rank import _labels, average_precision, protocol_arrays, query_average_precision
+from .evaluation.rank import _to_numpy as _numpy  # (x, name, ndim): checked conversion to numpy
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 # (paths, pids, camids), row-aligned: one entry per query or gallery image.
@@ -45,8 +47,6 @@ QUERY_COLOR = (40, 90, 200)  # blue: the query
 UNKNOWN_COLOR = (150, 150, 150)  # grey: no ground truth (query pid -1)
 BACKGROUND_COLOR = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
-
-JUNK_PID = -1
 
 
 @dataclass(frozen=True)
@@ -108,20 +108,6 @@ DEFAULT_LAYOUT = RankListLayout()
 # --------------------------------------------------------------------------- ranking
 
 
-def _numpy(x: ArrayLike, name: str, ndim: int) -> np.ndarray:
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if arr.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
-    return arr
-
-
-def _labels(x: ArrayLike, name: str, length: int) -> np.ndarray:
-    arr = _numpy(x, name, 1)
-    if arr.shape[0] != length:
-        raise ValueError(f"{name}: expected {length} labels (one per distance matrix row/column), got {arr.shape[0]}")
-    return arr.astype(np.int64)
-
-
 def _check_labelled(items: Labelled, name: str, length: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     try:
         paths, pids, camids = items
@@ -130,7 +116,8 @@ def _check_labelled(items: Labelled, name: str, length: int) -> tuple[list[str],
     paths = [os.fspath(p) for p in paths]
     if len(paths) != length:
         raise ValueError(f"{name}: expected {length} paths (one per distance matrix row/column), got {len(paths)}")
-    return paths, _labels(pids, f"{name} pids", length), _labels(camids, f"{name} camids", length)
+    expected = "one per distance matrix row/column"
+    return paths, _labels(pids, f"{name} pids", length, expected), _labels(camids, f"{name} camids", length, expected)
 
 
 def ranked_gallery(distances: ArrayLike, query_pid: int, query_camid: int, gallery_pids: ArrayLike,
@@ -149,8 +136,8 @@ def ranked_gallery(distances: ArrayLike, query_pid: int, query_camid: int, galle
         index, as in ``evaluate_rank``; same-pid same-camera items and junk (pid -1) are left out.
     """
     row = _numpy(distances, "distances", 1).astype(np.float32)
-    g_pids = _labels(gallery_pids, "gallery_pids", row.shape[0])
-    g_camids = _labels(gallery_camids, "gallery_camids", row.shape[0])
+    g_pids = _labels(gallery_pids, "gallery_pids", row.shape[0], "one per distance")
+    g_camids = _labels(gallery_camids, "gallery_camids", row.shape[0], "one per distance")
     order = np.argsort(row, kind="stable")
     if query_pid == JUNK_PID:
         keep = np.ones(row.shape[0], dtype=bool)
@@ -161,58 +148,6 @@ def ranked_gallery(distances: ArrayLike, query_pid: int, query_camid: int, galle
         order = order[:top_k]
     matches = (g_pids[order] == query_pid) & (query_pid != JUNK_PID)
     return order, matches
-
-
-def average_precision(matches: np.ndarray) -> float:
-    """Non-interpolated AP of a full ranked list (mean precision at each hit); NaN without a hit."""
-    matches = np.asarray(matches, dtype=bool)
-    hits = np.flatnonzero(matches)
-    if hits.size == 0:
-        return float("nan")
-    return float(np.mean(np.arange(1, hits.size + 1) / (hits + 1)))
-
-
-def _protocol_arrays(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any) -> tuple[np.ndarray, ...]:
-    """The q x g distances and the four label arrays as numpy, with their sizes checked."""
-    dist = _numpy(distmat, "distmat", 2)
-    num_q, num_g = dist.shape
-    return (dist, _labels(q_pids, "q_pids", num_q), _labels(g_pids, "g_pids", num_g),
-            _labels(q_camids, "q_camids", num_q), _labels(g_camids, "g_camids", num_g))
-
-
-def query_average_precision(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
-                            g_camids: ArrayLike) -> np.ndarray:
-    """Per-query AP of the rank lists this module draws (NaN where a query has no true match).
-
-    Equal to ``evaluate_rank(...).all_AP`` when the gallery holds no junk (pid -1); junk columns
-    are moved to infinite distance, behind every true match, which is the same as leaving them
-    out of the list. Queries with pid -1 have no ground truth and get NaN.
-    """
-    dist, q_pids, g_pids, q_camids, g_camids = _protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
-    num_q, num_g = dist.shape
-    valid = _has_true_match(q_pids, g_pids, q_camids, g_camids)
-    ap = np.full(num_q, np.nan)
-    if not valid.any():
-        return ap
-    rows = np.flatnonzero(valid)
-    sub = np.array(dist[rows], dtype=np.float32)
-    junk = g_pids == JUNK_PID
-    if junk.any():
-        sub[:, junk] = np.inf
-    result = evaluate_rank(sub, q_pids[rows], g_pids, q_camids[rows], g_camids, max_rank=1)
-    ap[rows] = result.all_AP
-    return ap
-
-
-def _has_true_match(q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray) -> np.ndarray:
-    """Per query: a gallery item of its (known) pid from another camera exists."""
-    # The cameras each gallery pid appears under; a query counts (as in evaluate_rank) when its
-    # pid appears under a camera other than its own.
-    pid_cams: dict[int, set[int]] = {}
-    for pid, cam in zip(g_pids.tolist(), g_camids.tolist()):
-        pid_cams.setdefault(pid, set()).add(cam)
-    return np.array([pid != JUNK_PID and bool(pid_cams.get(pid, set()) - {cam})
-                     for pid, cam in zip(q_pids.tolist(), q_camids.tolist())], dtype=bool)
 
 
 def select_queries(num_queries: int, *, indices: Sequence[int] | None = None, count: int | None = None,
@@ -234,7 +169,8 @@ def select_queries(num_queries: int, *, indices: Sequence[int] | None = None, co
         raise ValueError(f"count={count!r}: expected a positive number of queries")
     if worst:
         if ap is None:
-            raise ValueError("select_queries: worst=True needs the per-query ap (see query_average_precision)")
+            raise ValueError("select_queries: worst=True needs the per-query ap "
+                             "(see reid.evaluation.rank.query_average_precision)")
         ap = _numpy(ap, "ap", 1).astype(np.float64)
         if ap.shape[0] != num_queries:
             raise ValueError(f"ap: expected {num_queries} values (one per query), got {ap.shape[0]}")
@@ -380,7 +316,7 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
                                       ("worst", worst)) if value is not None]
     if len(given) > 1:
         raise ValueError(f"save_rank_lists: give one of query_indices, num_random, worst; got {', '.join(given)}")
-    ap = query_average_precision(dist, q_pids, gallery[1], q_camids, gallery[2])
+    ap = query_average_precision(dist, q_pids, gallery[1], q_camids, gallery[2], junk_pid=JUNK_PID)
     if worst is not None:
         chosen = select_queries(num_q, count=worst, worst=True, ap=ap)
     elif query_indices is not None:
@@ -474,7 +410,7 @@ def split_distances(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_
     Match: same pid, other camera. Non-match: another pid. Left out: same pid and camera,
     gallery junk (pid -1) and queries of unknown pid (-1).
     """
-    dist, q_pids, g_pids, q_camids, g_camids = _protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
+    dist, q_pids, g_pids, q_camids, g_camids = protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = dist.shape
     matches, non_matches = [], []
     known_gallery = g_pids != JUNK_PID
@@ -578,4 +514,44 @@ def plot_training_curves(log_path: str | Path, path: str | Path, *, figsize: tup
         ax.grid(True, alpha=0.3)
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save_figure(fig, path)
+
+
+def plot_roc(fpr: ArrayLike, tpr: ArrayLike, path: str | Path, *,
+             points: Mapping[str, tuple[float, float]] | None = None, min_fpr: float | None = None,
+             figsize: tuple[float, float] = (5.0, 3.6), dpi: int = 100,
+             title: str = "ROC (query-gallery pairs)") -> Path:
+    """A ROC curve (``reid.evaluation.verification.roc_curve``'s ``fpr, tpr``) on a log FPR axis.
+
+    The curve is drawn as the polyline through its points; points at FPR 0 (and anything left
+    of ``min_fpr``) sit on the left edge, ``min_fpr`` (default: half the smallest positive FPR
+    among the curve and the ``points``). ``points`` maps a legend label to an ``(fpr, tpr)``
+    marker, e.g. the operating points at fixed FPRs and the EER point.
+    """
+    x = _numpy(fpr, "fpr", 1).astype(np.float64)
+    y = _numpy(tpr, "tpr", 1).astype(np.float64)
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError(f"plot_roc: expected fpr and tpr of one non-zero length, got {x.shape} and {y.shape}")
+    points = dict(points or {})
+    if min_fpr is None:
+        positive = [float(v) for v in (*x[x > 0].min(initial=1.0, keepdims=True), *(p[0] for p in points.values()))
+                    if v > 0]
+        min_fpr = min(positive) / 2 if positive else 1e-6
+    if not 0 < min_fpr < 1:
+        raise ValueError(f"min_fpr={min_fpr!r}: expected a value in (0, 1)")
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(np.clip(x, min_fpr, 1.0), y, color="black", linewidth=1.2, label="ROC")
+    markers = "osD^v<>ph*"
+    for number, (label, (px, py)) in enumerate(points.items()):
+        ax.plot([max(float(px), min_fpr)], [float(py)], linestyle="none", marker=markers[number % len(markers)],
+                markersize=6, label=label)
+    ax.set_xscale("log")
+    ax.set_xlim(min_fpr, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("false positive rate (log scale)")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", fontsize="x-small")
     return _save_figure(fig, path)

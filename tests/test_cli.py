@@ -7,6 +7,7 @@ to prove the entry points (``python -m reid``, ``python tools/X.py``, the consol
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -122,8 +123,8 @@ def test_help_is_fast():
 
 def test_parser_constants_equal_the_library_ones():
     from reid.data.synthetic import SPLIT_FOLDERS
-    from reid.engine import INFERENCE_SWITCHES
-    from reid.evaluation.features import FEATURE_KINDS
+    from reid.ablation import INFERENCE_SWITCHES
+    from reid.models import FEATURE_KINDS
     from reid.cli import make_synthetic
 
     assert cli_common.FEATURE_KINDS == FEATURE_KINDS
@@ -366,7 +367,7 @@ def no_model_work(monkeypatch):
         raise AssertionError("model work started before the checks")
 
     monkeypatch.setattr("reid.builders.load_model_from_checkpoint", forbidden)
-    monkeypatch.setattr("reid.evaluation.features.extract_features", forbidden)
+    monkeypatch.setattr("reid.inference.extract_features", forbidden)
 
 
 def test_query_index_is_checked_before_any_model_work(weights, tiny_market, tmp_path, no_model_work, capsys):
@@ -550,3 +551,34 @@ def test_extract_skips_unreadable_images_when_asked_and_never_overwrites(tiny_ch
     assert output.read_bytes() == before
     reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output), "--skip-invalid",
           "--overwrite"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress bars: on a terminal unless --quiet
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, as an interactive user's is."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("command, bars", [
+    (["test"], ["extracting query", "extracting gallery", "img/s", "ranking"]),
+    (["visualize", "--top-k", "2", "--num-queries", "1"], ["extracting query", "re-ranking"]),
+    (["extract"], ["extracting features", "img/s"]),
+])
+def test_progress_on_a_terminal_and_quiet_with_the_flag(command, bars, weights, tiny_market, tmp_path, monkeypatch):
+    monkeypatch.setattr("reid.progress.QUIET_DELAY_S", 0.0)  # tiny steps finish within the usual delay
+    for quiet in (False, True):
+        out = tmp_path / f"quiet_{quiet}"
+        target = ["--images", tiny_market / "query", "--output", out / "f.npz"] if command == ["extract"] else [
+            "--output", out / ("m.json" if command == ["test"] else "vis")]
+        stderr = _Terminal()
+        with monkeypatch.context() as patch:
+            patch.setattr(sys, "stderr", stderr)
+            reid.cli.main([str(a) for a in [*command, "--weights", weights, *target, *(["--quiet"] if quiet else [])]])
+        text = stderr.getvalue()
+        for bar in bars:
+            assert (bar in text) != quiet, (quiet, bar, text[-2000:])

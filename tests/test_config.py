@@ -11,8 +11,8 @@ from reid.config import (
 )
 from reid.data import DATASETS
 from reid.evaluation.distance import METRICS
-from reid.evaluation.features import FEATURE_KINDS
 from reid.losses import LOSSES
+from reid.models import FEATURE_KINDS
 from reid.models.heads import POOLINGS
 from reid.optim import AMP_MODES, OPTIMIZERS, SCHEDULES
 

@@ -17,8 +17,9 @@ import onnx  # noqa: E402
 from reid.checkpoint import save_checkpoint  # noqa: E402
 from reid.config import load_config, to_dict  # noqa: E402
 from reid.data.transforms import build_transforms  # noqa: E402
-from reid.evaluation.extractor import FeatureExtractor  # noqa: E402
-from reid.export import EmbeddingModule, export_onnx, onnx_metadata, run_onnx, verify_onnx  # noqa: E402
+from reid.export import export_onnx, onnx_metadata, run_onnx, verify_onnx  # noqa: E402
+from reid.inference import FeatureExtractor  # noqa: E402
+from reid.models import EmbeddingModule  # noqa: E402
 from tools import export as export_tool  # noqa: E402
 
 HEIGHT, WIDTH = 64, 32

@@ -10,6 +10,7 @@ import pytest
 
 from reid import visualization as vis
 from reid.evaluation import evaluate_rank
+from reid.evaluation.rank import average_precision, query_average_precision
 
 L = vis.DEFAULT_LAYOUT
 TILE_H, TILE_W = L.cell_height + 2 * L.border, L.cell_width + 2 * L.border
@@ -92,7 +93,7 @@ def test_ranked_gallery_applies_the_protocol(case):
     order, matches = vis.ranked_gallery(case["distances"], 1, 0, pids, camids)
     assert order.tolist() == EXPECTED_ORDER
     assert matches.tolist() == EXPECTED_MATCH
-    assert vis.average_precision(matches) == pytest.approx(EXPECTED_AP)
+    assert average_precision(matches) == pytest.approx(EXPECTED_AP)
 
 
 def test_rank_list_png_size_borders_and_left_out_items(case, tmp_path):
@@ -173,14 +174,14 @@ def _random_problem(seed=0, num_q=7, num_g=40):
 
 def test_query_average_precision_matches_the_drawn_lists_and_evaluate_rank():
     distmat, q_pids, g_pids, q_camids, g_camids = _random_problem()
-    ap = vis.query_average_precision(distmat, q_pids, g_pids, q_camids, g_camids)
+    ap = query_average_precision(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid=vis.JUNK_PID)
     for i in range(len(q_pids)):  # reference: AP of the very list that is drawn
         _, matches = vis.ranked_gallery(distmat[i], q_pids[i], q_camids[i], g_pids, g_camids)
-        expected = vis.average_precision(matches)
+        expected = average_precision(matches)
         assert (np.isnan(ap[i]) and np.isnan(expected)) or ap[i] == pytest.approx(expected), i
     # without junk in the gallery it is evaluate_rank's per-query AP
     g_clean = np.where(g_pids == -1, 9, g_pids)
-    ap_clean = vis.query_average_precision(distmat, q_pids, g_clean, q_camids, g_camids)
+    ap_clean = query_average_precision(distmat, q_pids, g_clean, q_camids, g_camids, junk_pid=vis.JUNK_PID)
     reference = evaluate_rank(distmat, q_pids, g_clean, q_camids, g_camids, max_rank=5).all_AP
     np.testing.assert_allclose(ap_clean, reference, equal_nan=True)
 
@@ -218,7 +219,7 @@ def _problem_with_images(tmp_path):
 
 def test_save_rank_lists_worst_grid_and_html(tmp_path):
     distmat, query, gallery = _problem_with_images(tmp_path)
-    ap = vis.query_average_precision(distmat, query[1], gallery[1], query[2], gallery[2])
+    ap = query_average_precision(distmat, query[1], gallery[1], query[2], gallery[2], junk_pid=vis.JUNK_PID)
     np.testing.assert_allclose(ap, [1.0, 0.2, 0.5])
 
     out = tmp_path / "worst"
@@ -316,3 +317,26 @@ def test_palette_png_is_smaller_and_keeps_the_size(case, tmp_path):
     assert palette.stat().st_size < lossless.stat().st_size
     with pytest.raises(ValueError, match="colors=1"):
         vis.save_image(image, tmp_path / "x.png", colors=1)
+
+
+def test_drawn_ap_is_evaluate_rank_all_ap_with_junk_and_distractors():
+    """The AP of every drawn rank list is the evaluation protocol's (rank.py), junk (-1) left out by both."""
+    rng = np.random.default_rng(5)
+    num_q, num_g = 15, 90
+    q_pids = rng.integers(1, 7, num_q)
+    q_pids[0] = vis.JUNK_PID  # a query of unknown identity
+    g_pids = rng.choice([vis.JUNK_PID, vis.JUNK_PID, 0, 0, 0, 1, 2, 3, 4, 5, 6], num_g)  # junk and distractors (0)
+    q_camids, g_camids = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    distmat = rng.integers(0, 20, (num_q, num_g)).astype(np.float32)  # many exact ties
+    distmat -= 5 * (q_pids[:, None] == g_pids[None, :])
+    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=5, junk_pid=vis.JUNK_PID)
+    drawn = np.array([average_precision(vis.ranked_gallery(distmat[i], q_pids[i], q_camids[i], g_pids, g_camids)[1])
+                      for i in range(num_q)])
+    assert np.isnan(drawn[0]) and 5 < np.count_nonzero(~np.isnan(drawn)) < num_q
+    np.testing.assert_allclose(result.all_AP, drawn, rtol=1e-12, equal_nan=True)
+    ap = query_average_precision(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid=vis.JUNK_PID)
+    np.testing.assert_array_equal(ap, result.all_AP)
+    # the drawn lists leave junk out and keep distractors
+    i = int(np.flatnonzero(~np.isnan(drawn))[0])
+    order, matches = vis.ranked_gallery(distmat[i], q_pids[i], q_camids[i], g_pids, g_camids)
+    assert np.flatnonzero(g_pids[order] == vis.JUNK_PID).size == 0 and (g_pids[order] == 0).any()

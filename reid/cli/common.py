@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 # Copies of library constants, so that building the parsers imports no torch; tests/test_cli.py
-# checks that they equal reid.evaluation.features.FEATURE_KINDS and reid.engine.INFERENCE_SWITCHES.
+# checks that they equal reid.models.FEATURE_KINDS and reid.ablation.INFERENCE_SWITCHES.
 FEATURE_KINDS = ("bn", "pre_bn")
 INFERENCE_SWITCHES = ("flip", "mix", "leaky", "beta", "rerank")
 
@@ -48,6 +48,16 @@ def add_allow_resize_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-resize", action="store_true",
                         help="run at a data.height x data.width other than the checkpoint's training size "
                              "(a warning instead of an error; accuracy usually drops a lot)")
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (default: shown on a terminal, for steps longer than a second)")
+
+
+def progress_setting(args: argparse.Namespace) -> bool | None:
+    """The library's ``progress`` for a command: False with --quiet, else None (a bar when stderr is a terminal)."""
+    return False if getattr(args, "quiet", False) else None
 
 
 def positive_int(text: str) -> int:

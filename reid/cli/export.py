@@ -19,8 +19,8 @@ data.height x data.width, (pixel / 255 - ImageNet mean) / std) to `embeddings` (
 float32), L2-normalised inside the graph unless --no-normalize (raw features, e.g. for beta
 normalisation downstream). The batch axis is dynamic unless --no-dynamic-batch. Feature and
 flip test-time augmentation default to the checkpoint's test settings, so the outputs equal
-reid.evaluation.extractor.FeatureExtractor.from_checkpoint's. The input size, mean, std and
-options are stored in the model's metadata_props.
+reid.inference.FeatureExtractor.from_checkpoint's (both run ReidModel.embed). The input size,
+mean, std and options are stored in the model's metadata_props.
 
 After writing, onnx.checker validates the file and onnxruntime runs a random batch (one
 larger than the export batch when the batch axis is dynamic, which exercises it); the max
@@ -57,12 +57,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from reid import builders, export
+    from reid.inference import embedding_options
 
     # Exported on the CPU: the graph is device-independent and the check runs onnxruntime's CPU provider.
     model, cfg = builders.load_model_from_checkpoint(args.weights, "cpu")
     height, width = cfg.data.height, cfg.data.width
-    feature = cfg.test.feature if args.feature is None else args.feature
-    flip = cfg.test.flip if args.flip is None else args.flip
+    options = embedding_options(cfg, feature=args.feature, flip=args.flip)
+    feature, flip = options["feature"], options["flip"]
     module = export.export_onnx(
         model, args.output, height=height, width=width, feature=feature, normalize=args.normalize,
         flip=flip, opset=args.opset, dynamic_batch=args.dynamic_batch, batch_size=args.batch_size,

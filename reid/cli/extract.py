@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import FEATURE_KINDS, add_weights_argument, positive_int, setup_logging
+from .common import (
+    FEATURE_KINDS,
+    add_quiet_argument,
+    add_weights_argument,
+    positive_int,
+    progress_setting,
+    setup_logging,
+)
 
 log = logging.getLogger("reid")
 
@@ -52,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out unreadable images (empty, truncated, not an image) with one warning naming "
                              "them; default: such a file is an error, before any model work")
     parser.add_argument("--overwrite", action="store_true", help="replace features files that already exist")
+    add_quiet_argument(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -78,7 +86,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def extract_folder(extractor, folder: Path, *, skip_invalid: bool = False):
-    from reid.evaluation.extractor import find_images, labels_from_names
+    from reid.inference import find_images, labels_from_names
 
     paths = find_images(folder)
     pids, camids = labels_from_names(paths)
@@ -113,7 +121,8 @@ def rank_folders(args: argparse.Namespace, extractor) -> dict[str, Any]:
     if args.output_dir is not None:
         save(query, args.output_dir / "query.npz")
         save(gallery, args.output_dir / "gallery.npz")
-    distances = np.asarray(pairwise_distance(query.features, gallery.features, metric=args.metric))
+    distances = np.asarray(pairwise_distance(query.features, gallery.features, metric=args.metric,
+                                             progress=progress_setting(args)))
     order, nearest = top_matches(distances, args.top_k)
     query_names = [Path(p).relative_to(args.query).as_posix() for p in query.paths]
     gallery_names = [Path(p).relative_to(args.gallery).as_posix() for p in gallery.paths]
@@ -135,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_logging(stream=sys.stderr)  # stdout carries the ranking (pipe-able)
 
     from reid import builders
-    from reid.evaluation.extractor import FeatureExtractor
+    from reid.inference import FeatureExtractor
 
     try:
         device = builders.resolve_device(args.device)
@@ -146,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--device {args.device!r}: not a device; expected auto, cpu, cuda or cuda:N") from None
     extractor = FeatureExtractor.from_checkpoint(
         args.weights, device, flip=args.flip, feature=args.feature, normalize=args.normalize,
-        batch_size=args.batch_size, num_workers=args.num_workers,
+        batch_size=args.batch_size, num_workers=args.num_workers, progress=progress_setting(args),
     )
     log.info("%s: feature=%s flip=%s input %dx%d", args.weights, extractor.feature, extractor.flip,
              extractor.height, extractor.width)

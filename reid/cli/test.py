@@ -11,9 +11,11 @@ from .common import (
     INFERENCE_SWITCHES,
     add_allow_resize_argument,
     add_config_arguments,
+    add_quiet_argument,
     add_weights_argument,
     evaluation_setup,
     load_model,
+    progress_setting,
     setup_logging,
 )
 
@@ -51,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="JSON file to write (default: <checkpoint stem>_test_metrics.json, or "
                              "<stem>_ablation.json with --ablate, beside the checkpoint)")
     add_allow_resize_argument(parser)
+    add_quiet_argument(parser)
 
 
 def ablation_switches(text: str) -> tuple[str, ...]:
@@ -86,24 +89,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg, device, dataset = evaluation_setup(args)
 
     from reid import builders
-    from reid.engine import ablate_inference, evaluate
-    from reid.evaluation.features import metrics_table
+    from reid.ablation import ablate_inference
+    from reid.engine import evaluate
+    from reid.evaluation.evaluator import metrics_table
     from reid.io import atomic_write_json
 
     query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
     model = load_model(args.weights, device)
+    progress = progress_setting(args)
     if switches is not None:
         options = builders.eval_options(cfg, dataset)
         for key in ("flip", "beta", "rerank"):
             options.pop(key)
         metrics = ablate_inference(
             model, query_loader, gallery_loader, device, switches=switches,
-            pool_lambda=args.mix_lambda, leaky_slope=args.leaky_slope, trained_leaky_slope=cfg.model.leaky_relu,
-            beta=args.beta, **options,
+            pool_lambda=args.mix_lambda, leaky_slope=args.leaky_slope, beta=args.beta, progress=progress, **options,
         )
         rows = metrics
     else:
-        metrics = evaluate(model, query_loader, gallery_loader, device, **builders.eval_options(cfg, dataset, rerank=args.rerank))
+        metrics = evaluate(model, query_loader, gallery_loader, device, progress=progress,
+                           **builders.eval_options(cfg, dataset, rerank=args.rerank))
         rows = {"model": metrics}
         if "rerank" in metrics:
             rows["model + re-ranking"] = metrics["rerank"]

@@ -10,10 +10,12 @@ from typing import Any
 from .common import (
     add_allow_resize_argument,
     add_config_arguments,
+    add_quiet_argument,
     add_weights_argument,
     evaluation_setup,
     load_model,
     positive_int,
+    progress_setting,
     setup_logging,
 )
 
@@ -60,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random query choice")
     parser.add_argument("--output", type=Path, default=None, help="output folder")
     add_allow_resize_argument(parser)
+    add_quiet_argument(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -94,13 +97,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_query_indices(args.query_index, len(dataset.query), f"the query split of {dataset.name} ({dataset.root})")
 
         from reid import builders
-        from reid.evaluation.features import extract_features
+        from reid.inference import embedding_options, extract_features
 
         query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
         model = load_model(args.weights, device)
-        options = {"feature": cfg.test.feature, "flip": cfg.test.flip}
-        query = extract_features(model, query_loader, device, **options)
-        gallery = extract_features(model, gallery_loader, device, **options)
+        options = {**embedding_options(cfg), "progress": progress_setting(args)}
+        query = extract_features(model, query_loader, device, description="extracting query", **options)
+        gallery = extract_features(model, gallery_loader, device, description="extracting gallery", **options)
         output = args.output or args.weights.parent / "visualize"
         log_file = args.log or args.weights.parent / "log.jsonl"
     else:
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return draw(args, cfg, query, gallery, output, log_file)
 
 
-def distances(query, gallery, cfg):
+def distances(query, gallery, cfg, *, progress: bool | None = None):
     """(distances, re-ranked distances), features post-processed as ``cfg.test`` says."""
     import numpy as np
 
@@ -125,8 +128,8 @@ def distances(query, gallery, cfg):
     t = cfg.test
     qf = postprocess_features(query.features, normalize=t.normalize, beta=t.beta)
     gf = postprocess_features(gallery.features, normalize=t.normalize, beta=t.beta)
-    plain = np.asarray(pairwise_distance(qf, gf, metric=t.metric))
-    reranked = rerank(qf, gf, k1=t.k1, k2=t.k2, lambda_value=t.lambda_value)
+    plain = np.asarray(pairwise_distance(qf, gf, metric=t.metric, progress=progress))
+    reranked = rerank(qf, gf, k1=t.k1, k2=t.k2, lambda_value=t.lambda_value, progress=progress)
     return plain, reranked
 
 
@@ -134,9 +137,10 @@ def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: 
     import numpy as np
 
     from reid import visualization as vis
-    from reid.evaluation import evaluate_rank
+    from reid.evaluation.rank import evaluate_rank, query_average_precision
 
-    plain, reranked = distances(query, gallery, cfg)
+    progress = progress_setting(args)
+    plain, reranked = distances(query, gallery, cfg, progress=progress)
     shown = reranked if args.rerank else plain
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     written: dict[str, Any] = {}
@@ -146,12 +150,12 @@ def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: 
         grid=args.grid, html=args.html, seed=args.seed, png_colors=args.png_colors,
     )
     # Unlabelled crops (pid -1, e.g. from `reid extract`) have no true matches: nothing to score.
-    if np.isnan(vis.query_average_precision(shown, *labels)).all():
+    if np.isnan(query_average_precision(shown, *labels, junk_pid=vis.JUNK_PID)).all():
         log.warning("no query has a true match in the gallery: skipping cmc.png and distances.png")
     else:
         max_rank = min(args.max_rank, len(gallery))
         metric = METRIC_NAMES[cfg.test.metric]
-        results = {name: evaluate_rank(d, *labels, max_rank=max_rank)
+        results = {name: evaluate_rank(d, *labels, max_rank=max_rank, progress=progress)
                    for name, d in ((metric, plain), (f"{metric} + re-ranking", reranked))}
         title = f"CMC ({results[metric].num_valid_queries} queries)"
         written["cmc"] = vis.plot_cmc({name: r.cmc for name, r in results.items()}, output / "cmc.png",

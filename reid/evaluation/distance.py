@@ -14,6 +14,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from ..progress import progress_bar
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 METRICS = ("euclidean", "cosine")
@@ -75,7 +77,7 @@ def _row_chunks(num_rows: int, chunk_size: int) -> list[tuple[int, int]]:
 
 
 def pairwise_distance(x: ArrayLike, y: ArrayLike, metric: str = "euclidean",
-                      chunk_size: int | None = None) -> ArrayLike:
+                      chunk_size: int | None = None, *, progress: bool | None = None) -> ArrayLike:
     """Distance between every row of ``x`` (m x d) and every row of ``y`` (n x d).
 
     Args:
@@ -86,6 +88,7 @@ def pairwise_distance(x: ArrayLike, y: ArrayLike, metric: str = "euclidean",
         chunk_size: rows of ``x`` per chunk. Only the m x n result is held in full; temporaries
             are chunk_size x n (plus chunk_size x d for cosine). Default: about 16M elements
             per chunk (at least 64 rows).
+        progress: a bar over the rows of ``x`` (see :mod:`reid.progress`; None: on a terminal only).
 
     Returns:
         m x n distances: a torch tensor on ``x``'s device if ``x`` is a tensor, else a numpy array.
@@ -102,20 +105,23 @@ def pairwise_distance(x: ArrayLike, y: ArrayLike, metric: str = "euclidean",
     if chunk_size is None:
         chunk_size = max(MIN_CHUNK_ROWS, DEFAULT_CHUNK_ELEMENTS // max(n, 1))
     out = torch.empty((m, n), dtype=dtype, device=xt.device)
-    if metric == "euclidean":
-        y_sq = yt.pow(2).sum(dim=1)
-        for start, stop in _row_chunks(m, chunk_size):
-            a = xt[start:stop]
-            block = squared_euclidean_block(a, yt, a.pow(2).sum(dim=1), y_sq, out=out[start:stop])
-            block.clamp_(min=0)
-    else:
-        y_unit = torch.nn.functional.normalize(yt, p=2, dim=1)
-        for start, stop in _row_chunks(m, chunk_size):
-            x_unit = torch.nn.functional.normalize(xt[start:stop], p=2, dim=1)
-            block = out[start:stop]
-            torch.mm(x_unit, y_unit.t(), out=block)
-            # 1 - cos, written in place: block = -block + 1
-            block.neg_().add_(1).clamp_(min=0, max=2)
+    with progress_bar(total=m, desc="distances", unit="row", progress=progress) as bar:
+        if metric == "euclidean":
+            y_sq = yt.pow(2).sum(dim=1)
+            for start, stop in _row_chunks(m, chunk_size):
+                a = xt[start:stop]
+                block = squared_euclidean_block(a, yt, a.pow(2).sum(dim=1), y_sq, out=out[start:stop])
+                block.clamp_(min=0)
+                bar.update(stop - start)
+        else:
+            y_unit = torch.nn.functional.normalize(yt, p=2, dim=1)
+            for start, stop in _row_chunks(m, chunk_size):
+                x_unit = torch.nn.functional.normalize(xt[start:stop], p=2, dim=1)
+                block = out[start:stop]
+                torch.mm(x_unit, y_unit.t(), out=block)
+                # 1 - cos, written in place: block = -block + 1
+                block.neg_().add_(1).clamp_(min=0, max=2)
+                bar.update(stop - start)
     if isinstance(x, torch.Tensor):
         return out
     return out.numpy()

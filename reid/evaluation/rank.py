@@ -30,6 +30,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from ..progress import progress_bar
+
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 AP_KINDS = ("standard", "trapezoid")
@@ -68,24 +70,43 @@ class RankResult:
         return self.num_queries - self.num_valid_queries
 
 
-def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
+def _to_numpy(x: ArrayLike, name: str, ndim: int | None = None) -> np.ndarray:
+    """``x`` (numpy, torch on any device, or a nested list) as a numpy array, with ``ndim`` dimensions if given."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    if isinstance(x, np.ndarray):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception as err:  # pragma: no cover - numpy's own message is kept as the cause
-        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from err
+        arr = x.detach().cpu().numpy()
+    elif isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as err:  # pragma: no cover - numpy's own message is kept as the cause
+            raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from err
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
+    return arr
 
 
 def _labels(x: ArrayLike, name: str, length: int, expected: str) -> np.ndarray:
+    """1-D integer labels of ``length`` entries as int64 (``expected`` says what they align with)."""
     arr = _to_numpy(x, name)
     if arr.ndim != 1 or arr.shape[0] != length:
         raise ValueError(f"{name}: expected a 1-D array of length {length} ({expected}), got shape {arr.shape}")
     if arr.dtype.kind not in "iub":
         raise TypeError(f"{name}: expected integer labels, got dtype {arr.dtype}")
     return arr.astype(np.int64, copy=False)
+
+
+def protocol_arrays(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
+                    g_camids: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The inputs of the protocol checked and as numpy: the q x g distances (dtype kept) and four int64 label arrays."""
+    dist = _to_numpy(distmat, "distmat")
+    if dist.ndim != 2:
+        raise ValueError(f"distmat: expected a 2-D num_query x num_gallery matrix, got shape {dist.shape}")
+    num_q, num_g = dist.shape
+    return (dist, _labels(q_pids, "q_pids", num_q, "one per distmat row"),
+            _labels(g_pids, "g_pids", num_g, "one per distmat column"),
+            _labels(q_camids, "q_camids", num_q, "one per distmat row"),
+            _labels(g_camids, "g_camids", num_g, "one per distmat column"))
 
 
 def _order_keys(values: np.ndarray) -> np.ndarray:
@@ -196,47 +217,37 @@ def _group_gallery(g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return group_pids, group_starts, group_sizes, gallery_by_pid
 
 
-def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
-                  g_camids: ArrayLike, max_rank: int = 50, ap: str = "standard",
-                  num_threads: int | None = None) -> RankResult:
-    """CMC, mAP and mINP of a query x gallery distance matrix (smaller = more similar).
+def average_precision(matches: ArrayLike) -> float:
+    """Non-interpolated AP of one full ranked list (``matches[r]``: a true match at rank r + 1).
 
-    Args:
-        distmat: num_query x num_gallery distances, numpy or torch (any device). Compared in
-            float32, as the classic compiled evaluation does (it casts to float32); exact ties
-            are broken by gallery index (a stable sort). NaN is an error; inf is allowed.
-        q_pids, g_pids, q_camids, g_camids: integer labels (numpy or torch).
-        max_rank: length of the CMC curve. If the gallery is smaller, a warning is issued and
-            the curve still has ``max_rank`` entries: every valid query has its first hit
-            within the gallery, so the entries past the gallery size equal 1.0 (the classic
-            code truncates the curve instead).
-        ap: ``"standard"`` (non-interpolated, the field's default) or ``"trapezoid"`` (official
-            Market-1501 MATLAB ``compute_AP``; lower).
-        num_threads: worker threads over blocks of queries (default: torch's thread count).
-
-    Returns:
-        RankResult. Queries without a true match after same-camera removal are skipped
-        (their ``all_AP``/``all_INP`` are NaN). Raises ValueError if none is left.
+    The mean of the precision at each hit; NaN without a hit. This is the definition
+    :func:`evaluate_rank` computes for every query at once.
     """
-    if ap not in AP_KINDS:
-        raise ValueError(f"ap={ap!r}: expected one of {', '.join(AP_KINDS)}")
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f"max_rank={max_rank!r}: expected a positive integer")
-    dist = _to_numpy(distmat, "distmat")
-    if dist.ndim != 2:
-        raise ValueError(f"distmat: expected a 2-D num_query x num_gallery matrix, got shape {dist.shape}")
-    num_q, num_g = dist.shape
-    if num_q == 0 or num_g == 0:
-        raise ValueError(f"distmat: empty query or gallery (shape {dist.shape})")
-    dist = np.ascontiguousarray(dist, dtype=np.float32)
-    q_pids = _labels(q_pids, "q_pids", num_q, "one per distmat row")
-    g_pids = _labels(g_pids, "g_pids", num_g, "one per distmat column")
-    q_camids = _labels(q_camids, "q_camids", num_q, "one per distmat row")
-    g_camids = _labels(g_camids, "g_camids", num_g, "one per distmat column")
-    if num_g < max_rank:
-        warnings.warn(f"gallery has {num_g} items, fewer than max_rank={max_rank}: CMC entries past rank "
-                      f"{num_g} equal 1.0", stacklevel=2)
+    hits = np.flatnonzero(np.asarray(matches, dtype=bool))
+    if hits.size == 0:
+        return float("nan")
+    return float(np.mean(np.arange(1, hits.size + 1) / (hits + 1)))
 
+
+def _without_junk(dist: np.ndarray, g_pids: np.ndarray, g_camids: np.ndarray,
+                  junk_pid: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gallery columns whose pid is not ``junk_pid`` (all of them when it is None)."""
+    if junk_pid is None:
+        return dist, g_pids, g_camids
+    keep = g_pids != junk_pid
+    if keep.all():
+        return dist, g_pids, g_camids
+    return dist[:, keep], g_pids[keep], g_camids[keep]
+
+
+def _per_query(dist: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+               g_camids: np.ndarray, num_threads: int | None, progress: bool | None) -> tuple[np.ndarray, ...]:
+    """(AP, trapezoid AP, INP, first-hit rank) of every query; NaN (rank 0) where a query has no true match."""
+    num_q, num_g = dist.shape
+    if num_g == 0:  # every gallery item was junk
+        nan = np.full(num_q, np.nan)
+        return nan, nan.copy(), nan.copy(), np.zeros(num_q, dtype=np.int64)
+    dist = np.ascontiguousarray(dist, dtype=np.float32)
     groups = _group_gallery(g_pids)
     rows = max(1, min(num_q, _BLOCK_ELEMENTS // num_g))
     blocks = [(s, min(s + rows, num_q)) for s in range(0, num_q, rows)]
@@ -254,18 +265,91 @@ def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_ca
 
     workers = num_threads if num_threads is not None else torch.get_num_threads()
     workers = max(1, min(int(workers), len(blocks), os.cpu_count() or 1))
-    if workers == 1:
-        parts = [run(b) for b in blocks]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(run, blocks))
-    ap_std, ap_trap, inp, first_rank = (np.concatenate(p) for p in zip(*parts))
+    parts = []
+    with progress_bar(total=num_q, desc="ranking", unit="query", progress=progress) as bar:
+        if workers == 1:
+            results = map(run, blocks)
+        else:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            results = pool.map(run, blocks)
+        try:
+            for (s, e), part in zip(blocks, results):
+                parts.append(part)
+                bar.update(e - s)
+        finally:
+            if workers > 1:
+                pool.shutdown(wait=True, cancel_futures=True)
+    return tuple(np.concatenate(p) for p in zip(*parts))
 
+
+def query_average_precision(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
+                            g_camids: ArrayLike, *, ap: str = "standard", junk_pid: int | None = None,
+                            num_threads: int | None = None, progress: bool | None = None) -> np.ndarray:
+    """Per-query AP under the protocol (``evaluate_rank(...).all_AP``), NaN where a query has no true match.
+
+    Unlike :func:`evaluate_rank` it is no error when no query has one (every entry is NaN then,
+    e.g. for unlabelled features). ``ap``, ``junk_pid``, ``num_threads`` and ``progress``: as there.
+    """
+    if ap not in AP_KINDS:
+        raise ValueError(f"ap={ap!r}: expected one of {', '.join(AP_KINDS)}")
+    dist, q_pids, g_pids, q_camids, g_camids = protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
+    dist, g_pids, g_camids = _without_junk(dist, g_pids, g_camids, junk_pid)
+    ap_std, ap_trap, _, _ = _per_query(dist, q_pids, g_pids, q_camids, g_camids, num_threads, progress)
+    return ap_std if ap == "standard" else ap_trap
+
+
+def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
+                  g_camids: ArrayLike, max_rank: int = 50, ap: str = "standard",
+                  num_threads: int | None = None, *, junk_pid: int | None = None,
+                  progress: bool | None = None) -> RankResult:
+    """CMC, mAP and mINP of a query x gallery distance matrix (smaller = more similar).
+
+    Args:
+        distmat: num_query x num_gallery distances, numpy or torch (any device). Compared in
+            float32, as the classic compiled evaluation does (it casts to float32); exact ties
+            are broken by gallery index (a stable sort). NaN is an error; inf is allowed.
+        q_pids, g_pids, q_camids, g_camids: integer labels (numpy or torch).
+        max_rank: length of the CMC curve. If the gallery is smaller, a warning is issued and
+            the curve still has ``max_rank`` entries: every valid query has its first hit
+            within the gallery, so the entries past the gallery size equal 1.0 (the classic
+            code truncates the curve instead).
+        ap: ``"standard"`` (non-interpolated, the field's default) or ``"trapezoid"`` (official
+            Market-1501 MATLAB ``compute_AP``; lower).
+        num_threads: worker threads over blocks of queries (default: torch's thread count).
+        junk_pid: gallery items with this pid are left out of every list, as the official
+            Market-1501 MATLAB evaluation does with its junk boxes (pid -1); queries with it
+            then have no true match. None (the default, as torchreid's code, whose loaders drop
+            junk images instead): every gallery item counts.
+        progress: a bar over the queries (see :mod:`reid.progress`; None: on a terminal only).
+
+    Returns:
+        RankResult. Queries without a true match after same-camera removal are skipped
+        (their ``all_AP``/``all_INP`` are NaN). Raises ValueError if none is left.
+    """
+    if ap not in AP_KINDS:
+        raise ValueError(f"ap={ap!r}: expected one of {', '.join(AP_KINDS)}")
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank={max_rank!r}: expected a positive integer")
+    dist, q_pids, g_pids, q_camids, g_camids = protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
+    num_q, num_g = dist.shape
+    if num_q == 0 or num_g == 0:
+        raise ValueError(f"distmat: empty query or gallery (shape {dist.shape})")
+    dist, g_pids, g_camids = _without_junk(dist, g_pids, g_camids, junk_pid)
+    num_g = dist.shape[1]
+    no_valid_query = ("no query has a true match in the gallery after removing same-pid same-camera items"
+                      + (f" and junk (pid {junk_pid})" if junk_pid is not None else "") + "; expected at least one "
+                      "valid query")
+    if num_g == 0:
+        raise ValueError(no_valid_query)
+    if num_g < max_rank:
+        warnings.warn(f"gallery has {num_g} items, fewer than max_rank={max_rank}: CMC entries past rank "
+                      f"{num_g} equal 1.0", stacklevel=2)
+
+    ap_std, ap_trap, inp, first_rank = _per_query(dist, q_pids, g_pids, q_camids, g_camids, num_threads, progress)
     valid = ~np.isnan(ap_std)
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise ValueError("no query has a true match in the gallery after removing same-pid same-camera "
-                         "items; expected at least one valid query")
+        raise ValueError(no_valid_query)
     all_ap = ap_std if ap == "standard" else ap_trap
     # cmc[k] = share of valid queries whose first hit is within rank k+1.
     first = first_rank[valid]

@@ -32,12 +32,14 @@ ties in ``D`` the neighbour lists are identical.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from tqdm import tqdm
 
+from ..progress import progress_bar
 from .distance import MIN_CHUNK_ROWS, as_feature_pair, squared_euclidean_block
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -238,15 +240,20 @@ class _JointFeatures:
         return out
 
 
-def _sweep_features(feats: _JointFeatures, cand: _Candidates, out: np.ndarray, block_size: int) -> None:
+def _sweep_features(feats: _JointFeatures, cand: _Candidates, out: np.ndarray, block_size: int,
+                    bar: Optional[tqdm] = None) -> None:
     """One pass over the blocks of the symmetric distance matrix (each unordered pair once).
 
-    Fills the raw q x g distances into ``out``, the row maxima and the candidate lists.
+    Fills the raw q x g distances into ``out``, the row maxima and the candidate lists;
+    ``bar`` counts the pairs of blocks.
     """
     q, n = feats.q, feats.n
     sq_norms = feats.sq_norms
     out_t = torch.from_numpy(out)
     blocks = _blocks(q, n, block_size)
+    if bar is not None:
+        bar.unit = "block"
+        bar.reset(total=len(blocks) * (len(blocks) + 1) // 2)
     # Buffers are reused: fresh pages for every block cost more than the comparisons on them.
     masks: dict[tuple[int, int], np.ndarray] = {}
     blocks_out: dict[tuple[int, int], torch.Tensor] = {}
@@ -278,6 +285,8 @@ def _sweep_features(feats: _JointFeatures, cand: _Candidates, out: np.ndarray, b
         rows = slice(*a)
         np.maximum(cand.row_max[rows], d.max(axis=1), out=cand.row_max[rows])
         cand.set_block(rows, d, a[0])
+        if bar is not None:
+            bar.update()
     for i, a in enumerate(blocks):
         for b in blocks[i + 1:]:
             d = dist(a, b)
@@ -293,6 +302,8 @@ def _sweep_features(feats: _JointFeatures, cand: _Candidates, out: np.ndarray, b
             by_row = np.argsort(c, kind="stable")
             r, c = r[by_row], c[by_row]
             cand.merge(b[0], c, r + a[0], d[r, c])
+            if bar is not None:
+                bar.update()
 
 
 def _squared_row_max(cand: _Candidates) -> np.ndarray:
@@ -397,16 +408,21 @@ def _query_expansion(v: sp.csr_matrix, knn: np.ndarray, k2: int) -> sp.csr_matri
 
 
 def _jaccard_into(out: np.ndarray, v: sp.csr_matrix, q: int, lambda_value: float,
-                  fill_normalised: Callable[[int, int, np.ndarray], None]) -> None:
+                  fill_normalised: Callable[[int, int, np.ndarray], None], bar: Optional[tqdm] = None) -> None:
     """out[i, j] = (1 - lambda) J(i, j) + lambda D[i, q + j] for query rows, block by block.
 
     J(i, j) = 1 - m / (2 - m) with m(i, j) = sum_k min(V[i, k], V[j, k]) (paper eq. 11). Only
     gallery rows j sharing a non-zero column k with query i have m > 0: the column index of
     V's gallery rows lists them (the classic's inverted index), so each block gathers those
     (i, k, j) triples and sums them by (i, j); every other pair has J = 1.
-    ``fill_normalised(start, stop, block)`` writes D's query rows start..stop-1 into ``block``.
+    ``fill_normalised(start, stop, block)`` writes D's query rows start..stop-1 into ``block``;
+    ``bar`` counts the query rows.
     """
     g = out.shape[1]
+    if bar is not None:
+        bar.unit = "query"
+        bar.reset(total=q)
+        bar.set_description("re-ranking (Jaccard)")
     gallery_cols = v[q:].tocsc()
     col_ptr, col_rows, col_vals = gallery_cols.indptr, gallery_cols.indices, gallery_cols.data
     # triples per query row, to size the blocks
@@ -441,6 +457,8 @@ def _jaccard_into(out: np.ndarray, v: sp.csr_matrix, q: int, lambda_value: float
         block *= lam
         block += one_minus
         flat[hit] = jaccard * one_minus + d_hit * lam
+        if bar is not None:
+            bar.update(stop - start)
         start = stop
 
 
@@ -448,21 +466,22 @@ def _jaccard_into(out: np.ndarray, v: sp.csr_matrix, q: int, lambda_value: float
 
 def _finish(out: np.ndarray, knn: np.ndarray, pair_keys: Callable[[np.ndarray, np.ndarray], np.ndarray],
             k: int, h: int, k2: int, q: int, lambda_value: float,
-            fill_normalised: Callable[[int, int, np.ndarray], None]) -> np.ndarray:
+            fill_normalised: Callable[[int, int, np.ndarray], None], bar: Optional[tqdm] = None) -> np.ndarray:
     n = knn.shape[0]
     indptr, indices = _expanded_sets(knn, k, h)
     rows = np.repeat(np.arange(n), np.diff(indptr))
     v = _encoding(indptr, indices, pair_keys(rows, indices), n)
     if k2 != 1:  # the classic skips the expansion for k2 == 1 (V stays as it is)
         v = _query_expansion(v, knn, k2)
-    _jaccard_into(out, v, q, lambda_value, fill_normalised)
+    _jaccard_into(out, v, q, lambda_value, fill_normalised, bar)
     return out
 
 
 # --------------------------------------------------------------------------- public API
 
 def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20, k2: int = 6,
-           lambda_value: float = 0.3, *, knn_backend: str = "torch", block_size: int = _DEFAULT_BLOCK) -> np.ndarray:
+           lambda_value: float = 0.3, *, knn_backend: str = "torch", block_size: int = _DEFAULT_BLOCK,
+           progress: bool | None = None) -> np.ndarray:
     """k-reciprocal re-ranked query x gallery distances, straight from features.
 
     Equal to the classic ``re_ranking(q_g, q_q, g_g, k1, k2, lambda_value)`` fed the squared
@@ -481,6 +500,8 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
             faiss rounds distances its own way, so near-ties (within float32 rounding) may
             order differently from the classic's matrices.
         block_size: rows per block of the distance sweep (>= 64).
+        progress: a bar over the distance sweep, then over the queries of the Jaccard step
+            (see :mod:`reid.progress`; None: on a terminal only).
 
     Returns:
         q x g float32 numpy array.
@@ -508,14 +529,6 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
     def full_rows(rows: np.ndarray) -> np.ndarray:
         return _normalise(_sq32(_distance_rows(feats, rows)), row_max2[rows])
 
-    if knn_backend == "torch":
-        _sweep_features(feats, cand, out, block_size)
-    else:
-        _faiss_candidates(feats, cand)
-        _fill_query_gallery(feats, out, block_size)
-    row_max2 = _squared_row_max(cand)
-    knn = _finish_neighbours(cand, row_max2, k, n, full_rows)
-
     def pair_keys(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         raw = _lookup(cand, rows, cols)
         missing = np.flatnonzero(np.isnan(raw))
@@ -528,7 +541,15 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
         np.square(block, out=block)
         np.divide(block, row_max2[start:stop, None], out=block)
 
-    return _finish(out, knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised)
+    with progress_bar(desc="re-ranking (neighbours)", unit="block", progress=progress) as bar:
+        if knn_backend == "torch":
+            _sweep_features(feats, cand, out, block_size, bar)
+        else:
+            _faiss_candidates(feats, cand)
+            _fill_query_gallery(feats, out, block_size)
+        row_max2 = _squared_row_max(cand)
+        knn = _finish_neighbours(cand, row_max2, k, n, full_rows)
+        return _finish(out, knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised, bar)
 
 
 def rerank_distances(q_g: ArrayLike, q_q: ArrayLike, g_g: ArrayLike, k1: int = 20, k2: int = 6,

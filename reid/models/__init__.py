@@ -9,12 +9,14 @@ from .backbone import (
     set_last_stride_one,
 )
 from .heads import POOLINGS, AvgPool, BNNeck, GeM, MaxPool, MixPool, build_classifier, build_pooling
-from .model import ModelOutput, ReidModel, build_model
+from .model import FEATURE_KINDS, EmbeddingModule, ModelOutput, ReidModel, build_model, check_feature
 
 __all__ = [
+    "FEATURE_KINDS",
     "POOLINGS",
     "AvgPool",
     "BNNeck",
+    "EmbeddingModule",
     "GeM",
     "MaxPool",
     "MixPool",
@@ -25,6 +27,7 @@ __all__ = [
     "build_classifier",
     "build_model",
     "build_pooling",
+    "check_feature",
     "load_weights_file",
     "read_state_dict",
     "set_final_activation",

@@ -1,10 +1,20 @@
-"""The embedding model: timm trunk -> pooling -> (linear embedding) -> (BNNeck) -> bias-free classifier."""
+"""The embedding model: timm trunk -> pooling -> (linear embedding) -> (BNNeck) -> bias-free classifier.
+
+The one path from images to embeddings is :meth:`ReidModel.embed` (the feature, flip test-time
+augmentation, L2 normalisation); feature extraction, ``FeatureExtractor`` and the ONNX graph
+(:class:`EmbeddingModule`) all go through it. Test-time switches of Group Loss++ (another
+pooling, a leaky final ReLU) are applied with :meth:`ReidModel.inference_options`, which puts
+the trained modules back on exit.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .backbone import PretrainedArg, backbone_feature_map, build_backbone, set_final_activation
@@ -24,6 +34,18 @@ class ModelOutput:
     embeddings: torch.Tensor
     bn_embeddings: torch.Tensor
     logits: torch.Tensor
+
+
+FEATURE_KINDS = ("bn", "pre_bn")
+"""Which embedding ``embed`` returns: after the BNNeck ("bn") or the pooled trunk features ("pre_bn")."""
+_FEATURE_FIELDS = {"bn": "bn_embeddings", "pre_bn": "embeddings"}
+
+
+def check_feature(feature: str) -> str:
+    """``feature`` if it is one of FEATURE_KINDS, else a ValueError naming the choices."""
+    if feature not in FEATURE_KINDS:
+        raise ValueError(f"feature: expected one of {', '.join(FEATURE_KINDS)}, got {feature!r}")
+    return feature
 
 
 # A pytree node, so torch.export (and DDP's output traversal) see the three tensors inside.
@@ -77,6 +99,49 @@ class ReidModel(nn.Module):
         bn_embeddings = self.neck(embeddings)
         return ModelOutput(embeddings, bn_embeddings, self.classifier(bn_embeddings))
 
+    def embed(self, images: torch.Tensor, *, feature: str = "bn", flip: bool = False,
+              normalize: bool = False) -> torch.Tensor:
+        """B x D float32 embeddings of a batch of normalised images (B x 3 x H x W).
+
+        feature: "bn" (after the BNNeck) or "pre_bn" (before it). flip: average with the
+        features of the mirror image (the usual re-ID test-time augmentation). normalize:
+        L2-normalise each row, after the flip average. Runs in the model's current mode and
+        grad mode; callers put it in eval mode (and under ``torch.no_grad``) for inference.
+        """
+        field = _FEATURE_FIELDS[check_feature(feature)]
+        features = _as_float32(getattr(self(images), field))
+        if flip:
+            features = 0.5 * (features + _as_float32(getattr(self(torch.flip(images, dims=[3])), field)))
+        if normalize:
+            features = F.normalize(features, p=2.0, dim=1, eps=1e-12)
+        return features
+
+    @contextmanager
+    def inference_options(self, *, pooling: str | None = None, pool_lambda: float = 0.5, gem_p: float = 3.0,
+                          leaky_relu: float | None = None) -> Iterator["ReidModel"]:
+        """Run with Group Loss++'s test-time switches; the trained modules come back on exit.
+
+        ``pooling`` (with ``pool_lambda`` for "mix", ``gem_p`` for "gem"): another global
+        pooling in place of the trained one (see ``set_pooling``). ``leaky_relu``: the slope of
+        the trunk's final activation (0 makes it a plain ReLU; see ``set_leaky_relu``). None
+        leaves that part as trained. On exit, also after an exception, the very modules the
+        model had before are put back (weights, and the trained activation, untouched)::
+
+            with model.inference_options(pooling="mix", pool_lambda=0.5, leaky_relu=0.1):
+                features = extract_features(model, loader)
+        """
+        trained_pool = self.pool
+        trained_trunk = dict(self.backbone.named_modules(remove_duplicate=False)) if leaky_relu is not None else {}
+        try:
+            if pooling is not None:
+                self.set_pooling(pooling, gem_p=gem_p, pool_lambda=pool_lambda)
+            if leaky_relu is not None:
+                self.set_leaky_relu(leaky_relu)
+            yield self
+        finally:
+            self.pool = trained_pool
+            _restore_submodules(self.backbone, trained_trunk)
+
     def set_pooling(
         self, pooling: str, *, gem_p: float = 3.0, gem_learnable: bool = True, pool_lambda: float = 0.5
     ) -> None:
@@ -90,6 +155,39 @@ class ReidModel(nn.Module):
         """Make the trunk's final ReLU leaky (> 0) or plain again (0); a Group Loss++ test-time
         switch that keeps the trained weights (see ``set_final_activation``)."""
         set_final_activation(self.backbone, negative_slope)
+
+
+def _as_float32(features: torch.Tensor) -> torch.Tensor:
+    """float32 features (e.g. of a half-precision model); float32 ones unchanged, so a traced graph gets no Cast."""
+    return features if features.dtype == torch.float32 else features.float()
+
+
+def _restore_submodules(root: nn.Module, trained: dict[str, nn.Module]) -> None:
+    """Put back every submodule of ``root`` that was replaced since ``trained`` (name -> module) was taken."""
+    current = dict(root.named_modules(remove_duplicate=False))
+    for name, module in trained.items():
+        if name and current.get(name) is not module:
+            parent_name, _, child = name.rpartition(".")
+            setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+class EmbeddingModule(nn.Module):
+    """``images -> embeddings``: a model with fixed ``embed`` options, as one tensor-to-tensor module.
+
+    What ONNX export traces (a graph cannot return a dataclass) and what a deployment runs:
+    ``forward(images) == model.embed(images, feature=..., flip=..., normalize=...)``.
+    """
+
+    def __init__(self, model: nn.Module, *, feature: str = "bn", normalize: bool = True, flip: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.feature, self.normalize, self.flip = check_feature(feature), bool(normalize), bool(flip)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(images, feature=self.feature, flip=self.flip, normalize=self.normalize)
+
+    def extra_repr(self) -> str:
+        return f"feature={self.feature}, flip={self.flip}, normalize={self.normalize}"
 
 
 def build_model(

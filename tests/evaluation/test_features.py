@@ -9,7 +9,9 @@ from reid.config import load_config
 from reid.data import build_dataset
 from reid.data.loaders import build_test_loader
 from reid.evaluation import evaluate_rank, pairwise_distance, rerank
-from reid.evaluation.features import FeatureSet, extract_features, metrics_from_features, postprocess_features
+from reid.evaluation.evaluator import metrics_from_features
+from reid.evaluation.features import FeatureSet, postprocess_features
+from reid.inference import extract_features
 
 
 def test_postprocess_is_normalize_plus_beta_times_raw():

@@ -191,3 +191,33 @@ def test_no_warning_when_gallery_is_large_enough() -> None:
 def test_invalid_inputs(change: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         evaluate_rank(**{**HAND, "max_rank": 5, **change})
+
+
+def test_junk_pid_leaves_those_gallery_items_out() -> None:
+    distmat, q_pids, g_pids, q_camids, g_camids = _random_case(4)
+    assert (g_pids == -1).any()
+    q_pids[2] = -1  # a query of unknown identity: no true match once junk is left out
+    keep = g_pids != -1
+    got = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, junk_pid=-1)
+    without = evaluate_rank(distmat[:, keep], q_pids, g_pids[keep], q_camids, g_camids[keep], max_rank=20)
+    np.testing.assert_array_equal(got.all_AP, without.all_AP)
+    np.testing.assert_array_equal(got.all_INP, without.all_INP)
+    np.testing.assert_array_equal(got.cmc, without.cmc)
+    assert np.isnan(got.all_AP[2]) and got.num_valid_queries == without.num_valid_queries
+    counted = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20)  # default: junk are wrong matches
+    assert counted.mAP != got.mAP
+    per_query = rank_module.query_average_precision(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid=-1)
+    np.testing.assert_array_equal(per_query, got.all_AP)
+
+
+def test_query_average_precision_is_all_nan_without_a_true_match() -> None:
+    # unlabelled features (pid -1 everywhere): no error, nothing to score
+    ap = rank_module.query_average_precision(np.zeros((2, 3)), [-1, -1], [-1, -1, -1], [0, 1], [0, 1, 2], junk_pid=-1)
+    assert ap.shape == (2,) and np.isnan(ap).all()
+    with pytest.raises(ValueError, match="no query has a true match"):
+        evaluate_rank(np.zeros((2, 3)), [-1, -1], [-1, -1, -1], [0, 1], [0, 1, 2], max_rank=2, junk_pid=-1)
+
+
+def test_average_precision_of_one_list() -> None:
+    assert rank_module.average_precision([False, True, True, False]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert np.isnan(rank_module.average_precision([False, False]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import pytest
 import timm
 import timm.models._builder as timm_builder
@@ -12,9 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reid.evaluation.features import postprocess_features
 from reid.models import (
+    FEATURE_KINDS,
     BNNeck,
+    EmbeddingModule,
     GeM,
+    MixPool,
     ModelOutput,
     ReidModel,
     backbone_feature_map,
@@ -235,6 +240,80 @@ def test_model_pooling_options_and_switch():
     model.set_pooling("mix", pool_lambda=0.3)
     expected = 0.3 * fmap.amax(dim=(2, 3)) + 0.7 * fmap.mean(dim=(2, 3))
     torch.testing.assert_close(model(images()).embeddings, expected)
+
+
+# --- embed: the one path from images to embeddings ------------------------------------------
+
+
+@pytest.mark.parametrize("feature", FEATURE_KINDS)
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_embed_is_the_chosen_feature_flip_averaged_and_normalised(feature, flip, normalize):
+    """What extract_features, FeatureExtractor and the ONNX module computed each on its own before."""
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 3).eval()
+    x = images()
+    with torch.no_grad():
+        out, mirror = model(x), model(torch.flip(x, dims=[3]))
+        assert not torch.equal(out.embeddings, out.bn_embeddings)  # the choice of feature matters
+        field = {"bn": "bn_embeddings", "pre_bn": "embeddings"}[feature]
+        raw = 0.5 * (getattr(out, field) + getattr(mirror, field)) if flip else getattr(out, field)
+        expected = F.normalize(raw, p=2.0, dim=1, eps=1e-12) if normalize else raw
+        got = model.embed(x, feature=feature, flip=flip, normalize=normalize)
+        assert got.dtype == torch.float32 and torch.equal(got, expected)  # bit for bit
+        module = EmbeddingModule(model, feature=feature, flip=flip, normalize=normalize)
+        assert torch.equal(module(x), got)  # the exported graph is the same path
+    if normalize:  # evaluation's numpy normalisation agrees to float32 rounding
+        np.testing.assert_allclose(got.numpy(), postprocess_features(raw.numpy()), rtol=0, atol=1e-7)
+
+
+def test_embed_refuses_an_unknown_feature():
+    model = build_model("test_resnet", 3).eval()
+    with pytest.raises(ValueError, match="feature: expected one of bn, pre_bn, got 'logits'"):
+        model.embed(images(), feature="logits")
+
+
+# --- inference options (Group Loss++ test-time switches) ------------------------------------
+
+
+def test_inference_options_switch_pooling_and_activation_and_restore_after_an_error():
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 3, leaky_relu=0.2).eval()
+    trained_pool, trained_activation = model.pool, model.backbone.layer4[-1].act2
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = model(images()).embeddings
+    fmap_switched = None
+    with pytest.raises(RuntimeError, match="inside the options"):
+        with model.inference_options(pooling="mix", pool_lambda=0.3, leaky_relu=0.5) as switched:
+            assert switched is model
+            assert isinstance(model.pool, MixPool) and model.pool.lam == 0.3
+            assert model.backbone.layer4[-1].act2.negative_slope == 0.5
+            with torch.no_grad():
+                fmap_switched = backbone_feature_map(model.backbone, images())
+                torch.testing.assert_close(model(images()).embeddings, 0.3 * fmap_switched.amax(dim=(2, 3))
+                                           + 0.7 * fmap_switched.mean(dim=(2, 3)))
+            raise RuntimeError("an error inside the options")
+    # the very modules of before, the weights untouched, the same outputs
+    assert model.pool is trained_pool and model.backbone.layer4[-1].act2 is trained_activation
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(images()).embeddings, before)
+        assert not torch.equal(backbone_feature_map(model.backbone, images()), fmap_switched)
+
+
+def test_inference_options_leave_what_is_not_asked_alone():
+    torch.manual_seed(0)
+    model = build_model("test_resnet", 3, pooling="gem").eval()
+    trained_pool, trained_activation = model.pool, model.backbone.layer4[-1].act2
+    with model.inference_options(leaky_relu=0.1):
+        assert model.pool is trained_pool and model.backbone.layer4[-1].act2.negative_slope == 0.1
+    assert model.backbone.layer4[-1].act2 is trained_activation
+    with model.inference_options(pooling="max"):
+        assert model.backbone.layer4[-1].act2 is trained_activation and model.pool is not trained_pool
+    assert model.pool is trained_pool
+    with model.inference_options():
+        assert model.pool is trained_pool
 
 
 # --- leaky final ReLU ----------------------------------------------------------------------

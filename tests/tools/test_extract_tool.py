@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from reid.evaluation.extractor import FeatureExtractor
 from reid.evaluation.features import FeatureSet
+from reid.inference import FeatureExtractor
 from tools import extract as extract_tool
 
 HEIGHT, WIDTH = 64, 32
@@ -110,8 +110,8 @@ def test_query_against_gallery_puts_the_identical_image_first(checkpoint, query_
     assert first == "cam2/a again.jpg"
     assert result["matches"]["person a.jpg"][1][1] == pytest.approx(np.sort(squared[1])[1], abs=1e-5)
 
-    # the same command prints the same text again (sorted, deterministic)
-    extract_tool.main(argv)
+    # the same command prints the same text again (sorted, deterministic); the files exist now
+    extract_tool.main([*argv, "--overwrite"])
     assert capsys.readouterr().out == printed
 
 

@@ -15,7 +15,7 @@ from reid.builders import model_from_config
 from reid.checkpoint import save_checkpoint
 from reid.config import load_config, to_dict
 from reid.data.transforms import ImageReadError, build_transforms, read_image
-from reid.evaluation.extractor import FeatureExtractor, find_images, labels_from_names
+from reid.inference import FeatureExtractor, extract_features, find_images, labels_from_names
 
 HEIGHT, WIDTH = 64, 32
 NUM_CLASSES = 6  # of the shared tiny checkpoint (tests/conftest.py)
@@ -119,6 +119,23 @@ def test_features_equal_a_direct_model_forward(checkpoint, image_folder, feature
     np.testing.assert_allclose(raw, expected.numpy(), rtol=1e-5, atol=1e-6)
     normalised = make_extractor(model, feature=feature)(paths)
     np.testing.assert_allclose(normalised, F.normalize(expected, dim=1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("feature, flip, normalize", [("bn", False, True), ("pre_bn", True, False), ("bn", True, True)])
+def test_extractor_and_extract_features_are_model_embed(checkpoint, image_folder, feature, flip, normalize):
+    """One path: the extractor's rows are ``model.embed`` on the test pipeline's tensors, bit for bit."""
+    _, model = checkpoint
+    paths = find_images(image_folder)
+    transform = build_transforms(HEIGHT, WIDTH, False)
+    batch = torch.stack([transform(image=read_image(p))["image"] for p in paths])
+    with torch.no_grad():
+        expected = model.eval().embed(batch, feature=feature, flip=flip, normalize=normalize).numpy()
+    options = dict(feature=feature, flip=flip, normalize=normalize)
+    np.testing.assert_array_equal(make_extractor(model, batch_size=len(paths), **options)(paths), expected)
+    loader = [(batch, torch.full((len(paths),), 3), torch.zeros(len(paths)), [str(p) for p in paths])]
+    extracted = extract_features(model, loader, **options)
+    np.testing.assert_array_equal(extracted.features, expected)
+    assert extracted.pids.tolist() == [3] * len(paths) and extracted.paths == [str(p) for p in paths]
 
 
 def test_paths_and_arrays_give_identical_features(checkpoint, image_folder):

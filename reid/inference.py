@@ -1,11 +1,17 @@
-"""Embeddings for a user's own images: a list of paths and/or arrays in, N x D float32 out.
+"""Running a trained model over images: loaders to feature sets, a user's own images to embeddings.
+
+:func:`extract_features` runs a model over a loader of (image, pid, camid, path) batches and
+returns a :class:`reid.evaluation.features.FeatureSet`; every embedding comes from
+``ReidModel.embed`` (the feature, flip test-time augmentation, L2 normalisation), the one path
+the ONNX graph (:class:`reid.models.EmbeddingModule`) takes too.
 
 ``FeatureExtractor`` wraps a trained model with the test pipeline it was evaluated with
-(resize to the training size, ImageNet normalisation), runs it in batches through
-:func:`reid.evaluation.features.extract_features` (so flip test-time augmentation and the
-choice of feature are exactly those of the evaluation) and L2-normalises the result with
-:func:`reid.evaluation.features.postprocess_features`. Images may have any file name; only
-folders of Market-style names carry identity and camera labels (:func:`labels_from_names`).
+(resize to the training size, ImageNet normalisation) and runs it in batches through
+:func:`extract_features`, so flip test-time augmentation and the choice of feature are exactly
+those of the evaluation, L2-normalised by default. Its checkpoint defaults (the stored
+``test.feature`` / ``test.flip``) are :func:`embedding_options`, which ``reid export`` uses too.
+Images may have any file name; only folders of Market-style names carry identity and camera
+labels (:func:`labels_from_names`).
 
 Unreadable image files (empty, not an image, truncated, undecodable) are never used: they
 stop the extraction, before any model work where a cheap check can tell, with an error
@@ -18,19 +24,23 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..builders import load_model_from_checkpoint
-from ..data.datasets.base import NameFormat, check_images, format_listing
-from ..data.datasets.custom import CUSTOM_NAME_PATTERN
-from ..data.loaders import init_worker
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, build_transforms, read_image
-from .features import FEATURE_KINDS, FeatureSet, extract_features, postprocess_features
+from .data.datasets.base import NameFormat, check_images, format_listing
+from .data.datasets.custom import CUSTOM_NAME_PATTERN
+from .data.loaders import init_worker
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, build_transforms, read_image
+from .evaluation.features import FeatureSet
+from .models.model import check_feature
+from .progress import progress_bar
+
+if TYPE_CHECKING:  # annotations only
+    from .config import Config
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
 """An image file path, or an H x W x 3 uint8 RGB array."""
@@ -44,6 +54,58 @@ _LABELLED_NAME = NameFormat(pattern=CUSTOM_NAME_PATTERN, example="0002_c1s1_0004
 
 SKIP_HINT = "pass skip_invalid=True (reid extract --skip-invalid) to leave such files out"
 _UNREADABLE = -2  # the pid _ImageList gives an image it could not decode (skip_invalid): its row is dropped
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    loader,
+    device: torch.device | str = "cpu",
+    *,
+    feature: str = "bn",
+    flip: bool = False,
+    normalize: bool = False,
+    progress: bool | None = None,
+    description: str = "extracting features",
+) -> FeatureSet:
+    """Run ``model`` in eval mode over ``loader`` (batches of image, pid, camid, path).
+
+    Each batch goes through ``model.embed(images, feature=..., flip=..., normalize=...)``
+    (:meth:`reid.models.ReidModel.embed`): by default the features as the model gives them
+    (not normalised; evaluation applies :func:`reid.evaluation.features.postprocess_features`
+    later, beta normalisation included). ``flip`` averages the features of the image and of
+    its mirror image, the usual re-ID test-time augmentation. ``progress``: a bar over the
+    images with their rate (see :mod:`reid.progress`; None: on a terminal only).
+    """
+    check_feature(feature)
+    was_training = model.training
+    model.eval()
+    chunks, pids, camids, paths = [], [], [], []
+    dataset = getattr(loader, "dataset", None)
+    total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    try:
+        with progress_bar(total=total, desc=description, unit="img", progress=progress) as bar:
+            for images, batch_pids, batch_camids, batch_paths in loader:
+                images = images.to(device, non_blocking=True)
+                chunks.append(model.embed(images, feature=feature, flip=flip, normalize=normalize).cpu())
+                pids.append(torch.as_tensor(batch_pids))
+                camids.append(torch.as_tensor(batch_camids))
+                paths.extend(batch_paths)
+                bar.update(len(images))
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("extract_features: the loader yielded no images")
+    return FeatureSet(
+        torch.cat(chunks).numpy(), torch.cat(pids).long().numpy(), torch.cat(camids).long().numpy(), paths
+    )
+
+
+def embedding_options(cfg: "Config", *, feature: str | None = None, flip: bool | None = None) -> dict[str, Any]:
+    """``feature`` and ``flip`` for ``embed`` with a checkpoint's config: the given ones, else its
+    ``test.feature`` / ``test.flip``, so the embeddings are those its evaluation ranked with."""
+    return {"feature": check_feature(cfg.test.feature if feature is None else feature),
+            "flip": bool(cfg.test.flip if flip is None else flip)}
 
 
 class _ImageList(Dataset):
@@ -103,8 +165,8 @@ class FeatureExtractor:
     """``extractor(images) -> N x D`` float32 embeddings (L2-normalised unless ``normalize=False``).
 
     Args:
-        model: a re-ID model returning ``ModelOutput`` (``embeddings``, ``bn_embeddings``).
-            It is moved to ``device`` and used in eval mode.
+        model: a :class:`reid.models.ReidModel` (anything with its ``embed``). It is moved to
+            ``device`` and used in eval mode.
         height, width: the input size the model was trained at (``data.height/width``).
         feature: "bn" (after the BNNeck) or "pre_bn" (pooled trunk features).
         flip: average the features of each image and of its mirror image (before
@@ -114,6 +176,7 @@ class FeatureExtractor:
             (:func:`reid.evaluation.features.postprocess_features`) later.
         batch_size, num_workers: how images are batched and decoded.
         mean, std: the normalisation the model was trained with.
+        progress: a bar over the images (see :mod:`reid.progress`; None: on a terminal only).
     """
 
     def __init__(
@@ -130,9 +193,9 @@ class FeatureExtractor:
         num_workers: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        progress: bool | None = None,
     ) -> None:
-        if feature not in FEATURE_KINDS:
-            raise ValueError(f"feature: expected one of {', '.join(FEATURE_KINDS)}, got {feature!r}")
+        check_feature(feature)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if num_workers < 0:
@@ -142,6 +205,7 @@ class FeatureExtractor:
         self.height, self.width = int(height), int(width)
         self.feature, self.flip, self.normalize = feature, bool(flip), bool(normalize)
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.progress = progress
         self.transform = build_transforms(self.height, self.width, False, mean=mean, std=std)
 
     @classmethod
@@ -155,19 +219,22 @@ class FeatureExtractor:
         normalize: bool = True,
         batch_size: int = 64,
         num_workers: int = 0,
+        progress: bool | None = None,
     ) -> "FeatureExtractor":
         """The model of a checkpoint written by `reid train`, with its stored input size.
 
-        ``flip`` and ``feature`` default to the checkpoint's ``test.flip`` / ``test.feature``,
-        so the embeddings are those its evaluation ranked with. A checkpoint whose weights do
-        not fit its stored architecture or class count is a ValueError naming the file.
+        ``flip`` and ``feature`` default to the checkpoint's ``test.flip`` / ``test.feature``
+        (:func:`embedding_options`), so the embeddings are those its evaluation ranked with. A
+        checkpoint whose weights do not fit its stored architecture or class count is a
+        ValueError naming the file.
         """
+        from .builders import load_model_from_checkpoint  # the config layer, above this module (docs/ARCHITECTURE.md)
+
         model, cfg = load_model_from_checkpoint(path, device)
         return cls(
             model, height=cfg.data.height, width=cfg.data.width, device=device,
-            feature=cfg.test.feature if feature is None else feature,
-            flip=cfg.test.flip if flip is None else flip,
-            normalize=normalize, batch_size=batch_size, num_workers=num_workers,
+            **embedding_options(cfg, feature=feature, flip=flip),
+            normalize=normalize, batch_size=batch_size, num_workers=num_workers, progress=progress,
         )
 
     @property
@@ -215,7 +282,8 @@ class FeatureExtractor:
             empty = np.zeros((0, self.feature_dim), dtype=np.float32)
             return FeatureSet(empty, pids_array, camids_array, [])
         loader = self._loader(images, skip_invalid=skip_invalid, positions=keep if skipped else None)
-        raw = extract_features(self.model, loader, self.device, feature=self.feature, flip=self.flip)
+        raw = extract_features(self.model, loader, self.device, feature=self.feature, flip=self.flip,
+                               normalize=self.normalize, progress=self.progress)
         features, paths = raw.features, raw.paths
         undecodable = raw.pids == _UNREADABLE
         if undecodable.any():
@@ -224,7 +292,6 @@ class FeatureExtractor:
             features, pids_array, camids_array = features[kept], pids_array[kept], camids_array[kept]
             paths = [paths[i] for i in kept]
         _warn_left_out(skipped)
-        features = postprocess_features(features, normalize=True) if self.normalize else features
         return FeatureSet(features, pids_array, camids_array, paths)
 
     def _loader(

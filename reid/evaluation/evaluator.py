@@ -1,0 +1,128 @@
+"""From query/gallery features to the field's metrics, and how they are reported.
+
+Pure functions: :class:`reid.evaluation.features.FeatureSet` arrays in, dicts of numbers (and
+their text) out. The post-processing switches of Group Loss++ that act on arrays (beta
+normalisation) are applied here; re-ranking is an option of the metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .distance import pairwise_distance
+from .features import FeatureSet, postprocess_features
+from .rank import evaluate_rank
+from .rerank import rerank as rerank_features
+
+
+def _summary(result) -> dict[str, float]:
+    cmc = result.cmc
+    return {
+        "mAP": float(result.mAP),
+        "mINP": float(result.mINP),
+        "rank1": float(cmc[0]),
+        "rank5": float(cmc[min(4, len(cmc) - 1)]),
+        "rank10": float(cmc[min(9, len(cmc) - 1)]),
+        "num_valid_queries": int(result.num_valid_queries),
+    }
+
+
+def _retrieval_summary(result) -> dict[str, Any]:
+    return {
+        **{f"recall@{k}": float(v) for k, v in result.recall.items()},
+        "precision_at_1": float(result.precision_at_1),
+        "r_precision": float(result.r_precision),
+        "map_at_r": float(result.map_at_r),
+        "num_valid_queries": int(result.num_valid_queries),
+        "num_skipped_queries": int(result.num_skipped_queries),
+    }
+
+
+def metrics_from_features(
+    query: FeatureSet,
+    gallery: FeatureSet,
+    *,
+    protocol: str = "reid",
+    recall_ks: tuple[int, ...] = (1, 2, 4, 8),
+    nmi: bool = True,
+    normalize: bool = True,
+    beta: float = 0.0,
+    metric: str = "euclidean",
+    rerank: bool = False,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    max_rank: int = 50,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """The metrics of the dataset's protocol (fractions), from post-processed features.
+
+    ``protocol="reid"`` (camera-aware, :func:`reid.evaluation.rank.evaluate_rank`): mAP, mINP,
+    Rank-1/5/10, plus the same under k-reciprocal re-ranking when ``rerank``.
+    ``"leave_one_out"`` (query and gallery are one list; each query leaves out only itself) and
+    ``"query_gallery"``: Recall@K for ``recall_ks``, precision@1, R-precision and MAP@R
+    (:func:`reid.evaluation.retrieval.evaluate_retrieval`); leave-one-out sets also get the
+    k-means NMI and clustering F1 of the test set when ``nmi`` (the Group Loss papers' clustering
+    metrics; minutes at SOP size). Re-ranking belongs to the re-ID protocol and is ignored here.
+    ``progress``: bars over the distances, the ranking and the re-ranking (see
+    :mod:`reid.progress`; None: on a terminal only).
+    """
+    qf = postprocess_features(query.features, normalize=normalize, beta=beta)
+    if protocol in ("leave_one_out", "query_gallery"):
+        from .retrieval import cluster_metrics, evaluate_retrieval
+
+        if protocol == "leave_one_out":
+            metrics = _retrieval_summary(evaluate_retrieval(qf, query.pids, ks=recall_ks, metric=metric))
+            if nmi:
+                clusters = cluster_metrics(qf, query.pids)
+                metrics.update(nmi=float(clusters.nmi), f1=float(clusters.f1))
+            return metrics
+        gf = postprocess_features(gallery.features, normalize=normalize, beta=beta)
+        return _retrieval_summary(evaluate_retrieval(qf, query.pids, gf, gallery.pids, ks=recall_ks, metric=metric))
+    if protocol != "reid":
+        raise ValueError(f"protocol: expected reid, leave_one_out or query_gallery, got {protocol!r}")
+    gf = postprocess_features(gallery.features, normalize=normalize, beta=beta)
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    distmat = pairwise_distance(qf, gf, metric=metric, progress=progress)
+    metrics: dict[str, Any] = _summary(evaluate_rank(distmat, *labels, max_rank=max_rank, progress=progress))
+    if rerank:
+        reranked = rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, progress=progress)
+        metrics["rerank"] = _summary(evaluate_rank(reranked, *labels, max_rank=max_rank, progress=progress))
+    return metrics
+
+
+def primary_score(metrics: dict[str, Any]) -> float:
+    """The number a run keeps its best checkpoint by: mAP (re-ID) or MAP@R (retrieval)."""
+    return float(metrics["mAP"] if "mAP" in metrics else metrics["map_at_r"])
+
+
+_REID_COLUMNS = [("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10")]
+_RETRIEVAL_COLUMNS = [("map_at_r", "MAP@R"), ("r_precision", "R-prec"), ("nmi", "NMI"), ("f1", "F1")]
+
+
+def _columns(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    if any("mAP" in metrics for metrics in rows.values()):
+        return _REID_COLUMNS
+    recalls = sorted({key for metrics in rows.values() for key in metrics if key.startswith("recall@")},
+                     key=lambda key: int(key.split("@")[1]))
+    return [(key, "R@" + key.split("@")[1]) for key in recalls] + _RETRIEVAL_COLUMNS
+
+
+def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table in percent, one row per named result: mAP, mINP and Rank-1/5/10 for
+    re-ID; Recall@K, MAP@R, R-precision, NMI and F1 for retrieval."""
+    columns = _columns(rows)
+    width = max([len("run")] + [len(name) for name in rows])
+    lines = [f"| {'run':<{width}} | " + " | ".join(f"{title:>7}" for _, title in columns) + " |",
+             f"|{'-' * (width + 2)}|" + "|".join("-" * 9 for _ in columns) + "|"]
+    for name, metrics in rows.items():
+        cells = " | ".join(f"{100 * metrics[key]:7.2f}" if key in metrics else f"{'-':>7}" for key, _ in columns)
+        lines.append(f"| {name:<{width}} | {cells} |")
+    return "\n".join(lines)
+
+
+def metrics_line(metrics: dict[str, Any]) -> str:
+    """The headline numbers on one line (the training log's): 'mAP 0.4455 rank1 0.5000 mINP 0.2045'."""
+    keys = ["mAP", "rank1", "mINP"] if "mAP" in metrics else [
+        *(key for key in metrics if key.startswith("recall@")), "map_at_r", "nmi"]
+    return " ".join(f"{key} {metrics[key]:.4f}" for key in keys if key in metrics)

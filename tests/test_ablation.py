@@ -1,0 +1,108 @@
+"""The Group Loss++ inference ablation (reid.ablation) and the model's inference options."""
+
+import inspect
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import reid.ablation
+from reid.ablation import ablate_inference
+from reid.builders import model_from_config
+from reid.config import load_config
+from reid.data import build_dataset
+from reid.data.loaders import build_test_loader
+from reid.engine import evaluate
+from reid.models import ReidModel
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tiny_market):
+    torch.manual_seed(0)
+    model = model_from_config(load_config(None, ["model.backbone=test_resnet"]), 8).eval()
+    dataset = build_dataset("market1501", tiny_market)
+    loaders = [build_test_loader(items, height=64, width=32, batch_size=16, num_workers=0)
+               for items in (dataset.query, dataset.gallery)]
+    return model, loaders
+
+
+def test_ablation_rows_equal_single_evaluations_and_restore_the_model(tiny_setup):
+    model, (query_loader, gallery_loader) = tiny_setup
+    options = dict(k1=5, k2=2, max_rank=10)
+    images = next(iter(query_loader))[0]
+    with torch.no_grad():
+        before = model(images).bn_embeddings.clone()
+    rows = ablate_inference(model, query_loader, gallery_loader, pool_lambda=0.3, leaky_slope=0.2, beta=0.5, **options)
+    assert len(rows) == 32 and "baseline" in rows and "flip+mix+leaky+beta+rerank" in rows
+    baseline = evaluate(model, query_loader, gallery_loader, rerank=True, **options)
+    assert rows["baseline"]["mAP"] == pytest.approx(baseline["mAP"])
+    assert rows["rerank"]["mAP"] == pytest.approx(baseline["rerank"]["mAP"])
+    flipped = evaluate(model, query_loader, gallery_loader, flip=True, beta=0.5, **options)
+    assert rows["flip+beta"]["mAP"] == pytest.approx(flipped["mAP"])
+    with torch.no_grad():
+        after = model(images).bn_embeddings
+    assert torch.equal(before, after)  # pooling and activation restored
+
+
+def test_ablation_switches_change_what_they_say(tiny_setup):
+    model, (query_loader, gallery_loader) = tiny_setup
+    rows = ablate_inference(model, query_loader, gallery_loader, switches=("mix", "leaky"), pool_lambda=1.0,
+                            leaky_slope=0.5, max_rank=10)
+    assert set(rows) == {"baseline", "mix", "leaky", "mix+leaky"}
+    model.set_pooling("max")
+    try:
+        as_max = evaluate(model, query_loader, gallery_loader, max_rank=10)
+    finally:
+        model.set_pooling("avg")
+    assert rows["mix"]["mAP"] == pytest.approx(as_max["mAP"])  # lambda = 1: pure max pooling
+    with pytest.raises(ValueError, match="unknown inference switch\\(es\\) blur; valid: flip, mix"):
+        ablate_inference(model, query_loader, gallery_loader, switches=("blur",))
+
+
+def test_ablation_switches_through_the_model_api_and_restores_it_after_an_error(tiny_setup, monkeypatch):
+    """Mix pooling and the leaky ReLU go through model.inference_options, never ``model.pool = ...``;
+    an error in the middle of a row leaves the model as trained."""
+    model, (query_loader, gallery_loader) = tiny_setup
+    trained_pool, trained_activation = model.pool, model.backbone.layer4[-1].act2
+    images = next(iter(query_loader))[0]
+    with torch.no_grad():
+        before = model(images).bn_embeddings.clone()
+
+    options_used, pool_setters = [], []
+    real_options = ReidModel.inference_options
+
+    def recording_options(self, **options):
+        options_used.append(options)
+        return real_options(self, **options)
+
+    def spying_setattr(self, name, value):
+        if name == "pool":
+            pool_setters.append(sys._getframe(1).f_code.co_name)  # the function that assigned it
+        nn.Module.__setattr__(self, name, value)
+
+    monkeypatch.setattr(ReidModel, "inference_options", recording_options)
+    monkeypatch.setattr(ReidModel, "__setattr__", spying_setattr)
+    calls = []
+    real_extract = reid.ablation.extract_features
+
+    def extract_then_fail(*args, **kwargs):
+        calls.append((type(model.pool).__name__, type(model.backbone.layer4[-1].act2).__name__))
+        if len(calls) == 7:  # the query extraction of the last row: mix and leaky both on
+            raise RuntimeError("extraction failed")
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(reid.ablation, "extract_features", extract_then_fail)
+    with pytest.raises(RuntimeError, match="extraction failed"):
+        ablate_inference(model, query_loader, gallery_loader, switches=("mix", "leaky"), pool_lambda=0.3,
+                         leaky_slope=0.2, max_rank=10)
+    # rows: baseline, leaky, mix, mix+leaky (query and gallery each)
+    assert calls == [("AvgPool", "ReLU")] * 2 + [("AvgPool", "LeakyReLU")] * 2 + [("MixPool", "ReLU")] * 2 + [
+        ("MixPool", "LeakyReLU")]
+    assert options_used == [dict(pooling=p, pool_lambda=0.3, leaky_relu=s)
+                            for p in (None, "mix") for s in (None, 0.2)]
+    assert pool_setters and set(pool_setters) <= {"set_pooling", "inference_options"}  # the model's own methods
+    assert ".pool =" not in inspect.getsource(reid.ablation)
+    assert model.pool is trained_pool and model.backbone.layer4[-1].act2 is trained_activation
+    with torch.no_grad():
+        assert torch.equal(model(images).bn_embeddings, before)
