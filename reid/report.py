@@ -39,11 +39,13 @@ import numpy as np
 
 from . import visualization as vis
 from .evaluation.evaluator import _columns as metric_columns  # the table columns of each protocol
+from .data.datasets.base import PROTOCOLS
+from .evaluation.evaluator import protocol_camids, verification_summary
 from .evaluation.rank import ArrayLike, _labels, _to_numpy, evaluate_rank, protocol_arrays
 from .evaluation.verification import DEFAULT_FPRS, _same_pid_pairs, roc_curve, verification_metrics
 from .io import atomic_write_json, atomic_write_text
 
-PROTOCOLS = ("reid", "leave_one_out", "query_gallery")
+
 _PROTOCOL_TEXT = {
     "reid": "camera-aware re-ID (Market-1501 protocol): gallery images of the query's identity taken by the "
             "query's camera are left out",
@@ -57,28 +59,6 @@ _CMC_RANKS = 50  # length of the CMC curves computed (20 are plotted)
 
 
 # --------------------------------------------------------------------------- per-query numbers
-
-
-def protocol_camids(protocol: str, query_camids: ArrayLike, gallery_camids: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """The (query, gallery) camera ids that make ``evaluate_rank``'s exclusion rule the protocol's.
-
-    ``"reid"``: as given. ``"leave_one_out"`` (query and gallery are one list of N): ``0..N-1``
-    on both sides, so only the query itself shares its pid and camera. ``"query_gallery"``:
-    queries 0, gallery 1, so nothing is left out.
-    """
-    q = np.asarray(_to_numpy(query_camids, "query camids")).astype(np.int64)
-    g = np.asarray(_to_numpy(gallery_camids, "gallery camids")).astype(np.int64)
-    if protocol == "reid":
-        return q, g
-    if protocol == "leave_one_out":
-        if len(q) != len(g):
-            raise ValueError(f"protocol leave_one_out: query and gallery must be one list, got {len(q)} queries and "
-                             f"{len(g)} gallery items")
-        ids = np.arange(len(q), dtype=np.int64)
-        return ids, ids.copy()
-    if protocol == "query_gallery":
-        return np.zeros(len(q), dtype=np.int64), np.ones(len(g), dtype=np.int64)
-    raise ValueError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
 
 
 def first_hit_ranks(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
@@ -165,29 +145,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _fpr_key(fpr: float) -> str:
-    return repr(float(fpr))
-
-
-def _finite_or_none(value: float) -> float | None:
-    """-inf (threshold "accept nothing") is not JSON: null."""
-    return None if math.isinf(value) and value < 0 else float(value)
-
-
-def verification_block(result) -> dict[str, Any]:
-    """A ``VerificationResult`` as the JSON block of ``metrics.json`` (FPR keys as ``repr(float(f))``)."""
-    return {
-        "auc": float(result.auc),
-        "eer": float(result.eer),
-        "eer_threshold": float(result.eer_threshold),
-        "tpr_at_fpr": {_fpr_key(f): float(v) for f, v in result.tpr_at_fpr.items()},
-        "threshold_at_fpr": {_fpr_key(f): _finite_or_none(v) for f, v in result.threshold_at_fpr.items()},
-        "num_positive_pairs": int(result.num_positive_pairs),
-        "num_negative_pairs": int(result.num_negative_pairs),
-        "num_excluded_pairs": int(result.num_excluded_pairs),
-    }
 
 
 def _check_consistent(metrics: Mapping[str, Any], result, what: str) -> None:
@@ -339,7 +296,7 @@ def write_report(
             vis.save_image(image, out / name)
             drawn[i] = name
 
-    metrics["verification"] = verification_block(verification)
+    metrics["verification"] = verification_summary(verification)
     atomic_write_json(out / "metrics.json", _plain(metrics))
     page = _page(title=title, protocol=protocol, metric_name=metric_name, metrics=metrics,
                  ablation=ablation, verification=verification, fprs=fprs, figures=figures, notes=notes,

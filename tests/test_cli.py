@@ -582,3 +582,53 @@ def test_progress_on_a_terminal_and_quiet_with_the_flag(command, bars, weights, 
         text = stderr.getvalue()
         for bar in bars:
             assert (bar in text) != quiet, (quiet, bar, text[-2000:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The report and the "same person?" threshold
+
+
+def test_test_report_and_report_command_write_the_page_and_verification(run_dir, weights, tmp_path, capsys):
+    code, _, err = run_cli(["test", "--weights", weights, "--report", tmp_path / "page", "--quiet"], capsys)
+    assert code == 0, err
+    tested = json.loads((run_dir / "best_test_metrics.json").read_text())
+    written = json.loads((tmp_path / "page" / "metrics.json").read_text())
+    assert written["verification"] == tested["verification"]  # the same distances, the same thresholds
+    assert written["mAP"] == tested["mAP"] and (tmp_path / "page" / "index.html").is_file()
+    # the thresholds are those of the pairs the protocol keeps, on the distances the metrics used
+    result = reid.cli.main(["report", "--weights", str(weights), "--output", str(tmp_path / "again"), "--quiet"])
+    assert result["metrics"]["verification"] == tested["verification"]
+    assert set(tested["verification"]["threshold_at_fpr"]) == {"0.0001", "0.001", "0.01"}
+    before = (tmp_path / "page" / "index.html").read_bytes()
+    code, _, err = run_cli(["report", "--weights", weights, "--output", tmp_path / "page"], capsys)
+    assert_one_error_line(code, err, "already holds a report", "--overwrite")
+    assert (tmp_path / "page" / "index.html").read_bytes() == before
+
+
+def test_extract_says_same_person_with_the_threshold_of_a_chosen_fpr(run_dir, weights, tiny_market, tmp_path, capsys):
+    import shutil
+
+    query, gallery = tmp_path / "q", tmp_path / "g"
+    query.mkdir()
+    gallery.mkdir()
+    for name in sorted(p.name for p in (tiny_market / "query").iterdir())[:2]:
+        shutil.copy(tiny_market / "query" / name, query / name)
+    for name in sorted(p.name for p in (tiny_market / "bounding_box_test").iterdir())[:6]:
+        shutil.copy(tiny_market / "bounding_box_test" / name, gallery / name)
+    args = ["extract", "--weights", weights, "--query", query, "--gallery", gallery, "--top-k", "6", "--quiet"]
+    missing = tmp_path / "none.json"
+    code, _, err = run_cli([*args, "--same-person-fpr", "0.01", "--metrics", missing], capsys)
+    assert_one_error_line(code, err, missing, "reid test --weights")  # no evaluation to take it from
+    assert run_cli(["test", "--weights", weights, "--quiet"], capsys)[0] == 0
+    threshold = json.loads((run_dir / "best_test_metrics.json").read_text())["verification"]["threshold_at_fpr"]["0.01"]
+    result = reid.cli.main([str(a) for a in [*args, "--same-person-fpr", "0.01"]])
+    out = capsys.readouterr().out
+    assert result["threshold"] == threshold
+    for matches in result["matches"].values():
+        for name, distance in matches:
+            verdict = "same" if distance <= threshold else "different"
+            assert f"{distance:.6f}  {verdict}" in out
+    code, _, err = run_cli([*args, "--same-person-fpr", "0.05"], capsys)
+    assert_one_error_line(code, err, "--same-person-fpr 0.05", "0.0001, 0.001, 0.01")
+    code, _, err = run_cli([*args, "--same-person-fpr", "0.01", "--metric", "cosine"], capsys)
+    assert_one_error_line(code, err, "test.metric=euclidean", "--threshold")

@@ -27,7 +27,7 @@ from reid import report as rp
 from reid import visualization as vis
 from reid.data import build_dataset
 from reid.evaluation import evaluate_rank, pairwise_distance, rerank, verification_metrics
-from reid.evaluation.evaluator import metrics_from_features
+from reid.evaluation.evaluator import metrics_from_features, protocol_camids
 from reid.evaluation.features import FeatureSet, postprocess_features
 
 ODD_NAME = 'q<script>window.injected=1<&"x".jpg'  # escaped everywhere, never a tag
@@ -304,7 +304,7 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     assert f"{n - num_valid:,} quer" in text
     assert "<th>R@1</th>" in text and "<th>MAP@R</th>" in text and "only the query itself" in text
     # the camera trick: CMC = Recall@K of the retrieval protocol; only the diagonal is left out
-    q_cams, g_cams = rp.protocol_camids("leave_one_out", data.camids, data.camids)
+    q_cams, g_cams = protocol_camids("leave_one_out", data.camids, data.camids)
     result = evaluate_rank(distmat, data.pids, data.pids, q_cams, g_cams, max_rank=8)
     assert result.num_valid_queries == metrics["num_valid_queries"] == num_valid
     for k in (1, 2, 4, 8):

@@ -1,7 +1,7 @@
 """The ``reid`` command: ``reid COMMAND [options]`` (also ``python -m reid`` and ``python tools/X.py``).
 
 One module per command (``train``, ``test``, ``visualize``, ``extract``, ``export``,
-``make-synthetic``, ``convert-checkpoint``), each with ``SUMMARY``, ``DESCRIPTION``, ``EPILOG``,
+``make-synthetic``, ``convert-checkpoint``, ``report``), each with ``SUMMARY``, ``DESCRIPTION``, ``EPILOG``,
 ``add_arguments(parser)`` and ``run(args) -> result``. Building the parsers imports only the
 standard library (``reid --help`` is fast); each ``run`` imports torch and friends itself.
 
@@ -29,6 +29,7 @@ COMMANDS = {
     "visualize": "visualize",
     "extract": "extract",
     "export": "export",
+    "report": "report",
     "make-synthetic": "make_synthetic",
     "convert-checkpoint": "convert",
 }

@@ -137,6 +137,56 @@ def evaluation_setup(args: argparse.Namespace) -> tuple["Config", Any, "ReidData
     return cfg, device, dataset
 
 
+def evaluation_features(args: argparse.Namespace, *, check_queries=None):
+    """(config, query, gallery, protocol, recall_ks, base folder, training log) for the commands
+    that work from a checkpoint (``--weights``: the dataset's test split, features extracted as
+    its ``test`` section says) or from saved features (``--query-features``/``--gallery-features``
+    .npz, re-ID protocol). ``check_queries(num_queries, source)`` runs before any feature work.
+    """
+    if args.weights is not None:
+        cfg, device, dataset = evaluation_setup(args)
+        if check_queries is not None:
+            check_queries(len(dataset.query), f"the query split of {dataset.name} ({dataset.root})")
+
+        from reid import builders
+        from reid.inference import embedding_options, extract_features
+
+        query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
+        model = load_model(args.weights, device)
+        options = {**embedding_options(cfg), "progress": progress_setting(args)}
+        query = extract_features(model, query_loader, device, description="extracting query", **options)
+        gallery = query if gallery_loader is query_loader else extract_features(
+            model, gallery_loader, device, description="extracting gallery", **options)
+        log_file = getattr(args, "log", None) or args.weights.parent / "log.jsonl"
+        return cfg, query, gallery, dataset.protocol, dataset.recall_ks, args.weights.parent, log_file
+    from reid.config import load_config
+    from reid.evaluation.features import FeatureSet
+
+    cfg = load_config(args.config, args.overrides)
+    query, gallery = FeatureSet.load(args.query_features), FeatureSet.load(args.gallery_features)
+    if check_queries is not None:
+        check_queries(len(query), str(args.query_features))
+    return cfg, query, gallery, "reid", (1, 5, 10), args.query_features.parent, getattr(args, "log", None)
+
+
+def distances(query, gallery, cfg: "Config", *, rerank: bool = True, progress: bool | None = None):
+    """(distances, re-ranked distances or None), features post-processed and compared as
+    ``cfg.test`` says: the matrices the evaluation ranks with."""
+    import numpy as np
+
+    from reid.evaluation import pairwise_distance
+    from reid.evaluation import rerank as rerank_features
+    from reid.evaluation.features import postprocess_features
+
+    t = cfg.test
+    qf = postprocess_features(query.features, normalize=t.normalize, beta=t.beta)
+    gf = qf if gallery is query else postprocess_features(gallery.features, normalize=t.normalize, beta=t.beta)
+    plain = np.asarray(pairwise_distance(qf, gf, metric=t.metric, progress=progress))
+    if not rerank:
+        return plain, None
+    return plain, rerank_features(qf, gf, k1=t.k1, k2=t.k2, lambda_value=t.lambda_value, progress=progress)
+
+
 def load_model(weights: Path, device: Any):
     """The checkpoint's model on ``device`` in eval mode."""
     from reid import builders

@@ -59,6 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out unreadable images (empty, truncated, not an image) with one warning naming "
                              "them; default: such a file is an error, before any model work")
     parser.add_argument("--overwrite", action="store_true", help="replace features files that already exist")
+    same = parser.add_mutually_exclusive_group()
+    same.add_argument("--same-person-fpr", type=float, default=None, metavar="FPR",
+                      help="with --query/--gallery: mark each match 'same' or 'different' with the distance "
+                           "threshold that gave this false positive rate (1e-4, 1e-3 or 1e-2) on the labelled "
+                           "evaluation of `reid test` (its metrics file, see --metrics)")
+    same.add_argument("--threshold", type=float, default=None,
+                      help="with --query/--gallery: mark matches at or below this distance 'same'")
+    parser.add_argument("--metrics", type=Path, default=None, metavar="FILE",
+                        help="the `reid test` metrics file holding the thresholds (default: "
+                             "<checkpoint stem>_test_metrics.json beside the checkpoint)")
     add_quiet_argument(parser)
 
 
@@ -76,6 +86,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         if folder is not None and not folder.is_dir():
             what = "is not a folder" if folder.exists() else "no such folder"
             raise FileNotFoundError(f"{option} {folder}: {what}")
+    if (args.same_person_fpr is not None or args.threshold is not None) and args.query is None:
+        raise ValueError("--same-person-fpr / --threshold go with --query and --gallery")
     targets = [args.output] if args.output is not None else []
     if args.output_dir is not None:
         targets += [args.output_dir / "query.npz", args.output_dir / "gallery.npz"]
@@ -111,7 +123,45 @@ def top_matches(distances, k: int):
     return order, np.take_along_axis(distances, order, axis=1)
 
 
-def rank_folders(args: argparse.Namespace, extractor) -> dict[str, Any]:
+def same_person_threshold(args: argparse.Namespace, test_options: dict[str, Any]) -> float | None:
+    """The distance at or below which two images are called the same person, or None.
+
+    ``--threshold`` as given, or ``--same-person-fpr F``: ``verification.threshold_at_fpr[F]`` of the
+    checkpoint's `reid test` metrics, valid only for the distance that evaluation used.
+    """
+    import json
+
+    if args.threshold is not None:
+        return args.threshold
+    if args.same_person_fpr is None:
+        return None
+    weights: Path = args.weights
+    path = args.metrics or weights.with_name(f"{weights.stem}_test_metrics.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no test metrics to take the threshold from; run `reid test --weights "
+                                f"{weights}` first (it stores thresholds at FPR 1e-4, 1e-3 and 1e-2), or give --threshold")
+    try:
+        thresholds = json.loads(path.read_text())["verification"]["threshold_at_fpr"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: no verification.threshold_at_fpr block; re-run `reid test --weights {weights}`") from None
+    key = repr(float(args.same_person_fpr))
+    if key not in thresholds:
+        raise ValueError(f"--same-person-fpr {args.same_person_fpr:g}: {path} has thresholds at FPR "
+                         f"{', '.join(thresholds)}; choose one of them")
+    distance = "squared Euclidean" if args.metric == "euclidean" else "cosine"
+    if (test_options["metric"], test_options["normalize"], test_options["beta"]) != (args.metric, args.normalize, 0.0):
+        raise ValueError(f"--same-person-fpr: the thresholds in {path} are for the evaluation's distance "
+                         f"(test.metric={test_options['metric']}, normalize={test_options['normalize']}, "
+                         f"beta={test_options['beta']}), not this {distance} on "
+                         f"{'normalised' if args.normalize else 'raw'} features; match the options or give --threshold")
+    if thresholds[key] is None:
+        raise ValueError(f"--same-person-fpr {args.same_person_fpr:g}: no distance reached that false positive rate "
+                         f"in {path}; choose a larger FPR")
+    log.info("same person: distance <= %.6f (FPR %g on the evaluation in %s)", thresholds[key], args.same_person_fpr, path)
+    return float(thresholds[key])
+
+
+def rank_folders(args: argparse.Namespace, extractor, threshold: float | None = None) -> dict[str, Any]:
     import numpy as np
 
     from reid.evaluation import pairwise_distance
@@ -133,8 +183,9 @@ def rank_folders(args: argparse.Namespace, extractor) -> dict[str, Any]:
         matches[name] = [(gallery_names[j], float(d)) for j, d in zip(order[row], nearest[row])]
         print(f"\n{name}")
         for rank, (match, distance) in enumerate(matches[name], start=1):
-            print(f"  {rank:>3}  {distance:.6f}  {match}")
-    return {"query": query, "gallery": gallery, "matches": matches}
+            verdict = "" if threshold is None else ("  same     " if distance <= threshold else "  different")
+            print(f"  {rank:>3}  {distance:.6f}{verdict}  {match}")
+    return {"query": query, "gallery": gallery, "matches": matches, "threshold": threshold}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,6 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "use --device cpu or auto") from None
     except RuntimeError:  # torch.device's parse error
         raise ValueError(f"--device {args.device!r}: not a device; expected auto, cpu, cuda or cuda:N") from None
+    from reid.cli.common import checkpoint_config
+
+    threshold = same_person_threshold(args, vars(checkpoint_config(args.weights).test))  # before any model work
     extractor = FeatureExtractor.from_checkpoint(
         args.weights, device, flip=args.flip, feature=args.feature, normalize=args.normalize,
         batch_size=args.batch_size, num_workers=args.num_workers, progress=progress_setting(args),
@@ -163,4 +217,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         features = extract_folder(extractor, args.images, skip_invalid=args.skip_invalid)
         save(features, args.output)
         return {"features": features}
-    return rank_folders(args, extractor)
+    return rank_folders(args, extractor, threshold)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .report import add_report_arguments, check_report_folder
 from .common import (
     INFERENCE_SWITCHES,
     add_allow_resize_argument,
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None, metavar="FILE",
                         help="JSON file to write (default: <checkpoint stem>_test_metrics.json, or "
                              "<stem>_ablation.json with --ablate, beside the checkpoint)")
+    parser.add_argument("--report", type=Path, default=None, metavar="DIR",
+                        help="also write the HTML report of this evaluation into DIR (see reid report --help)")
+    add_report_arguments(parser)
     add_allow_resize_argument(parser)
     add_quiet_argument(parser)
 
@@ -86,33 +90,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_logging()
     switches = ablation_switches(args.ablate) if args.ablate is not None else None
     output = output_path(args)
+    if args.report is not None:
+        check_report_folder(args.report, overwrite=args.overwrite)
     cfg, device, dataset = evaluation_setup(args)
 
     from reid import builders
     from reid.ablation import ablate_inference
-    from reid.engine import evaluate
-    from reid.evaluation.evaluator import metrics_table
+    from reid.evaluation.evaluator import metrics_from_features, metrics_table
+    from reid.inference import embedding_options, extract_features
     from reid.io import atomic_write_json
 
     query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
     model = load_model(args.weights, device)
     progress = progress_setting(args)
+    ablation = None
     if switches is not None:
         options = builders.eval_options(cfg, dataset)
         for key in ("flip", "beta", "rerank"):
             options.pop(key)
-        metrics = ablate_inference(
+        ablation = ablate_inference(
             model, query_loader, gallery_loader, device, switches=switches,
             pool_lambda=args.mix_lambda, leaky_slope=args.leaky_slope, beta=args.beta, progress=progress, **options,
         )
-        rows = metrics
-    else:
-        metrics = evaluate(model, query_loader, gallery_loader, device, progress=progress,
-                           **builders.eval_options(cfg, dataset, rerank=args.rerank))
-        rows = {"model": metrics}
-        if "rerank" in metrics:
-            rows["model + re-ranking"] = metrics["rerank"]
-    print(metrics_table(rows))
-    atomic_write_json(output, metrics)
-    log.info("wrote %s", output)
-    return metrics
+        print(metrics_table(ablation))
+        atomic_write_json(output, ablation)
+        log.info("wrote %s", output)
+    if switches is None or args.report is not None:
+        extract = {**embedding_options(cfg), "progress": progress}
+        query = extract_features(model, query_loader, device, description="extracting query", **extract)
+        gallery = query if gallery_loader is query_loader else extract_features(
+            model, gallery_loader, device, description="extracting gallery", **extract)
+        options = {k: v for k, v in builders.eval_options(cfg, dataset, rerank=args.rerank).items()
+                   if k not in ("feature", "flip")}
+        # The verification block (thresholds at FPRs) is what `reid extract --same-person-fpr` reads.
+        metrics = metrics_from_features(query, gallery, verification=dataset.protocol == "reid", progress=progress,
+                                        **options)
+        if switches is None:
+            rows = {"model": metrics, **({"model + re-ranking": metrics["rerank"]} if "rerank" in metrics else {})}
+            print(metrics_table(rows))
+            atomic_write_json(output, metrics)
+            log.info("wrote %s", output)
+        if args.report is not None:
+            from .report import write
+
+            write(args, args.report, cfg, query, gallery, protocol=dataset.protocol, recall_ks=dataset.recall_ks,
+                  log_file=args.weights.parent / "log.jsonl", metrics=metrics, ablation=ablation)
+    return ablation if switches is not None else metrics

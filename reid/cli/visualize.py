@@ -12,8 +12,8 @@ from .common import (
     add_config_arguments,
     add_quiet_argument,
     add_weights_argument,
-    evaluation_setup,
-    load_model,
+    distances,
+    evaluation_features,
     positive_int,
     progress_setting,
     setup_logging,
@@ -89,63 +89,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns {"rank_lists": [png, ...], "cmc", "distances", "training_curves"} (the paths written)."""
     check_arguments(args)
     setup_logging()
-    if args.weights is not None:
-        cfg, device, dataset = evaluation_setup(args)
-        if getattr(dataset, "protocol", "reid") != "reid":
-            raise ValueError(f"reid visualize draws camera-aware re-ID rank lists; dataset {dataset.name} uses the "
-                             f"{dataset.protocol} protocol (evaluate it with reid test)")
-        check_query_indices(args.query_index, len(dataset.query), f"the query split of {dataset.name} ({dataset.root})")
-
-        from reid import builders
-        from reid.inference import embedding_options, extract_features
-
-        query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
-        model = load_model(args.weights, device)
-        options = {**embedding_options(cfg), "progress": progress_setting(args)}
-        query = extract_features(model, query_loader, device, description="extracting query", **options)
-        gallery = extract_features(model, gallery_loader, device, description="extracting gallery", **options)
-        output = args.output or args.weights.parent / "visualize"
-        log_file = args.log or args.weights.parent / "log.jsonl"
-    else:
-        from reid.config import load_config
-        from reid.evaluation.features import FeatureSet
-
-        cfg = load_config(args.config, args.overrides)
-        query, gallery = FeatureSet.load(args.query_features), FeatureSet.load(args.gallery_features)
-        check_query_indices(args.query_index, len(query), str(args.query_features))
-        output = args.output or args.query_features.parent / "visualize"
-        log_file = args.log
-    return draw(args, cfg, query, gallery, output, log_file)
+    cfg, query, gallery, protocol, _, base, log_file = evaluation_features(
+        args, check_queries=lambda count, source: check_query_indices(args.query_index, count, source))
+    output = args.output or base / "visualize"
+    return draw(args, cfg, query, gallery, output, log_file, protocol)
 
 
-def distances(query, gallery, cfg, *, progress: bool | None = None):
-    """(distances, re-ranked distances), features post-processed as ``cfg.test`` says."""
-    import numpy as np
-
-    from reid.evaluation import pairwise_distance, rerank
-    from reid.evaluation.features import postprocess_features
-
-    t = cfg.test
-    qf = postprocess_features(query.features, normalize=t.normalize, beta=t.beta)
-    gf = postprocess_features(gallery.features, normalize=t.normalize, beta=t.beta)
-    plain = np.asarray(pairwise_distance(qf, gf, metric=t.metric, progress=progress))
-    reranked = rerank(qf, gf, k1=t.k1, k2=t.k2, lambda_value=t.lambda_value, progress=progress)
-    return plain, reranked
-
-
-def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: Path | None) -> dict[str, Any]:
+def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: Path | None,
+         protocol: str = "reid") -> dict[str, Any]:
     import numpy as np
 
     from reid import visualization as vis
+    from reid.evaluation.evaluator import protocol_camids
     from reid.evaluation.rank import evaluate_rank, query_average_precision
 
     progress = progress_setting(args)
     plain, reranked = distances(query, gallery, cfg, progress=progress)
     shown = reranked if args.rerank else plain
-    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    # Retrieval protocols through the camera rule: leave-one-out leaves out only the query itself.
+    q_camids, g_camids = protocol_camids(protocol, query.camids, gallery.camids)
+    labels = (query.pids, gallery.pids, q_camids, g_camids)
     written: dict[str, Any] = {}
     written["rank_lists"] = vis.save_rank_lists(
-        shown, (query.paths, query.pids, query.camids), (gallery.paths, gallery.pids, gallery.camids), output,
+        shown, (query.paths, query.pids, q_camids), (gallery.paths, gallery.pids, g_camids), output,
         query_indices=args.query_index, num_random=args.num_queries, worst=args.worst, top_k=args.top_k,
         grid=args.grid, html=args.html, seed=args.seed, png_colors=args.png_colors,
     )

@@ -13,7 +13,6 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
@@ -166,5 +165,3 @@ def init_worker(worker_id: int) -> None:
     seed = get_worker_info().seed % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    # Workers already run in parallel; OpenCV's own thread pool per worker only oversubscribes the cores.
-    cv2.setNumThreads(1)

@@ -20,6 +20,12 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+# Images are decoded and augmented in parallel by DataLoader workers, one image per call, so
+# OpenCV's own thread pool only oversubscribes the cores, and a pool that is running when a
+# worker is forked deadlocks the child (its locks are copied mid-use; seen as a hang in
+# cv2.setNumThreads inside a forked worker). Serial OpenCV never starts that pool.
+cv2.setNumThreads(1)
+
 from .datasets.base import (  # the checks need no OpenCV: datasets use them without importing it
     HEAD_BYTES,
     TAIL_BYTES,

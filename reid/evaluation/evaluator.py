@@ -7,12 +7,60 @@ normalisation) are applied here; re-ranking is an option of the metrics.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 from .distance import pairwise_distance
 from .features import FeatureSet, postprocess_features
-from .rank import evaluate_rank
+from .rank import ArrayLike, _to_numpy, evaluate_rank
 from .rerank import rerank as rerank_features
+
+
+def protocol_camids(protocol: str, query_camids: ArrayLike, gallery_camids: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The (query, gallery) camera ids that make ``evaluate_rank``'s exclusion rule the protocol's.
+
+    ``"reid"``: as given. ``"leave_one_out"`` (query and gallery are one list of N): ``0..N-1``
+    on both sides, so only the query itself shares its pid and camera. ``"query_gallery"``:
+    queries 0, gallery 1, so nothing is left out.
+    """
+    q = np.asarray(_to_numpy(query_camids, "query camids")).astype(np.int64)
+    g = np.asarray(_to_numpy(gallery_camids, "gallery camids")).astype(np.int64)
+    if protocol == "reid":
+        return q, g
+    if protocol == "leave_one_out":
+        if len(q) != len(g):
+            raise ValueError(f"protocol leave_one_out: query and gallery must be one list, got {len(q)} queries and "
+                             f"{len(g)} gallery items")
+        ids = np.arange(len(q), dtype=np.int64)
+        return ids, ids.copy()
+    if protocol == "query_gallery":
+        return np.zeros(len(q), dtype=np.int64), np.ones(len(g), dtype=np.int64)
+    raise ValueError(f"protocol={protocol!r}: expected one of reid, leave_one_out, query_gallery")
+
+
+def _fpr_key(fpr: float) -> str:
+    return repr(float(fpr))
+
+
+def _finite_or_none(value: float) -> float | None:
+    """-inf (threshold "accept nothing") is not JSON: null."""
+    return None if math.isinf(value) and value < 0 else float(value)
+
+
+def verification_summary(result) -> dict[str, Any]:
+    """A ``VerificationResult`` as the JSON block of ``metrics.json`` (FPR keys as ``repr(float(f))``)."""
+    return {
+        "auc": float(result.auc),
+        "eer": float(result.eer),
+        "eer_threshold": float(result.eer_threshold),
+        "tpr_at_fpr": {_fpr_key(f): float(v) for f, v in result.tpr_at_fpr.items()},
+        "threshold_at_fpr": {_fpr_key(f): _finite_or_none(v) for f, v in result.threshold_at_fpr.items()},
+        "num_positive_pairs": int(result.num_positive_pairs),
+        "num_negative_pairs": int(result.num_negative_pairs),
+        "num_excluded_pairs": int(result.num_excluded_pairs),
+    }
 
 
 def _summary(result) -> dict[str, float]:
@@ -53,6 +101,7 @@ def metrics_from_features(
     k2: int = 6,
     lambda_value: float = 0.3,
     max_rank: int = 50,
+    verification: bool = False,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """The metrics of the dataset's protocol (fractions), from post-processed features.
@@ -64,6 +113,9 @@ def metrics_from_features(
     (:func:`reid.evaluation.retrieval.evaluate_retrieval`); leave-one-out sets also get the
     k-means NMI and clustering F1 of the test set when ``nmi`` (the Group Loss papers' clustering
     metrics; minutes at SOP size). Re-ranking belongs to the re-ID protocol and is ignored here.
+    ``verification`` (re-ID): also the ``"verification"`` block (ROC AUC, EER, TPR and distance
+    threshold at FPR 1e-4/1e-3/1e-2 over the protocol's query-gallery pairs,
+    :func:`reid.evaluation.verification.verification_metrics`), about a second at Market size.
     ``progress``: bars over the distances, the ranking and the re-ranking (see
     :mod:`reid.progress`; None: on a terminal only).
     """
@@ -85,6 +137,10 @@ def metrics_from_features(
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     distmat = pairwise_distance(qf, gf, metric=metric, progress=progress)
     metrics: dict[str, Any] = _summary(evaluate_rank(distmat, *labels, max_rank=max_rank, progress=progress))
+    if verification:
+        from .verification import verification_metrics
+
+        metrics["verification"] = verification_summary(verification_metrics(distmat, *labels))
     if rerank:
         reranked = rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, progress=progress)
         metrics["rerank"] = _summary(evaluate_rank(reranked, *labels, max_rank=max_rank, progress=progress))
