@@ -129,7 +129,9 @@ def test_training_on_a_retrieval_set_reports_recall_map_at_r_and_nmi(tmp_path, m
             "data.num_workers=0", "model.backbone=test_resnet", "model.embedding_dim=16", "model.last_stride=2",
             "train.epochs=2", "train.warmup_epochs=0", "train.device=cpu", "train.eval_every=1",
             "train.eval_untrained=true", f"output_dir={tmp_path / 'run'}"]
-    metrics = training.train(load_config(None, args))
+    import reid.cli
+
+    metrics = reid.cli.main(["train", *args])  # the real entry point, as a user runs it
     keys = {"recall@1", "recall@2", "recall@4", "recall@8", "precision_at_1", "r_precision", "map_at_r", "nmi", "f1"}
     assert keys <= set(metrics) and "mAP" not in metrics and "rerank" not in metrics
     assert metrics["num_valid_queries"] == 5 * 8  # leave-one-out over the 5 unseen classes' 8 images each
