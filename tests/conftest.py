@@ -61,3 +61,21 @@ def tiny_checkpoint(tmp_path_factory, save_tiny_checkpoint):
     """(path, model) of one shared tiny checkpoint (see save_tiny_checkpoint)."""
     path = tmp_path_factory.mktemp("tiny_checkpoint") / "model.pt"
     return path, save_tiny_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_eval_setup(tiny_market):
+    """(untrained 8-class test_resnet in eval mode, [query loader, gallery loader]) over ``tiny_market``."""
+    import torch
+
+    from reid.builders import model_from_config
+    from reid.config import load_config
+    from reid.data import build_dataset
+    from reid.data.loaders import build_test_loader
+
+    torch.manual_seed(0)
+    model = model_from_config(load_config(None, ["model.backbone=test_resnet"]), 8).eval()
+    dataset = build_dataset("market1501", tiny_market)
+    loaders = [build_test_loader(items, height=64, width=32, batch_size=16, num_workers=0)
+               for items in (dataset.query, dataset.gallery)]
+    return model, loaders

@@ -9,26 +9,12 @@ from torch import nn
 
 import reid.ablation
 from reid.ablation import ablate_inference
-from reid.builders import model_from_config
-from reid.config import load_config
-from reid.data import build_dataset
-from reid.data.loaders import build_test_loader
 from reid.engine import evaluate
 from reid.models import ReidModel
 
 
-@pytest.fixture(scope="module")
-def tiny_setup(tiny_market):
-    torch.manual_seed(0)
-    model = model_from_config(load_config(None, ["model.backbone=test_resnet"]), 8).eval()
-    dataset = build_dataset("market1501", tiny_market)
-    loaders = [build_test_loader(items, height=64, width=32, batch_size=16, num_workers=0)
-               for items in (dataset.query, dataset.gallery)]
-    return model, loaders
-
-
-def test_ablation_rows_equal_single_evaluations_and_restore_the_model(tiny_setup):
-    model, (query_loader, gallery_loader) = tiny_setup
+def test_ablation_rows_equal_single_evaluations_and_restore_the_model(tiny_eval_setup):
+    model, (query_loader, gallery_loader) = tiny_eval_setup
     options = dict(k1=5, k2=2, max_rank=10)
     images = next(iter(query_loader))[0]
     with torch.no_grad():
@@ -45,8 +31,8 @@ def test_ablation_rows_equal_single_evaluations_and_restore_the_model(tiny_setup
     assert torch.equal(before, after)  # pooling and activation restored
 
 
-def test_ablation_switches_change_what_they_say(tiny_setup):
-    model, (query_loader, gallery_loader) = tiny_setup
+def test_ablation_switches_change_what_they_say(tiny_eval_setup):
+    model, (query_loader, gallery_loader) = tiny_eval_setup
     rows = ablate_inference(model, query_loader, gallery_loader, switches=("mix", "leaky"), pool_lambda=1.0,
                             leaky_slope=0.5, max_rank=10)
     assert set(rows) == {"baseline", "mix", "leaky", "mix+leaky"}
@@ -60,10 +46,10 @@ def test_ablation_switches_change_what_they_say(tiny_setup):
         ablate_inference(model, query_loader, gallery_loader, switches=("blur",))
 
 
-def test_ablation_switches_through_the_model_api_and_restores_it_after_an_error(tiny_setup, monkeypatch):
+def test_ablation_switches_through_the_model_api_and_restores_it_after_an_error(tiny_eval_setup, monkeypatch):
     """Mix pooling and the leaky ReLU go through model.inference_options, never ``model.pool = ...``;
     an error in the middle of a row leaves the model as trained."""
-    model, (query_loader, gallery_loader) = tiny_setup
+    model, (query_loader, gallery_loader) = tiny_eval_setup
     trained_pool, trained_activation = model.pool, model.backbone.layer4[-1].act2
     images = next(iter(query_loader))[0]
     with torch.no_grad():

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import torch
 
 from reid.ablation import ablate_inference
-from reid.builders import model_from_config
-from reid.config import load_config
-from reid.data import build_dataset
-from reid.data.loaders import build_test_loader
 from reid.evaluation import evaluate_rank, pairwise_distance, rerank
 from reid.inference import extract_features
 
 
-@pytest.fixture(scope="module")
-def tiny_setup(tiny_market):
-    torch.manual_seed(0)
-    model = model_from_config(load_config(None, ["model.backbone=test_resnet"]), 8).eval()
-    dataset = build_dataset("market1501", tiny_market)
-    loaders = [build_test_loader(items, height=64, width=32, batch_size=16, num_workers=0)
-               for items in (dataset.query, dataset.gallery)]
-    return model, loaders
-
-
-def test_extraction_shows_images_per_second_when_asked(tiny_setup, capsys):
-    model, (query_loader, _) = tiny_setup
+def test_extraction_shows_images_per_second_when_asked(tiny_eval_setup, capsys):
+    model, (query_loader, _) = tiny_eval_setup
     extract_features(model, query_loader, progress=True, description="extracting query")
     err = capsys.readouterr().err
     assert "extracting query" in err and "img/s" in err
@@ -52,8 +36,8 @@ def test_distances_ranking_and_reranking_show_their_bars(capsys):
         np.testing.assert_array_equal(a, b)
 
 
-def test_ablation_names_each_row_on_its_bar(tiny_setup, capsys):
-    model, (query_loader, gallery_loader) = tiny_setup
+def test_ablation_names_each_row_on_its_bar(tiny_eval_setup, capsys):
+    model, (query_loader, gallery_loader) = tiny_eval_setup
     rows = ablate_inference(model, query_loader, gallery_loader, switches=("flip", "beta"), max_rank=10,
                             progress=True)
     err = capsys.readouterr().err

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # annotations only
     from reid.data import ReidDataset
 
 log = logging.getLogger("reid")
+# test.metric -> how the pages and plots name the distance
+METRIC_NAMES = {"euclidean": "squared Euclidean", "cosine": "cosine"}
 
 REPO = Path(__file__).resolve().parents[2]
 """The source tree this package was imported from (its configs/ exist in a checkout only)."""

@@ -11,6 +11,7 @@ from .common import (
     add_allow_resize_argument,
     add_config_arguments,
     add_quiet_argument,
+    METRIC_NAMES,
     add_weights_argument,
     distances,
     evaluation_features,
@@ -20,7 +21,6 @@ from .common import (
 )
 
 log = logging.getLogger("reid")
-METRIC_NAMES = {"euclidean": "squared Euclidean", "cosine": "cosine"}
 
 SUMMARY = "write a self-contained HTML evaluation report (metrics, ROC, rank lists, per-query table)"
 DESCRIPTION = f"""{SUMMARY}.
