@@ -29,7 +29,7 @@ from . import builders
 from .checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoint
 from .config import Config, ConfigError, from_dict, save_config, to_dict
 from .distributed import DistInfo, cleanup_distributed, init_distributed
-from .engine import evaluate, fit, seed_everything
+from .engine import TrainingInterrupted, evaluate, fit, seed_everything
 from .evaluation.evaluator import metrics_line, metrics_table
 from .io import atomic_write_json
 
@@ -201,8 +201,9 @@ class RunFiles:
         if self._handler is None:
             return
         if error is not None:
-            # To the file only: the caller reports the error on the console.
-            record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (kind.__name__, error), None)
+            # To the file only: the caller reports it on the console. A requested stop is no error.
+            level = logging.WARNING if isinstance(error, (TrainingInterrupted, KeyboardInterrupt)) else logging.ERROR
+            record = log.makeRecord(log.name, level, __file__, 0, "%s: %s", (kind.__name__, error), None)
             self._handler.handle(record)
         log.removeHandler(self._handler)
         log.setLevel(self._level)

@@ -541,16 +541,18 @@ def test_extract_skips_unreadable_images_when_asked_and_never_overwrites(tiny_ch
     assert exited.value.code == 2 and len(errors) == 1 and "Traceback" not in err
     assert "0999_c1s1_000001_00.jpg" in errors[0] and "truncated" in errors[0]
     assert not output.exists()
-    result = reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output),
-                   "--skip-invalid"])
+    with pytest.warns(UserWarning, match=r"left out 1 unreadable image file\(s\).*0999_c1s1_000001_00.jpg is truncated"):
+        result = reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output),
+                                "--skip-invalid"])
     assert [Path(p).name for p in result["features"].paths] == names and output.is_file()
     before = output.read_bytes()
     with pytest.raises(SystemExit) as exited:
         reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output), "--skip-invalid"])
     assert exited.value.code == 2 and "feats.npz already exists" in capsys.readouterr().err
     assert output.read_bytes() == before
-    reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output), "--skip-invalid",
-          "--overwrite"])
+    with pytest.warns(UserWarning, match="left out 1 unreadable"):
+        reid.cli.main(["extract", "--weights", str(weights), "--images", str(folder), "--output", str(output),
+                       "--skip-invalid", "--overwrite"])
 
 
 # ---------------------------------------------------------------------------------------------
