@@ -176,6 +176,8 @@ class FeatureExtractor:
             (:func:`reid.evaluation.features.postprocess_features`) later.
         batch_size, num_workers: how images are batched and decoded.
         mean, std: the normalisation the model was trained with.
+        pipeline, resize: the test transform ("reid": resize to height x width; "retrieval": shorter
+            side to ``resize``, then a centre crop), as in :func:`reid.data.transforms.build_transforms`.
         progress: a bar over the images (see :mod:`reid.progress`; None: on a terminal only).
     """
 
@@ -193,6 +195,8 @@ class FeatureExtractor:
         num_workers: int = 0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        pipeline: str = "reid",
+        resize: int = 256,
         progress: bool | None = None,
     ) -> None:
         check_feature(feature)
@@ -206,7 +210,8 @@ class FeatureExtractor:
         self.feature, self.flip, self.normalize = feature, bool(flip), bool(normalize)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.progress = progress
-        self.transform = build_transforms(self.height, self.width, False, mean=mean, std=std)
+        self.transform = build_transforms(self.height, self.width, False, pipeline=pipeline, resize=resize,
+                                          mean=mean, std=std)
 
     @classmethod
     def from_checkpoint(
@@ -232,8 +237,8 @@ class FeatureExtractor:
 
         model, cfg = load_model_from_checkpoint(path, device)
         return cls(
-            model, height=cfg.data.height, width=cfg.data.width, device=device,
-            **embedding_options(cfg, feature=feature, flip=flip),
+            model, height=cfg.data.height, width=cfg.data.width, pipeline=cfg.data.pipeline, resize=cfg.data.resize,
+            device=device, **embedding_options(cfg, feature=feature, flip=flip),
             normalize=normalize, batch_size=batch_size, num_workers=num_workers, progress=progress,
         )
 

@@ -328,3 +328,16 @@ def test_skip_invalid_with_nothing_left_gives_an_empty_set(checkpoint, damaged_f
     assert result.features.shape == (0, extractor.feature_dim) and result.paths == []
     with pytest.raises(FileNotFoundError, match="gone.jpg"):  # a missing file is an error, skipping or not
         extractor.extract([*bad, bad[0].parent / "gone.jpg"], skip_invalid=True)
+
+
+def test_extractor_uses_the_checkpoints_test_pipeline(save_tiny_checkpoint, tmp_path):
+    """A model trained with the retrieval pipeline is fed resize + centre crop, as its evaluation was."""
+    from reid.data.transforms import build_transforms
+    from reid.inference import FeatureExtractor
+
+    path = tmp_path / "retrieval.pt"
+    save_tiny_checkpoint(path, ["data.pipeline=retrieval", "data.resize=80"])
+    extractor = FeatureExtractor.from_checkpoint(path)
+    image = np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    expected = build_transforms(64, 32, False, pipeline="retrieval", resize=80)(image=image)["image"]
+    assert torch.equal(extractor.transform(image=image)["image"], expected)
