@@ -434,17 +434,20 @@ def plot_distance_histogram(distmat: ArrayLike, q_pids: ArrayLike, g_pids: Array
     matches, non_matches = split_distances(distmat, q_pids, g_pids, q_camids, g_camids)
     if matches.size == 0 and non_matches.size == 0:
         raise ValueError("plot_distance_histogram: no match or non-match pair left after the exclusions")
-    values = np.concatenate([matches, non_matches]).astype(np.float64)
-    finite = values[np.isfinite(values)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    # The range from each side's finite values, and histograms binned in place: no combined or
+    # float64 copy of what can be tens of millions of pair distances.
+    bounds = [(float(d[np.isfinite(d)].min()), float(d[np.isfinite(d)].max()))
+              for d in (matches, non_matches) if np.isfinite(d).any()]
+    low, high = (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else (0.0, 1.0)
     edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
     for name, data, color in (("match", matches, np.array(MATCH_COLOR) / 255),
                               ("non-match", non_matches, np.array(NON_MATCH_COLOR) / 255)):
         if data.size:
-            ax.hist(data, bins=edges, density=True, alpha=0.55, color=color,
-                    label=f"{name} (n={data.size:,}, mean {np.mean(data):.3f})")
+            density, _ = np.histogram(data, bins=edges, density=True)
+            ax.stairs(density, edges, fill=True, alpha=0.55, color=color,
+                      label=f"{name} (n={data.size:,}, mean {np.mean(data, dtype=np.float64):.3f})")
     ax.set_xlabel("distance")
     ax.set_ylabel("density")
     ax.set_title(title)

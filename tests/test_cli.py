@@ -634,3 +634,15 @@ def test_extract_says_same_person_with_the_threshold_of_a_chosen_fpr(run_dir, we
     assert_one_error_line(code, err, "--same-person-fpr 0.05", "0.0001, 0.001, 0.01")
     code, _, err = run_cli([*args, "--same-person-fpr", "0.01", "--metric", "cosine"], capsys)
     assert_one_error_line(code, err, "test.metric=euclidean", "--threshold")
+
+
+def test_report_refuses_a_set_too_large_for_a_dense_page_before_any_work(weights, tmp_path, no_model_work, capsys,
+                                                                          monkeypatch):
+    import reid.cli.report
+
+    monkeypatch.setattr(reid.cli.report, "MAX_REPORT_PAIRS", 10)
+    for argv in (["report", "--weights", weights, "--output", tmp_path / "a"],
+                 ["test", "--weights", weights, "--report", tmp_path / "b"]):
+        code, _, err = run_cli(argv, capsys)
+        assert_one_error_line(code, err, "M pairs", "evaluate this set with reid test")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -73,6 +73,19 @@ def check_report_folder(folder: Path, *, overwrite: bool) -> None:
                               "or pass --overwrite")
 
 
+# The page is drawn from the dense query x gallery distances (and verification sorts a copy):
+# 250 M pairs is a 1 GB float32 matrix. Market-1501 has 54 M; SOP leave-one-out 3,660 M.
+MAX_REPORT_PAIRS = 250_000_000
+
+
+def check_report_size(num_query: int, num_gallery: int) -> None:
+    pairs = num_query * num_gallery
+    if pairs > MAX_REPORT_PAIRS:
+        raise ValueError(f"{num_query:,} queries x {num_gallery:,} gallery images = {pairs / 1e6:,.0f} M pairs: the "
+                         f"report draws from the dense distance matrix ({pairs * 4 / 2**30:.1f} GiB) and takes at most "
+                         f"{MAX_REPORT_PAIRS / 1e6:.0f} M pairs; evaluate this set with reid test")
+
+
 def write(args: argparse.Namespace, folder: Path, cfg, query, gallery, *, protocol: str, recall_ks,
           log_file: Path | None, metrics: dict[str, Any] | None = None, ablation: dict | None = None) -> Path:
     """Distances as the evaluation computes them, the metrics (unless given) and the page."""
@@ -110,6 +123,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise FileNotFoundError(f"--log {args.log}: no such file")
     check_report_folder(args.output, overwrite=args.overwrite)
     setup_logging()
-    cfg, query, gallery, protocol, recall_ks, _, log_file = evaluation_features(args)
+    cfg, query, gallery, protocol, recall_ks, _, log_file = evaluation_features(args, check_sizes=check_report_size)
     page = write(args, args.output, cfg, query, gallery, protocol=protocol, recall_ks=recall_ks, log_file=log_file)
     return {"index": page, "metrics": json.loads((args.output / "metrics.json").read_text())}

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .report import add_report_arguments, check_report_folder
+from .report import add_report_arguments, check_report_folder, check_report_size
 from .common import (
     INFERENCE_SWITCHES,
     add_allow_resize_argument,
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.report is not None:
         check_report_folder(args.report, overwrite=args.overwrite)
     cfg, device, dataset = evaluation_setup(args)
+    if args.report is not None:
+        check_report_size(len(dataset.query), len(dataset.gallery))
 
     from reid import builders
     from reid.ablation import ablate_inference
