@@ -139,6 +139,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def timed(call: Callable[[], Any], repeats: int) -> tuple[Any, dict[str, Any]]:
+    """(the last result, {seconds (best), all_seconds, cpu_seconds (of the best), peak_mib,
+    baseline_mib}) of ``repeats`` calls in this worker process."""
+    baseline = max_rss_mib()
+    times, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), cpu_seconds()
+        result = call()
+        times.append(time.perf_counter() - start)
+        cpu.append(cpu_seconds() - start_cpu)
+    return result, {"seconds": min(times), "all_seconds": times, "cpu_seconds": cpu[int(np.argmin(times))],
+                    "peak_mib": max_rss_mib(), "baseline_mib": baseline}
+
+
 def run_worker(script: Path, args: list[str]) -> dict[str, Any]:
     """Run ``script --worker ...`` in a fresh interpreter; its last stdout line is JSON."""
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
@@ -199,20 +213,13 @@ def worker(contender: str, data: Path, out: Path, repeats: int, max_rank: int) -
 
         def call() -> Any:
             return peer["evaluate_rank"](distmat, *labels, max_rank=max_rank, use_cython=use_cython)
-    baseline = max_rss_mib()
-    times, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), cpu_seconds()
-        result = call()
-        times.append(time.perf_counter() - start)
-        cpu.append(cpu_seconds() - start_cpu)
+    result, timing = timed(call, repeats)
     if contender == "ours":
         cmc, m_ap, m_inp, all_ap = result.cmc, result.mAP, result.mINP, result.all_AP
     else:
         (cmc, m_ap), m_inp, all_ap = result, float("nan"), np.zeros(0)
     np.savez(out, cmc=np.asarray(cmc, dtype=np.float64), mAP=float(m_ap), mINP=float(m_inp), all_AP=all_ap)
-    print(json.dumps({"seconds": min(times), "all_seconds": times, "cpu_seconds": cpu[int(np.argmin(times))],
-                      "peak_mib": max_rss_mib(), "baseline_mib": baseline}))
+    print(json.dumps(timing))
 
 
 def main(argv: list[str] | None = None) -> None:

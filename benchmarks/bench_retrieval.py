@@ -38,7 +38,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +47,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_evaluation import (  # noqa: E402
     REPO,
-    cpu_seconds,
+    timed,
     load_arrays,
     markdown_table,
-    max_rss_mib,
     run_worker,
     save_arrays,
 )
@@ -164,16 +162,8 @@ def worker(contender: str, data: Path, repeats: int) -> None:
             acc = calc.get_accuracy(feats, labels)
             return {**{f"recall@{k}": acc[f"recall_at_{k}"] for k in KS}, "precision_at_1": acc["precision_at_1"],
                     "r_precision": acc["r_precision"], "map_at_r": acc["mean_average_precision_at_r"]}
-    baseline = max_rss_mib()
-    times, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), cpu_seconds()
-        metrics = call()
-        times.append(time.perf_counter() - start)
-        cpu.append(cpu_seconds() - start_cpu)
-    best = int(np.argmin(times))
-    print(json.dumps({"seconds": times[best], "all_seconds": times, "cpu_seconds": cpu[best],
-                      "peak_mib": max_rss_mib(), "baseline_mib": baseline, "metrics": metrics}))
+    metrics, timing = timed(call, repeats)
+    print(json.dumps({**timing, "metrics": metrics}))
 
 
 def main(argv: list[str] | None = None) -> None:

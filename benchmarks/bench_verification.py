@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_evaluation import (
     MARKET,
     REPO,
-    cpu_seconds,
     load_arrays,
     make_features,
     markdown_table,
-    max_rss_mib,
     run_worker,
     save_arrays,
+    timed,
 )
 
 sys.path.insert(0, str(REPO))
@@ -80,16 +78,8 @@ def worker(contender: str, data: Path, repeats: int) -> None:
 
     call = {"verification_metrics": summary_metrics, "roc_curve": lambda: curve(True),
             "roc_curve(drop_intermediate=False)": lambda: curve(False), "sklearn": sklearn_metrics}[contender]
-    baseline = max_rss_mib()
-    times, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), cpu_seconds()
-        result = call()
-        times.append(time.perf_counter() - start)
-        cpu.append(cpu_seconds() - start_cpu)
-    result.update(seconds=min(times), all_seconds=times, cpu_seconds=cpu[int(np.argmin(times))],
-                  peak_mib=max_rss_mib(), baseline_mib=baseline)
-    print(json.dumps(result))
+    result, timing = timed(call, repeats)
+    print(json.dumps({**result, **timing}))
 
 
 def main(argv: list[str] | None = None) -> None:

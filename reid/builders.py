@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .config import Config, from_dict
+from .config import Config, ConfigError, from_dict
 from .data import build_dataset
 from .data.datasets.base import ReidDataset
 from .data.loaders import build_test_loader, build_train_loader
@@ -143,15 +143,29 @@ def eval_options(cfg: Config, dataset: ReidDataset | None = None, *, rerank: boo
     return options
 
 
-def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ReidModel, Config]:
-    """Rebuild the model a checkpoint was trained with (architecture from its stored config)."""
-    state = load_checkpoint(path)
+def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:
+    """The config stored in a loaded checkpoint ``state`` (read from ``path``, named in errors)."""
     if "config" not in state or "num_classes" not in state:
         raise ValueError(f"{path}: checkpoint has no stored config/num_classes; was it written by reid train?")
-    cfg = from_dict(state["config"])
+    try:
+        return from_dict(state["config"])
+    except ConfigError as err:
+        raise ConfigError(f"{path}: stored config: {err}") from None
+
+
+def model_from_checkpoint(state: dict[str, Any], path: str | Path, device: str | torch.device = "cpu") -> ReidModel:
+    """The model a loaded checkpoint ``state`` was trained with (architecture from its stored
+    config), on ``device`` in eval mode."""
+    cfg = checkpoint_config(state, path)
     model = model_from_config(cfg, state["num_classes"], load_pretrained=False)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit model {cfg.model.backbone!r}: {err}") from None
-    return model.to(device).eval(), cfg
+    return model.to(device).eval()
+
+
+def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[ReidModel, Config]:
+    """Read a checkpoint (as data only) and rebuild its model; (model, stored config)."""
+    state = load_checkpoint(path)
+    return model_from_checkpoint(state, path, device), checkpoint_config(state, path)

@@ -225,7 +225,10 @@ class Checkpointer:
 
     def resume(self, path: str | Path) -> Progress:
         """Load every module's state, the RNG states and the progress from ``path``."""
-        state = load_checkpoint(path)
+        return self.restore(load_checkpoint(path), path)
+
+    def restore(self, state: Mapping[str, Any], path: str | Path) -> Progress:
+        """:meth:`resume` from a checkpoint already read from ``path`` (named in errors)."""
         missing = [key for key in (*self.modules, "progress", "rng") if key not in state]
         if missing:
             raise CheckpointError(f"{path}: cannot resume: the checkpoint has no {', '.join(missing)} "

@@ -61,10 +61,11 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
         log.setLevel(logging.WARNING)
     output_dir = Path(cfg.output_dir)
     resume_from = resume_checkpoint(cfg)
+    resume_state = load_checkpoint(resume_from) if resume_from is not None else None
     if resume_from is None:
         check_output_folder(output_dir, overwrite=cfg.overwrite)
     else:
-        finished = _check_resumable(cfg, resume_from)
+        finished = _check_resumable(cfg, resume_from, resume_state)
         if finished is not None:
             return finished
     seed_everything(cfg.train.seed + dist_info.rank)
@@ -82,7 +83,7 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
         output_dir, {"model": model, "loss": criterion, **optimization.state_modules()},
         extra={"config": to_dict(cfg), "num_classes": dataset.num_train_pids}, is_main=dist_info.is_main,
     )
-    start = checkpointer.resume(resume_from) if resume_from is not None else Progress()
+    start = checkpointer.restore(resume_state, resume_from) if resume_from is not None else Progress()
 
     # Everything is checked: from here on the run writes its files.
     with RunFiles(output_dir, fresh=resume_from is None, overwrite=cfg.overwrite, is_main=dist_info.is_main) as files:
@@ -129,9 +130,9 @@ def resume_checkpoint(cfg: Config) -> Path | None:
     return path
 
 
-def _check_resumable(cfg: Config, path: Path) -> dict[str, Any] | None:
-    """Refuse to resume a different experiment; for a finished run, its metrics (nothing is run)."""
-    state = load_checkpoint(path)
+def _check_resumable(cfg: Config, path: Path, state: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse to resume a different experiment (``state``: the checkpoint read from ``path``);
+    for a finished run, its metrics (nothing is run)."""
     if "progress" not in state or "config" not in state:
         raise CheckpointError(f"{path}: cannot resume: it holds no training progress "
                               "(a weights-only file; use model.weights=FILE to start from its weights)")

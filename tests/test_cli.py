@@ -366,7 +366,7 @@ def no_model_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("model work started before the checks")
 
-    monkeypatch.setattr("reid.builders.load_model_from_checkpoint", forbidden)
+    monkeypatch.setattr("reid.builders.model_from_checkpoint", forbidden)
     monkeypatch.setattr("reid.inference.extract_features", forbidden)
 
 

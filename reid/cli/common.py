@@ -88,16 +88,10 @@ def demo_config() -> Path:
 
 def checkpoint_config(weights: Path) -> "Config":
     """The config stored in a checkpoint (reads the file as data only; builds no model)."""
+    from reid import builders
     from reid.checkpoint import load_checkpoint
-    from reid.config import ConfigError, from_dict
 
-    state = load_checkpoint(weights)
-    if "config" not in state or "num_classes" not in state:
-        raise ValueError(f"{weights}: checkpoint has no stored config/num_classes; was it written by reid train?")
-    try:
-        return from_dict(state["config"])
-    except ConfigError as err:
-        raise ConfigError(f"{weights}: stored config: {err}") from None
+    return builders.checkpoint_config(load_checkpoint(weights), weights)
 
 
 def run_config(stored: "Config", config: Path | None, overrides: list[str]) -> "Config":
@@ -122,21 +116,24 @@ def check_input_size(weights: Path, stored: "Config", cfg: "Config", *, allow_re
     log.warning("%s (--allow-resize): expect lower accuracy than at the training size", message)
 
 
-def evaluation_setup(args: argparse.Namespace) -> tuple["Config", Any, "ReidDataset"]:
-    """(config, device, dataset) for an evaluation command, with every cheap check done first:
+def evaluation_setup(args: argparse.Namespace) -> tuple["Config", Any, "ReidDataset", dict]:
+    """(config, device, dataset, checkpoint state) for an evaluation command, with every cheap
+    check done first:
 
-    the checkpoint is read and its config resolved with ``--config``/overrides, the device
-    and the input size are checked, and the dataset is listed (never generated), all before
-    any model is built or image decoded.
+    the checkpoint is read (once, as data only) and its config resolved with ``--config`` /
+    overrides, the device and the input size are checked, and the dataset is listed (never
+    generated), all before any model is built or image decoded (``load_model(state, ...)``).
     """
     from reid import builders
+    from reid.checkpoint import load_checkpoint
 
-    stored = checkpoint_config(args.weights)
+    state = load_checkpoint(args.weights)
+    stored = builders.checkpoint_config(state, args.weights)
     cfg = run_config(stored, args.config, args.overrides)
     device = builders.resolve_device(cfg.train.device)
     check_input_size(args.weights, stored, cfg, allow_resize=args.allow_resize)
     dataset = builders.dataset_from_config(cfg, generate=False)
-    return cfg, device, dataset
+    return cfg, device, dataset, state
 
 
 def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_sizes=None):
@@ -147,7 +144,7 @@ def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_s
     num_gallery)`` run before any feature work.
     """
     if args.weights is not None:
-        cfg, device, dataset = evaluation_setup(args)
+        cfg, device, dataset, state = evaluation_setup(args)
         if check_queries is not None:
             check_queries(len(dataset.query), f"the query split of {dataset.name} ({dataset.root})")
         if check_sizes is not None:
@@ -157,7 +154,7 @@ def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_s
         from reid.inference import embedding_options, extract_features
 
         query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
-        model = load_model(args.weights, device)
+        model = load_model(state, args.weights, device)
         options = {**embedding_options(cfg), "progress": progress_setting(args)}
         query = extract_features(model, query_loader, device, description="extracting query", **options)
         gallery = query if gallery_loader is query_loader else extract_features(
@@ -194,12 +191,11 @@ def distances(query, gallery, cfg: "Config", *, rerank: bool = True, progress: b
     return plain, rerank_features(qf, gf, k1=t.k1, k2=t.k2, lambda_value=t.lambda_value, progress=progress)
 
 
-def load_model(weights: Path, device: Any):
-    """The checkpoint's model on ``device`` in eval mode."""
+def load_model(state: dict, weights: Path, device: Any):
+    """The model of the checkpoint ``state`` read from ``weights``, on ``device`` in eval mode."""
     from reid import builders
 
-    model, _ = builders.load_model_from_checkpoint(weights, device)
-    return model
+    return builders.model_from_checkpoint(state, weights, device)
 
 
 # ---------------------------------------------------------------------------------------------

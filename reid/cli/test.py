@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     output = output_path(args)
     if args.report is not None:
         check_report_folder(args.report, overwrite=args.overwrite)
-    cfg, device, dataset = evaluation_setup(args)
+    cfg, device, dataset, state = evaluation_setup(args)
     if args.report is not None:
         check_report_size(len(dataset.query), len(dataset.gallery))
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from reid.io import atomic_write_json
 
     query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
-    model = load_model(args.weights, device)
+    model = load_model(state, args.weights, device)
     progress = progress_setting(args)
     ablation = None
     if switches is not None:
