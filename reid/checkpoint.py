@@ -75,7 +75,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"reid version from a source you trust, convert it once: reid convert-checkpoint {path} NEW.pt"
         ) from None
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a torch.save file "
+                              f"({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a reid checkpoint (expected a dict with a 'model' entry)")
     return state
