@@ -17,7 +17,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .config import Config, ConfigError, from_dict
 from .data import build_dataset
-from .data.datasets.base import ReidDataset
+from .data.datasets.base import ReidDataset, validation_split
 from .data.loaders import build_test_loader, build_train_loader
 from .losses import build_loss
 from .losses.weighted import WeightedLosses
@@ -41,7 +41,13 @@ def dataset_from_config(cfg: Config, *, generate: bool = True) -> ReidDataset:
 
     ``generate=False`` (evaluation tools) never writes: a synthetic dataset that is not there
     is an error naming the folder, instead of a new dataset quietly made in the working folder.
+    With ``data.val_ids`` > 0, the dataset's validation split (:func:`validation_split`).
     """
+    dataset = _configured_dataset(cfg, generate=generate)
+    return validation_split(dataset, cfg.data.val_ids) if cfg.data.val_ids else dataset
+
+
+def _configured_dataset(cfg: Config, *, generate: bool) -> ReidDataset:
     if cfg.data.name == "synthetic":
         from .data.synthetic import MANIFEST_NAME, make_synthetic_market
 
@@ -94,7 +100,7 @@ def model_from_config(cfg: Config, num_classes: int, *, load_pretrained: bool = 
     return build_model(
         m.backbone, num_classes, pretrained=pretrained, last_stride=m.last_stride, pooling=m.pooling,
         gem_p=m.gem_p, pool_lambda=m.pool_lambda, embedding_dim=m.embedding_dim, neck=m.neck, leaky_relu=m.leaky_relu,
-        channels_last=m.channels_last,
+        channels_last=m.channels_last, freeze_bn=m.freeze_bn,
     )
 
 
@@ -116,8 +122,15 @@ def optimization_from_config(cfg: Config, modules: list[nn.Module], steps_per_ep
     """Optimizer over the trainable parameters of ``modules`` (model and criterion), its
     per-iteration LR schedule, and mixed precision as ``train`` says."""
     t = cfg.train
+    # Parameter groups: the heads and loss parameters at lr, then (when train.trunk_lr_factor
+    # is not 1) the trunk (a ReidModel's ``backbone``) at lr * trunk_lr_factor.
+    trunk = {id(p) for module in modules if isinstance(module, ReidModel) for p in module.backbone.parameters()}
     params = [p for module in modules for p in module.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, t.optimizer, t.lr, t.weight_decay, t.momentum)
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if t.trunk_lr_factor != 1.0:
+        groups = [{"params": [p for p in params if id(p) not in trunk]},
+                  {"params": [p for p in params if id(p) in trunk], "lr": t.lr * t.trunk_lr_factor}]
+    optimizer = build_optimizer(groups, t.optimizer, t.lr, t.weight_decay, t.momentum)
     scheduler = build_scheduler(
         optimizer, epochs=t.epochs, steps_per_epoch=steps_per_epoch, schedule=t.scheduler,
         warmup_epochs=t.warmup_epochs, warmup_factor=t.warmup_factor, milestones=t.milestones, gamma=t.gamma,

@@ -115,6 +115,8 @@ class DataConfig:
     erasing_prob: float = _key(0.5, "random erasing (Zhong et al. 2020) probability", check=_FRACTION)
     skip_invalid: bool = _key(False, "skip (with one warning naming them) images whose file names break the "
                               "dataset's pattern or that cannot be read")
+    val_ids: int = _key(0, "> 0: tune without the test split: hold out the last N training identities and "
+                        "evaluate on them (query/gallery) instead of the test split", check=_int_at_least(0))
 
 
 @dataclass
@@ -145,6 +147,8 @@ class ModelConfig:
     embedding_dim: int = _key(0, "> 0: a linear layer from the pooled features to this many dimensions "
                               "(512 in the retrieval papers); 0: none", check=_int_at_least(0))
     neck: bool = _key(True, "BNNeck (Luo et al. 2019)")
+    freeze_bn: bool = _key(False, "the trunk's BatchNorm layers keep their (ImageNet) running statistics while "
+                           "training; their affine weights still learn")
     leaky_relu: float = _key(0.0, "> 0: leaky final ReLU of the trunk with this slope (Group Loss++)",
                              check=_at_least(0))
     channels_last: bool = _key(False, "channels-last memory format for the convolutions")
@@ -164,6 +168,8 @@ class TrainConfig:
                                 check=_int_at_least(0))
     optimizer: str = _key("radam", "RAdam is the Group Loss papers' optimizer", choices=OPTIMIZERS)
     lr: float = _key(3.5e-4, "base learning rate", check=_above(0))
+    trunk_lr_factor: float = _key(1.0, "the trunk learns at lr * this (the heads and loss parameters at lr); "
+                                  "< 1 keeps more of a pretrained trunk", check=_above(0))
     weight_decay: float = _key(5e-4, "L2 penalty of the optimizer", check=_at_least(0))
     momentum: float = _key(0.9, "sgd only", check=_at_least(0))
     scheduler: str = _key("cosine", "after warmup; step: milestones, gamma", choices=SCHEDULES)

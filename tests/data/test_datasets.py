@@ -333,3 +333,53 @@ def test_custom_missing_split_lists_candidates(tmp_path: Path) -> None:
         build_dataset("custom", tmp_path)
     with pytest.raises(FileNotFoundError, match="custom dataset root .*nowhere does not exist"):
         build_dataset("custom", tmp_path / "nowhere")
+
+
+# --- validation split (data.val_ids) ---------------------------------------------------------
+
+
+def test_validation_split_holds_out_the_last_training_ids_market_style() -> None:
+    from reid.data.datasets.base import validation_split
+
+    train = [(f"{pid:04d}_c{cam}_{n}.jpg", label, cam - 1)
+             for label, pid in enumerate((3, 5, 8))
+             for cam, n in ((1, 0), (1, 1), (2, 0), (2, 1), (3, 0))]
+    ds = ReidDataset("toy", "/toy", train, [("q.jpg", 9, 0)], [("g.jpg", 9, 1)])
+    val = validation_split(ds, 2)
+    # pid 3 (label 0) stays, relabelled 0; labels 1 and 2 (pids 5 and 8) are held out
+    assert val.train == [item for item in train if item[1] == 0]
+    # per held-out identity and camera: the first image by path is the query, the rest gallery
+    assert val.query == [("0005_c1_0.jpg", 1, 0), ("0005_c2_0.jpg", 1, 1), ("0005_c3_0.jpg", 1, 2),
+                         ("0008_c1_0.jpg", 2, 0), ("0008_c2_0.jpg", 2, 1), ("0008_c3_0.jpg", 2, 2)]
+    assert val.gallery == [("0005_c1_1.jpg", 1, 0), ("0005_c2_1.jpg", 1, 1),
+                           ("0008_c1_1.jpg", 2, 0), ("0008_c2_1.jpg", 2, 1)]
+    assert val.protocol == "reid" and "2 training ids held out" in val.name
+    # the remaining training ids are relabelled 0..N-1 in pid order
+    assert [p for _, p, _ in validation_split(ReidDataset("toy", "/toy", train[::-1], [], []), 1).train] == \
+        [1] * 5 + [0] * 5
+
+
+def test_validation_split_of_a_retrieval_set_is_leave_one_out_and_checks_the_count() -> None:
+    from reid.data.datasets.base import validation_split
+
+    train = [(f"{c}_{i}.png", c, 0) for c in range(4) for i in range(3)]
+    items = [("t.png", 9, 0)]
+    ds = ReidDataset("toy", "/toy", train, items, items, protocol="leave_one_out", recall_ks=(1, 2))
+    val = validation_split(ds, 1)
+    assert val.query is val.gallery and val.query == train[9:]
+    assert (val.protocol, val.recall_ks, val.num_train_pids) == ("leave_one_out", (1, 2), 3)
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=rf"data.val_ids={bad}: expected 1..3 \(the dataset toy has 4"):
+            validation_split(ds, bad)
+
+
+def test_val_ids_config_builds_the_validation_split(market_root: Path) -> None:
+    from reid.builders import dataset_from_config
+    from reid.config import load_config
+
+    cfg = load_config(None, [f"data.root={market_root}", "data.name=market1501", "data.val_ids=1"])
+    full = build_dataset("market1501", market_root)
+    val = dataset_from_config(cfg)
+    assert val.num_train_pids == full.num_train_pids - 1
+    assert {p for _, p, _ in val.query} == {full.num_train_pids - 1}
+    assert not set(val.query + val.gallery) & set(full.query + full.gallery)

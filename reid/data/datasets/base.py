@@ -284,6 +284,34 @@ def relabel_train(items: Sequence[Item]) -> list[Item]:
     return [(path, label_of[pid], camid) for path, pid, camid in items]
 
 
+def validation_split(dataset: ReidDataset, num_ids: int) -> ReidDataset:
+    """``dataset`` with its last ``num_ids`` training identities held out as query and gallery.
+
+    For tuning without touching the test split: the remaining training identities are relabelled
+    0..N-1; the held-out ones become the evaluation set. Re-ID datasets (camera-aware protocol)
+    take, for each held-out identity and camera, the first image (by path) as a query and the
+    rest as gallery, as Market-1501's query holds one image per identity and camera; retrieval
+    datasets evaluate the held-out classes leave-one-out. The test split is not used.
+    """
+    pids = sorted({pid for _, pid, _ in dataset.train})
+    if not 0 < num_ids < len(pids):
+        raise ValueError(f"data.val_ids={num_ids}: expected 1..{len(pids) - 1} (the dataset {dataset.name} has "
+                         f"{len(pids)} training identities, and at least one must stay for training)")
+    held = set(pids[-num_ids:])
+    train = relabel_train([item for item in dataset.train if item[1] not in held])
+    val = [item for item in dataset.train if item[1] in held]
+    name = f"{dataset.name} validation ({num_ids} training ids held out)"
+    if dataset.protocol != "reid":
+        return ReidDataset(name, dataset.root, train, val, val, protocol="leave_one_out",
+                           recall_ks=dataset.recall_ks)
+    query, gallery, seen = [], [], set()
+    for item in sorted(val):
+        key = (item[1], item[2])
+        (gallery if key in seen else query).append(item)
+        seen.add(key)
+    return ReidDataset(name, dataset.root, train, query, gallery, recall_ks=dataset.recall_ks)
+
+
 def warn_skipped(dataset_name: str, skipped: Sequence[str], shown: int = SHOWN_SKIPPED) -> None:
     """One warning for all files skipped by ``skip_invalid``: their count and (the first
     ``shown`` of) their names, each with what is wrong with it."""
