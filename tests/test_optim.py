@@ -56,3 +56,25 @@ def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="unknown scheduler 'poly'"):
         lr_factor(0, total_steps=10, steps_per_epoch=1, schedule="poly")
     assert math.isfinite(lr_factor(0, total_steps=1, steps_per_epoch=1))
+
+
+def test_trunk_lr_factor_puts_the_trunk_in_its_own_group_and_the_schedule_scales_both():
+    from reid.builders import optimization_from_config
+    from reid.config import load_config
+    from reid.models import build_model
+
+    model = build_model("test_resnet", num_classes=3)
+    loss = torch.nn.Module()  # a criterion with a learnable parameter (e.g. a temperature)
+    loss.scale = scale = torch.nn.Parameter(torch.ones(1))
+    trunk = {id(p) for p in model.backbone.parameters()}
+    cfg = load_config(None, ["train.lr=0.01", "train.trunk_lr_factor=0.1", "train.warmup_epochs=0"])
+    opt = optimization_from_config(cfg, [model, loss], steps_per_epoch=10, device=torch.device("cpu")).optimizer
+    heads, trunk_group = opt.param_groups
+    assert {id(p) for p in trunk_group["params"]} == trunk
+    trainable = [p for p in [*model.parameters(), scale] if p.requires_grad]
+    assert {id(p) for p in heads["params"]} == {id(p) for p in trainable} - trunk
+    assert id(scale) in {id(p) for p in heads["params"]}
+    assert (heads["lr"], trunk_group["lr"]) == pytest.approx((0.01, 0.001))
+    cfg.train.trunk_lr_factor = 1.0
+    opt = optimization_from_config(cfg, [model, loss], steps_per_epoch=10, device=torch.device("cpu")).optimizer
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == pytest.approx(0.01)

@@ -60,7 +60,8 @@ class ReidModel(nn.Module):
 
     Attributes: ``backbone`` (the timm trunk), ``pool``, ``embedding`` (a Linear to
     ``embedding_dim`` dimensions, or Identity), ``neck`` (BNNeck or Identity), ``classifier``,
-    ``feature_dim`` (D), ``num_classes`` (C), ``channels_last``.
+    ``feature_dim`` (D), ``num_classes`` (C), ``channels_last``, ``freeze_bn`` (the trunk's
+    BatchNorm layers stay in eval mode when the model trains).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class ReidModel(nn.Module):
         embedding_dim: int = 0,
         neck: bool = True,
         channels_last: bool = False,
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         if embedding_dim < 0:
@@ -86,10 +88,21 @@ class ReidModel(nn.Module):
         self.neck: nn.Module = BNNeck(self.feature_dim) if neck else nn.Identity()
         self.classifier = build_classifier(self.feature_dim, self.num_classes)
         self.channels_last = channels_last
+        self.freeze_bn = freeze_bn
         if channels_last:
             # NHWC convolutions are about 1.4x faster for inference on this CPU (docs/ARCHITECTURE.md);
             # .to(device) later keeps the layout (preserve_format).
             self.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> ReidModel:
+        """``nn.Module.train``; with ``freeze_bn`` the trunk's BatchNorm layers stay in eval mode, so
+        they normalise with (and keep) their pretrained running statistics."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         if self.channels_last:
@@ -204,14 +217,16 @@ def build_model(
     leaky_relu: float = 0.0,
     channels_last: bool = False,
     gem_learnable: bool = True,
+    freeze_bn: bool = False,
 ) -> ReidModel:
     """A ``ReidModel`` over the timm trunk ``backbone`` with ``num_classes`` training identities.
 
     pretrained / last_stride / leaky_relu: see ``build_backbone``; pooling: "avg" | "max" |
     "gem" (p = gem_p, learned unless gem_learnable=False) | "mix" (pool_lambda * max +
     (1 - pool_lambda) * avg); embedding_dim: > 0 adds a linear layer to that many dimensions;
-    neck: BNNeck between embeddings and classifier.
+    neck: BNNeck between embeddings and classifier; freeze_bn: see ``ReidModel``.
     """
     pool = build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable, pool_lambda=pool_lambda)
     trunk = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride, leaky_relu=leaky_relu)
-    return ReidModel(trunk, num_classes, pool=pool, embedding_dim=embedding_dim, neck=neck, channels_last=channels_last)
+    return ReidModel(trunk, num_classes, pool=pool, embedding_dim=embedding_dim, neck=neck,
+                     channels_last=channels_last, freeze_bn=freeze_bn)

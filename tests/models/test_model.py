@@ -449,3 +449,28 @@ def test_embedding_layer_maps_pooled_features_to_embedding_dim():
     assert isinstance(build_model("test_resnet", 5).embedding, torch.nn.Identity)
     with pytest.raises(ValueError, match="embedding_dim: expected 0 \\(none\\) or a positive size, got -1"):
         build_model("test_resnet", 5, embedding_dim=-1)
+
+
+def test_freeze_bn_keeps_the_trunk_running_statistics_and_trains_the_rest():
+    torch.manual_seed(0)
+    model = build_model("test_resnet", num_classes=3, freeze_bn=True)
+    trunk_bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in trunk_bns]
+    neck_mean = model.neck.running_mean.clone()
+    model.train()
+    assert model.training and all(not bn.training for bn in trunk_bns)
+    out = model(images())
+    out.logits.sum().backward()
+    for bn, (mean, var) in zip(trunk_bns, before):
+        assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
+        assert bn.weight.grad is not None  # the affine weights still learn
+    assert model.neck.training  # the BNNeck is not part of the trunk: it trains as usual
+    assert not torch.equal(model.neck.running_mean, neck_mean)
+    # the same model without freeze_bn updates the trunk's statistics
+    plain = build_model("test_resnet", num_classes=3).train()
+    first = next(m for m in plain.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    mean = first.running_mean.clone()
+    plain(images())
+    assert not torch.equal(first.running_mean, mean)
+    model.eval()
+    assert not any(m.training for m in model.modules())
