@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from .checkpoint import Checkpointer, Progress, unwrap
 from .evaluation.evaluator import metrics_from_features, primary_score
 from .inference import extract_features
 from .optim import Optimization
+from .progress import progress_bar
 
 log = logging.getLogger("reid")
 
@@ -97,7 +97,7 @@ def train_one_epoch(
     device: torch.device | str = "cpu",
     max_steps: int | None = None,
     stop: StopRequest | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     description: str = "train",
 ) -> EpochResult:
     """One pass over ``loader`` (at most ``max_steps`` batches).
@@ -105,14 +105,15 @@ def train_one_epoch(
     ``criterion(embeddings, logits, labels)`` returns the named loss terms with their sum
     under "total" (:class:`reid.losses.WeightedLosses`); ``optimization`` does the backward
     pass, clipping, the optimizer and the per-batch LR step. A stop request ends the epoch
-    after the current step.
+    after the current step. ``progress``: a bar with the running losses (see :mod:`reid.progress`;
+    None: on a terminal only, so logs stay clean).
     """
     device = torch.device(device)
     model.train()
     result = EpochResult()
     sums: dict[str, float] = {}
     total_steps = len(loader) if max_steps is None else min(max_steps, len(loader))
-    bar = tqdm(total=total_steps, desc=description, disable=not progress, dynamic_ncols=True, leave=False)
+    bar = progress_bar(total=total_steps, desc=description, progress=progress, delay=0.0)
     start = time.perf_counter()
     for images, pids, _camids, _paths in loader:
         if result.steps >= total_steps:
@@ -195,7 +196,7 @@ def fit(model: nn.Module, train_loader, criterion: nn.Module, optimization: Opti
             # batch offset reproduces the rest of an interrupted epoch exactly.
             train_loader.batch_sampler.set_epoch(epoch, start_batch=state.step)
             result = train_one_epoch(model, train_loader, criterion, optimization, device=device,
-                                     max_steps=steps_per_epoch - state.step, stop=stop, progress=is_main,
+                                     max_steps=steps_per_epoch - state.step, stop=stop, progress=None if is_main else False,
                                      description=f"epoch {epoch + 1}/{epochs}")
             state.step += result.steps
             if result.interrupted and state.step < steps_per_epoch:
