@@ -120,7 +120,8 @@ def criterion_from_config(cfg: Config) -> WeightedLosses:
 def optimization_from_config(cfg: Config, modules: list[nn.Module], steps_per_epoch: int,
                              device: torch.device) -> Optimization:
     """Optimizer over the trainable parameters of ``modules`` (model and criterion), its
-    per-iteration LR schedule, and mixed precision as ``train`` says."""
+    per-iteration LR schedule, mixed precision, and the trunk's L2-SP anchors as ``train`` says.
+    Called on the model as built, before a checkpoint is restored into it."""
     t = cfg.train
     # Parameter groups: the heads and loss parameters at lr, then (when train.trunk_lr_factor
     # is not 1) the trunk (a ReidModel's ``backbone``) at lr * trunk_lr_factor.
@@ -136,7 +137,12 @@ def optimization_from_config(cfg: Config, modules: list[nn.Module], steps_per_ep
         warmup_epochs=t.warmup_epochs, warmup_factor=t.warmup_factor, milestones=t.milestones, gamma=t.gamma,
     )
     amp_dtype, scaler = amp_settings(t.amp, device)
-    return Optimization(optimizer, scheduler, scaler, amp_dtype, t.grad_clip)
+    if t.trunk_anchor * max(t.lr, t.lr * t.trunk_lr_factor) >= 1:
+        raise ValueError(f"train.trunk_anchor={t.trunk_anchor}: lr * trunk_anchor must stay below 1 "
+                         "(a larger pull overshoots the anchor)")
+    # The anchors of decoupled L2-SP: the trunk's weights as built (pretrained), before any step.
+    anchors = {p: p.detach().clone() for p in params if id(p) in trunk} if t.trunk_anchor > 0 else {}
+    return Optimization(optimizer, scheduler, scaler, amp_dtype, t.grad_clip, anchors, t.trunk_anchor)
 
 
 def steps_per_epoch(cfg: Config, train_loader) -> int:

@@ -170,6 +170,9 @@ class TrainConfig:
     lr: float = _key(3.5e-4, "base learning rate", check=_above(0))
     trunk_lr_factor: float = _key(1.0, "the trunk learns at lr * this (the heads and loss parameters at lr); "
                                   "< 1 keeps more of a pretrained trunk", check=_above(0))
+    trunk_anchor: float = _key(0.0, "> 0: decoupled L2-SP: after each step the trunk's weights move toward their "
+                               "initial (pretrained) values by lr * this * (w - w0); lr * this must stay below 1",
+                               check=_at_least(0))
     weight_decay: float = _key(5e-4, "L2 penalty of the optimizer", check=_at_least(0))
     momentum: float = _key(0.9, "sgd only", check=_at_least(0))
     scheduler: str = _key("cosine", "after warmup; step: milestones, gamma", choices=SCHEDULES)

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -105,6 +105,13 @@ class Optimization:
     scaler: torch.amp.GradScaler | None = None
     amp_dtype: torch.dtype | None = None
     grad_clip: float = 0.0  # max gradient norm; 0: off
+    # Decoupled L2-SP (Li et al., "Explicit Inductive Bias for Transfer Learning with
+    # Convolutional Networks", ICML 2018): after each step, every anchored parameter moves toward
+    # its anchor (its initial, pretrained value) by lr * anchor_weight * (w - w0), with the lr of
+    # its parameter group. The anchors are the weights the model was built with, so a resumed
+    # run (rebuilt from the same pretrained source) pulls toward the same values.
+    anchors: dict[torch.nn.Parameter, torch.Tensor] = field(default_factory=dict)
+    anchor_weight: float = 0.0
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -126,8 +133,19 @@ class Optimization:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.anchor_weight > 0:
+            self._pull_to_anchors()
         if self.scheduler is not None:
             self.scheduler.step()
+
+    @torch.no_grad()
+    def _pull_to_anchors(self) -> None:
+        for group in self.optimizer.param_groups:
+            rate = group["lr"] * self.anchor_weight
+            for p in group["params"]:
+                anchor = self.anchors.get(p)
+                if anchor is not None:
+                    p.sub_(rate * (p - anchor))
 
     @property
     def lr(self) -> float:

@@ -78,3 +78,32 @@ def test_trunk_lr_factor_puts_the_trunk_in_its_own_group_and_the_schedule_scales
     cfg.train.trunk_lr_factor = 1.0
     opt = optimization_from_config(cfg, [model, loss], steps_per_epoch=10, device=torch.device("cpu")).optimizer
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def test_trunk_anchor_pulls_the_trunk_toward_its_initial_weights_by_hand():
+    from reid.builders import optimization_from_config
+    from reid.config import load_config
+    from reid.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("test_resnet", num_classes=3)
+    cfg = load_config(None, ["train.optimizer=sgd", "train.weight_decay=0", "train.lr=0.1",
+                             "train.warmup_epochs=0", "train.trunk_anchor=2.0", "train.trunk_lr_factor=0.5"])
+    optimization = optimization_from_config(cfg, [model], steps_per_epoch=10, device=torch.device("cpu"))
+    trunk = dict(model.backbone.named_parameters())
+    assert {id(p) for p in optimization.anchors} == {id(p) for p in trunk.values()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = sum(p.sum() for p in model.parameters() if p.requires_grad)  # every gradient is 1
+    optimization.step(loss)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # the first Nesterov step (momentum 0.9) moves each weight by lr * 1.9 * gradient
+        if name.startswith("backbone."):  # lr 0.05, then w -= 0.05 * 2 * (w - w0)
+            stepped = before[name] - 0.05 * 1.9
+            torch.testing.assert_close(p.detach(), stepped - 0.05 * 2.0 * (stepped - before[name]))
+        else:  # the heads are not anchored
+            torch.testing.assert_close(p.detach(), before[name] - 0.1 * 1.9)
+    cfg = load_config(None, ["train.lr=0.1", "train.trunk_anchor=10"])
+    with pytest.raises(ValueError, match="train.trunk_anchor=10.0: lr \\* trunk_anchor must stay below 1"):
+        optimization_from_config(cfg, [model], steps_per_epoch=10, device=torch.device("cpu"))
