@@ -16,7 +16,7 @@ from reid.models import FEATURE_KINDS
 from reid.models.heads import POOLINGS
 from reid.optim import AMP_MODES, OPTIMIZERS, SCHEDULES
 
-EXPERIMENT_CONFIGS = ["demo.yaml", "demo_ce_triplet.yaml", "market1501_resnet50_group.yaml",
+EXPERIMENT_CONFIGS = ["demo.yaml", "demo_scratch.yaml", "demo_ce_triplet.yaml", "market1501_resnet50_group.yaml",
                       "dukemtmc_resnet50_group.yaml", "market1501_resnet50_ce_triplet.yaml", "cub200_group.yaml",
                       "cars196_group.yaml", "sop_group.yaml", "inshop_group.yaml", "fashion_mnist_group.yaml"]
 
