@@ -28,6 +28,20 @@ def row_name(switches_on: list[str]) -> str:
     return "+".join(switches_on) or "baseline"
 
 
+def unsupported_switches(model: nn.Module, switches: tuple[str, ...] = INFERENCE_SWITCHES) -> dict[str, str]:
+    """The model-side switches of ``switches`` that ``model`` cannot apply, each with the reason
+    (today: ``leaky`` on a trunk whose last operation is not a ReLU, e.g. MobileNetV2's ReLU6).
+    Probes without changing the model."""
+    reasons: dict[str, str] = {}
+    if "leaky" in switches:
+        try:
+            with unwrap(model).inference_options(leaky_relu=0.1):
+                pass
+        except ValueError as err:
+            reasons["leaky"] = str(err)
+    return reasons
+
+
 def ablate_inference(
     model: nn.Module,
     query_loader,

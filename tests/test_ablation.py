@@ -92,3 +92,18 @@ def test_ablation_switches_through_the_model_api_and_restores_it_after_an_error(
     assert model.pool is trained_pool and model.backbone.layer4[-1].act2 is trained_activation
     with torch.no_grad():
         assert torch.equal(model(images).bn_embeddings, before)
+
+
+def test_unsupported_switches_names_the_leaky_relu_on_a_relu6_trunk_and_leaves_the_model_alone(tiny_eval_setup):
+    from reid.ablation import unsupported_switches
+    from reid.models import build_model
+
+    model, _ = tiny_eval_setup
+    assert unsupported_switches(model) == {}  # a ResNet ends in a ReLU
+    torch.manual_seed(0)
+    mobile = build_model("mobilenetv2_050", num_classes=3).eval()
+    before = [type(m) for m in mobile.modules()]
+    reasons = unsupported_switches(mobile)
+    assert list(reasons) == ["leaky"] and "ends with bn2.act (ReLU6)" in reasons["leaky"]
+    assert [type(m) for m in mobile.modules()] == before
+    assert unsupported_switches(mobile, ("flip", "mix")) == {}

@@ -34,7 +34,9 @@ metrics.json is never written. The model is rebuilt from the config stored in th
 checkpoint's own). A synthetic dataset must exist already (reid test never generates one).
 
 --ablate evaluates every on/off combination of Group Loss++'s inference strategies in one run,
-one table row each: --ablate all ({', '.join(INFERENCE_SWITCHES)}) or e.g. --ablate flip,beta."""
+one table row each: --ablate all ({', '.join(INFERENCE_SWITCHES)}; a switch the model cannot apply,
+such as the leaky ReLU on a trunk that does not end in a ReLU, is left out with a warning) or
+e.g. --ablate flip,beta."""
 EPILOG = """examples:
   reid test --weights outputs/demo/best.pt --rerank
   reid test --weights outputs/demo/best.pt --ablate flip,beta
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_report_size(len(dataset.query), len(dataset.gallery))
 
     from reid import builders
-    from reid.ablation import ablate_inference
+    from reid.ablation import ablate_inference, unsupported_switches
     from reid.evaluation.evaluator import metrics_from_features, metrics_table
     from reid.inference import embedding_options, extract_features
     from reid.io import atomic_write_json
@@ -106,6 +108,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(state, args.weights, device)
     progress = progress_setting(args)
     ablation = None
+    if switches is not None and args.ablate == "all":
+        # "all" means every switch this model supports; a switch named explicitly stays an error.
+        for switch, reason in unsupported_switches(model, switches).items():
+            log.warning("--ablate all: leaving out %s: %s", switch, reason)
+            switches = tuple(s for s in switches if s != switch)
     if switches is not None:
         options = builders.eval_options(cfg, dataset)
         for key in ("flip", "beta", "rerank"):
