@@ -16,8 +16,8 @@ DESCRIPTION = f"""{SUMMARY}.
 
 A config is a small delta over configs/base.yaml; any key can be overridden on the command
 line. With no --config it runs the demo (configs/demo.yaml of the source tree: a synthetic
-dataset, generated on first use, and a small backbone). The run writes to output_dir:
-config.yaml, train.log, log.jsonl, last.pt, best.pt and metrics.json.
+dataset, generated on first use, and the ImageNet MobileNetV2 to fine-tune). The run writes to
+output_dir: config.yaml, train.log, log.jsonl, last.pt, best.pt and metrics.json.
 
 Stop with Ctrl-C (or SIGTERM) at any time: the checkpoint to resume from is written and the
 command exits with status 130; resume=true continues exactly where it stopped. Several

@@ -1,0 +1,80 @@
+"""benchmarks/bench_losses.py: the recipes' loss lists, the cell configs and the stored table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_losses", REPO / "benchmarks" / "bench_losses.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def loss_names(cfg) -> list[str]:
+    return [spec.name for spec in cfg.losses]
+
+
+def test_recipes_share_the_setting_losses_and_differ_only_in_them(bench, tmp_path):
+    configs = {r: bench.cell_config("reid", r, 3, tmp_path) for r in bench.RECIPES}
+    assert {r: loss_names(c) for r, c in configs.items()} == {
+        "group_ce": ["group", "cross_entropy"], "ce_triplet": ["cross_entropy", "triplet"],
+        "ce": ["cross_entropy"], "group": ["group"]}
+    group = configs["group_ce"].losses[0].params
+    ce = configs["group_ce"].losses[1].params
+    assert configs["group"].losses[0].params == group and configs["ce"].losses[0].params == ce
+    assert configs["ce_triplet"].losses[1].params == {"margin": 0.3}
+    for cfg in configs.values():  # the same init, data, schedule and seed
+        assert (cfg.train.seed, cfg.output_dir, cfg.data.val_ids, cfg.test.rerank) == (3, str(tmp_path), 0, False)
+        assert cfg.model.pretrained and cfg.model == configs["ce"].model
+        assert cfg.data == configs["ce"].data and cfg.train == configs["ce"].train
+
+
+def test_sweep_changes_reach_group_loss_and_the_batch(bench, tmp_path):
+    cfg = bench.cell_config("reid", "group_ce", 0, tmp_path, val_ids=30,
+                            group={"temperature": 24.0, "num_anchors": 3, "pk": "8x8"})
+    assert cfg.losses[0].params["temperature"] == 24.0 and cfg.losses[0].params["num_anchors"] == 3
+    assert (cfg.data.num_identities, cfg.data.num_instances, cfg.data.val_ids) == (8, 8, 30)
+    with pytest.raises(ValueError, match="unknown recipe 'arcface'"):
+        bench.recipe_losses("arcface", [{"name": "group"}, {"name": "cross_entropy"}])
+    with pytest.raises(ValueError, match="no group loss"):
+        bench.recipe_losses("ce", [{"name": "cross_entropy"}])
+
+
+def test_table_is_mean_and_sample_std_per_recipe(bench, tmp_path):
+    seeds = {"0": {"mAP": 0.5, "rank1": 0.6, "mINP": 0.1}, "1": {"mAP": 0.7, "rank1": 0.8, "mINP": 0.3}}
+    data = {"recipes": {"ce": {"seeds": seeds}}}
+    lines = bench.table(data, "reid").splitlines()
+    # mean 60, sample std sqrt(((50-60)^2 + (70-60)^2) / 1) = 14.14
+    assert lines[2] == "| ce | 2 | 60.00 +- 14.14 | 70.00 +- 14.14 | 20.00 +- 14.14 |"
+    assert len(lines) == 3
+    path = tmp_path / "losses.json"
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match="not a readable results file"):
+        bench.read_results(path)
+    path.write_text(json.dumps(data))
+    assert bench.read_results(path) == data
+
+
+def test_stored_cells_of_another_setting_are_refused(bench, tmp_path):
+    setting = bench.describe("reid")
+    block = {"setting": {**setting, "lr": 1.0}, "recipes": {"ce": {"seeds": {"0": {}}}}}
+    with pytest.raises(SystemExit, match=r"losses.json: its reid cells were measured with another setting "
+                                         r"\(changed: lr\)"):
+        bench.check_same_setting(block, setting, tmp_path / "losses.json")
+    fresh: dict = {}
+    bench.check_same_setting(fresh, setting, tmp_path / "losses.json")
+    assert fresh == {"setting": setting}
