@@ -27,8 +27,8 @@ def tiny_train_args(tiny_market, tmp_path):
     return [
         "data.name=market1501", f"data.root={tiny_market}", "data.height=64", "data.width=32",
         "data.num_identities=3", "data.num_instances=3", "data.num_workers=0", "data.test_batch_size=64",
-        "model.backbone=test_resnet", "train.epochs=2", "train.iters_per_epoch=3", "train.warmup_epochs=1",
-        "train.device=cpu", "train.eval_every=1", "test.k1=5", "test.k2=2", "test.max_rank=10", f"output_dir={tmp_path / 'run'}",
+        "model.backbone=test_resnet", "model.pretrained=false", "train.epochs=2", "train.iters_per_epoch=3",
+        "train.warmup_epochs=1", "train.device=cpu", "train.eval_every=1", "test.k1=5", "test.k2=2", "test.max_rank=10", f"output_dir={tmp_path / 'run'}",
     ]
 
 

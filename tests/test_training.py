@@ -126,7 +126,8 @@ def test_training_on_a_retrieval_set_reports_recall_map_at_r_and_nmi(tmp_path, m
     root = write_fashion_mnist(tmp_path / "fashion-mnist")
     args = ["data.name=fashion_mnist", f"data.root={root}", "data.pipeline=retrieval", "data.height=32",
             "data.width=32", "data.resize=32", "data.num_identities=5", "data.num_instances=4",
-            "data.num_workers=0", "model.backbone=test_resnet", "model.embedding_dim=16", "model.last_stride=2",
+            "data.num_workers=0", "model.backbone=test_resnet", "model.pretrained=false", "model.embedding_dim=16",
+            "model.last_stride=2",
             "train.epochs=2", "train.warmup_epochs=0", "train.device=cpu", "train.eval_every=1",
             "train.eval_untrained=true", f"output_dir={tmp_path / 'run'}"]
     import reid.cli
