@@ -100,7 +100,7 @@ def model_from_config(cfg: Config, num_classes: int, *, load_pretrained: bool = 
     return build_model(
         m.backbone, num_classes, pretrained=pretrained, last_stride=m.last_stride, pooling=m.pooling,
         gem_p=m.gem_p, pool_lambda=m.pool_lambda, embedding_dim=m.embedding_dim, neck=m.neck, leaky_relu=m.leaky_relu,
-        channels_last=m.channels_last, freeze_bn=m.freeze_bn,
+        channels_last=m.channels_last, freeze_bn=m.freeze_bn, freeze_layers=m.freeze_layers,
     )
 
 
@@ -137,9 +137,6 @@ def optimization_from_config(cfg: Config, modules: list[nn.Module], steps_per_ep
         warmup_epochs=t.warmup_epochs, warmup_factor=t.warmup_factor, milestones=t.milestones, gamma=t.gamma,
     )
     amp_dtype, scaler = amp_settings(t.amp, device)
-    if t.trunk_anchor * max(t.lr, t.lr * t.trunk_lr_factor) >= 1:
-        raise ValueError(f"train.trunk_anchor={t.trunk_anchor}: lr * trunk_anchor must stay below 1 "
-                         "(a larger pull overshoots the anchor)")
     # The anchors of decoupled L2-SP: the trunk's weights as built (pretrained), before any step.
     anchors = {p: p.detach().clone() for p in params if id(p) in trunk} if t.trunk_anchor > 0 else {}
     return Optimization(optimizer, scheduler, scaler, amp_dtype, t.grad_clip, anchors, t.trunk_anchor)

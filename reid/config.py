@@ -149,6 +149,8 @@ class ModelConfig:
     neck: bool = _key(True, "BNNeck (Luo et al. 2019)")
     freeze_bn: bool = _key(False, "the trunk's BatchNorm layers keep their (ImageNet) running statistics while "
                            "training; their affine weights still learn")
+    freeze_layers: list[str] = _key([], "trunk layers kept exactly as built (weights and BatchNorm statistics), "
+                                    "named as in the timm model, e.g. [conv_stem, bn1, blocks.0]")
     leaky_relu: float = _key(0.0, "> 0: leaky final ReLU of the trunk with this slope (Group Loss++)",
                              check=_at_least(0))
     channels_last: bool = _key(False, "channels-last memory format for the convolutions")
@@ -171,7 +173,7 @@ class TrainConfig:
     trunk_lr_factor: float = _key(1.0, "the trunk learns at lr * this (the heads and loss parameters at lr); "
                                   "< 1 keeps more of a pretrained trunk", check=_above(0))
     trunk_anchor: float = _key(0.0, "> 0: decoupled L2-SP: after each step the trunk's weights move toward their "
-                               "initial (pretrained) values by lr * this * (w - w0); lr * this must stay below 1",
+                               "initial (pretrained) values by trunk lr * this * (w - w0); trunk lr * this must stay below 1",
                                check=_at_least(0))
     weight_decay: float = _key(5e-4, "L2 penalty of the optimizer", check=_at_least(0))
     momentum: float = _key(0.9, "sgd only", check=_at_least(0))
@@ -393,6 +395,11 @@ def validate(cfg: Config) -> None:
     _check_fields(cfg, "")
     if cfg.test.k2 > cfg.test.k1 + 1:
         raise ConfigError(f"test.k2: expected an integer <= k1 + 1 = {cfg.test.k1 + 1}, got {cfg.test.k2!r}")
+    t = cfg.train
+    trunk_lr = t.lr * t.trunk_lr_factor  # the pull's rate is the trunk's lr * trunk_anchor
+    if t.trunk_anchor * trunk_lr >= 1:
+        raise ConfigError(f"train.trunk_anchor: expected lr * trunk_lr_factor * trunk_anchor < 1 (a larger pull "
+                          f"overshoots the pretrained weights), got {t.trunk_anchor!r} at trunk lr {trunk_lr!r}")
     if not cfg.losses:
         raise ConfigError("losses: expected at least one loss, e.g. [{name: cross_entropy}]")
     for i, spec in enumerate(cfg.losses):

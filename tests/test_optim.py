@@ -82,7 +82,7 @@ def test_trunk_lr_factor_puts_the_trunk_in_its_own_group_and_the_schedule_scales
 
 def test_trunk_anchor_pulls_the_trunk_toward_its_initial_weights_by_hand():
     from reid.builders import optimization_from_config
-    from reid.config import load_config
+    from reid.config import ConfigError, load_config
     from reid.models import build_model
 
     torch.manual_seed(0)
@@ -104,6 +104,10 @@ def test_trunk_anchor_pulls_the_trunk_toward_its_initial_weights_by_hand():
             torch.testing.assert_close(p.detach(), stepped - 0.05 * 2.0 * (stepped - before[name]))
         else:  # the heads are not anchored
             torch.testing.assert_close(p.detach(), before[name] - 0.1 * 1.9)
-    cfg = load_config(None, ["train.lr=0.1", "train.trunk_anchor=10"])
-    with pytest.raises(ValueError, match="train.trunk_anchor=10.0: lr \\* trunk_anchor must stay below 1"):
-        optimization_from_config(cfg, [model], steps_per_epoch=10, device=torch.device("cpu"))
+    # checked with the config, before any data or weights are loaded
+    with pytest.raises(ConfigError, match=r"train.trunk_anchor: expected lr \* trunk_lr_factor \* trunk_anchor < 1 "
+                                          r"\(a larger pull overshoots the pretrained weights\), got 10.0 at trunk lr 0.1"):
+        load_config(None, ["train.lr=0.1", "train.trunk_anchor=10"])
+    with pytest.raises(ConfigError, match=r"got 5.0 at trunk lr 0.2"):  # the trunk's own lr counts
+        load_config(None, ["train.lr=0.1", "train.trunk_lr_factor=2", "train.trunk_anchor=5"])
+    load_config(None, ["train.lr=0.1", "train.trunk_lr_factor=0.5", "train.trunk_anchor=15"])  # 0.05 * 15 < 1

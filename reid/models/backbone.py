@@ -85,6 +85,12 @@ def build_backbone(
     return trunk
 
 
+def backbone_label(trunk: nn.Module, name: str = "") -> str:
+    """How messages name a trunk: ``name``, else timm's model name (``mobilenetv2_100``; its
+    class is ``EfficientNet``), else the class name."""
+    return name or getattr(trunk, "pretrained_cfg", {}).get("architecture") or type(trunk).__name__
+
+
 def backbone_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The trunk's last feature map as B x C x H x W, whatever layout the timm family uses."""
     features = trunk.forward_features(images)
@@ -92,7 +98,7 @@ def backbone_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor
         features = features.permute(0, 3, 1, 2)
     if features.ndim != 4:
         raise ValueError(
-            f"backbone {type(trunk).__name__} returned features of shape {tuple(features.shape)}; "
+            f"backbone {backbone_label(trunk)} returned features of shape {tuple(features.shape)}; "
             "expected a feature map B x C x H x W (token outputs such as ViT's are not supported "
             "by the re-ID pooling heads)"
         )
@@ -199,7 +205,7 @@ def load_weights_file(trunk: nn.Module, path: str | os.PathLike) -> None:
     )
     if missing or unexpected or mismatched:
         raise ValueError(
-            f"pretrained weights file {path} does not fit backbone {type(trunk).__name__}: "
+            f"pretrained weights file {path} does not fit backbone {backbone_label(trunk)}: "
             f"{_key_summary('missing', missing)}; {_key_summary('unexpected', unexpected)}; "
             f"{_key_summary('shape mismatch', mismatched)}"
         )
@@ -314,7 +320,7 @@ def set_last_stride_one(trunk: nn.Module, *, name: str = "") -> bool:
     (ConvNeXt's patchify downsampling, ViTs without a final downsampling) is left unchanged with
     a warning. Returns True when the trunk was changed.
     """
-    label = name or type(trunk).__name__
+    label = backbone_label(trunk, name)
     probed = _probe(trunk)
     if probed is None:
         return _unsupported(label, "its output is not a feature map at the probe sizes")
@@ -378,7 +384,7 @@ def set_final_activation(trunk: nn.Module, negative_slope: float, *, name: str =
     feature map: for a timm ResNet, the last block's ``act2`` (BasicBlock) or ``act3``
     (Bottleneck). Families that end in another operation (a norm, SiLU, a conv) are an error.
     """
-    label = name or type(trunk).__name__
+    label = backbone_label(trunk, name)
     if negative_slope < 0:
         raise ValueError(f"leaky_relu: expected a negative slope >= 0, got {negative_slope!r}")
     probed = _probe(trunk)

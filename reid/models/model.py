@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import PretrainedArg, backbone_feature_map, build_backbone, set_final_activation
+from .backbone import PretrainedArg, backbone_feature_map, backbone_label, build_backbone, set_final_activation
 from .heads import BNNeck, build_classifier, build_pooling
 
 
@@ -61,7 +61,9 @@ class ReidModel(nn.Module):
     Attributes: ``backbone`` (the timm trunk), ``pool``, ``embedding`` (a Linear to
     ``embedding_dim`` dimensions, or Identity), ``neck`` (BNNeck or Identity), ``classifier``,
     ``feature_dim`` (D), ``num_classes`` (C), ``channels_last``, ``freeze_bn`` (the trunk's
-    BatchNorm layers stay in eval mode when the model trains).
+    BatchNorm layers stay in eval mode when the model trains), ``frozen_layers`` (the trunk's
+    submodules named in ``freeze_layers``: no gradients, and in eval mode when the model trains,
+    so they stay exactly as built, BatchNorm statistics included).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ReidModel(nn.Module):
         neck: bool = True,
         channels_last: bool = False,
         freeze_bn: bool = False,
+        freeze_layers: tuple[str, ...] | list[str] = (),
     ) -> None:
         super().__init__()
         if embedding_dim < 0:
@@ -89,6 +92,9 @@ class ReidModel(nn.Module):
         self.classifier = build_classifier(self.feature_dim, self.num_classes)
         self.channels_last = channels_last
         self.freeze_bn = freeze_bn
+        self.frozen_layers: tuple[str, ...] = tuple(freeze_layers)
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
         if channels_last:
             # NHWC convolutions are about 1.4x faster for inference on this CPU (docs/ARCHITECTURE.md);
             # .to(device) later keeps the layout (preserve_format).
@@ -96,13 +102,28 @@ class ReidModel(nn.Module):
 
     def train(self, mode: bool = True) -> ReidModel:
         """``nn.Module.train``; with ``freeze_bn`` the trunk's BatchNorm layers stay in eval mode, so
-        they normalise with (and keep) their pretrained running statistics."""
+        they normalise with (and keep) their pretrained running statistics; the frozen layers
+        stay in eval mode altogether."""
         super().train(mode)
         if mode and self.freeze_bn:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
         return self
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """The trunk's submodules named in ``frozen_layers`` (e.g. "conv_stem", "blocks.0")."""
+        modules = dict(self.backbone.named_modules())
+        unknown = [name for name in self.frozen_layers if not name or name not in modules]
+        if unknown:
+            children = ", ".join(name for name, _ in self.backbone.named_children())
+            raise ValueError(f"freeze_layers: backbone {backbone_label(self.backbone)} has no submodule "
+                             f"{unknown[0]!r}; its top-level ones are {children} (a nested one is named "
+                             "with dots, e.g. blocks.0)")
+        return [modules[name] for name in self.frozen_layers]
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         if self.channels_last:
@@ -218,15 +239,16 @@ def build_model(
     channels_last: bool = False,
     gem_learnable: bool = True,
     freeze_bn: bool = False,
+    freeze_layers: tuple[str, ...] | list[str] = (),
 ) -> ReidModel:
     """A ``ReidModel`` over the timm trunk ``backbone`` with ``num_classes`` training identities.
 
     pretrained / last_stride / leaky_relu: see ``build_backbone``; pooling: "avg" | "max" |
     "gem" (p = gem_p, learned unless gem_learnable=False) | "mix" (pool_lambda * max +
     (1 - pool_lambda) * avg); embedding_dim: > 0 adds a linear layer to that many dimensions;
-    neck: BNNeck between embeddings and classifier; freeze_bn: see ``ReidModel``.
+    neck: BNNeck between embeddings and classifier; freeze_bn, freeze_layers: see ``ReidModel``.
     """
     pool = build_pooling(pooling, gem_p=gem_p, gem_learnable=gem_learnable, pool_lambda=pool_lambda)
     trunk = build_backbone(backbone, pretrained=pretrained, last_stride=last_stride, leaky_relu=leaky_relu)
     return ReidModel(trunk, num_classes, pool=pool, embedding_dim=embedding_dim, neck=neck,
-                     channels_last=channels_last, freeze_bn=freeze_bn)
+                     channels_last=channels_last, freeze_bn=freeze_bn, freeze_layers=freeze_layers)

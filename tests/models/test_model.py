@@ -405,7 +405,7 @@ def test_pretrained_file_errors_name_the_path(tmp_path):
         build_backbone("test_resnet", pretrained=str(missing))
     other = tmp_path / "efficientnet.pth"
     torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), other)
-    with pytest.raises(ValueError, match=r"efficientnet.pth does not fit backbone ResNet: \d+ missing: .*conv1"):
+    with pytest.raises(ValueError, match=r"efficientnet.pth does not fit backbone test_resnet: \d+ missing: .*conv1"):
         build_backbone("test_resnet", pretrained=other)
     junk = tmp_path / "junk.pth"
     torch.save({"epoch": 1}, junk)
@@ -474,3 +474,32 @@ def test_freeze_bn_keeps_the_trunk_running_statistics_and_trains_the_rest():
     assert not torch.equal(first.running_mean, mean)
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def test_freeze_layers_keeps_the_named_trunk_layers_exactly_as_built():
+    torch.manual_seed(0)
+    model = build_model("test_resnet", num_classes=3, freeze_layers=["conv1", "bn1", "layer1"])
+    frozen = [model.backbone.conv1, model.backbone.bn1, model.backbone.layer1]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert model.training and model.backbone.layer2.training
+    assert not any(m.training for layer in frozen for m in layer.modules())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(images()).logits.square().sum().backward()
+    optimizer.step()
+    after = model.state_dict()
+    frozen_keys = [k for k in before if k.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1."))]
+    assert frozen_keys and all(torch.equal(before[k], after[k]) for k in frozen_keys)  # running stats too
+    assert all(p.grad is None for layer in frozen for p in layer.parameters())
+    # the layers above learn, and their statistics move (test_resnet zero-inits each residual
+    # branch's last BatchNorm, so the shortcut's weights are the ones with a gradient at the start)
+    assert not torch.equal(before["backbone.layer2.0.downsample.1.weight"], after["backbone.layer2.0.downsample.1.weight"])
+    assert not torch.equal(before["backbone.layer2.0.bn1.running_mean"], after["backbone.layer2.0.bn1.running_mean"])
+    model.eval()
+    assert not any(m.training for m in model.modules())
+
+
+def test_freeze_layers_names_the_valid_layers_on_a_typo():
+    with pytest.raises(ValueError, match=r"freeze_layers: backbone test_resnet has no submodule 'layer9'; its "
+                                         r"top-level ones are conv1, bn1, act1, maxpool, layer1, .*e\.g\. blocks\.0"):
+        build_model("test_resnet", num_classes=3, freeze_layers=["layer1", "layer9"])
