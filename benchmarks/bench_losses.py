@@ -22,10 +22,11 @@ Commands (run one at a time on a 2-core machine; each cell trains one model):
     .venv/bin/python benchmarks/bench_losses.py --all [--seeds 0 1 2] [--settings reid retrieval]
         every cell not yet in --results (benchmarks/results/losses.json), each stored as soon as
         it finishes (an interrupted study continues where it stopped), then the table
-    .venv/bin/python benchmarks/bench_losses.py --sweep
-        Group Loss's temperature, anchors, iterations and P x K (group_ce, seed 0) on the
+    .venv/bin/python benchmarks/bench_losses.py --sweep [tune|group_alone]
+        tune: Group Loss's temperature, anchors, iterations and P x K (group_ce, seed 0) on the
         validation split of the reid setting (data.val_ids, never the test split); stored
-        under "group_sweep"
+        under "group_sweep". group_alone: why Group Loss alone trails (temperature, detached
+        priors, anchors; group_ce's priors and label smoothing); stored under "group_alone_sweep"
     .venv/bin/python benchmarks/bench_losses.py --table
         the stored study: mean +- std (sample standard deviation over seeds) per recipe
 """
@@ -46,13 +47,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reid.config import load_config, to_dict  # noqa: E402
+from reid.config import Config, load_config, to_dict  # noqa: E402
 from reid.io import atomic_write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "losses.json"
 RECIPES = ("group_ce", "ce_triplet", "ce", "group")
 TRIPLET = {"name": "triplet", "params": {"margin": 0.3}}
+
+
+class BenchError(Exception):
+    """A user's mistake (a bad results file, mixed settings): one line, exit 2."""
 
 
 @dataclass(frozen=True)
@@ -71,17 +76,40 @@ SETTINGS = {
                          ("train.eval_untrained=false",)),
 }
 
-# The Group Loss sweep (reid setting, validation split, group_ce, seed 0): one change at a time
-# from the demo's settings, P x K at equal batch size (64 images), then the best two together.
+# Sweeps on the validation split of the reid setting (data.val_ids, never the test split), seed 0,
+# one change at a time from a base. A change holds Group Loss parameters, "pk" ("PxK": identities x
+# images per batch, 64 images each), "label_smoothing" (of the CE term) and "recipe".
 SWEEP_VAL_IDS = 30
-SWEEP = (
-    {},
-    {"temperature": 24.0}, {"temperature": 40.0}, {"temperature": 160.0},
-    {"num_anchors": 1}, {"num_anchors": 3},
-    {"num_iterations": 2}, {"num_iterations": 3},
-    {"pk": "8x8"}, {"pk": "32x2"},
-    {"temperature": 160.0, "pk": "8x8"},  # the two best single changes together
-)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    results_key: str
+    recipe: str  # of every row that names none
+    base: dict[str, Any]  # applied before each change: the demo's settings when the sweep was run
+    changes: tuple[dict[str, Any], ...]
+    about: str
+
+
+SWEEPS = {
+    # Tuning Group Loss for the demo (group_ce), from the demo's settings before it: T 80, 16 x 4.
+    "tune": Sweep("group_sweep", "group_ce", {"temperature": 80.0, "pk": "16x4"}, (
+        {},
+        {"temperature": 24.0}, {"temperature": 40.0}, {"temperature": 160.0},
+        {"num_anchors": 1}, {"num_anchors": 3},
+        {"num_iterations": 2}, {"num_iterations": 3},
+        {"pk": "8x8"}, {"pk": "32x2"},
+        {"temperature": 160.0, "pk": "8x8"},  # the two best single changes together
+    ), "Group Loss's temperature, anchors, iterations and P x K (group_ce)"),
+    # Why Group Loss alone trails (issue 11, item 6), from the demo's settings (T 160, 8 x 8).
+    "group_alone": Sweep("group_alone_sweep", "group", {}, (
+        {},
+        {"temperature": 1.0}, {"temperature": 10.0}, {"temperature": 40.0},
+        {"detach_priors": True}, {"num_anchors": 4},
+        {"recipe": "group_ce"}, {"recipe": "group_ce", "detach_priors": True},
+        {"recipe": "group_ce", "label_smoothing": 0.0},
+    ), "Group Loss alone: temperature, detached priors, anchors; and group_ce's priors and label smoothing"),
+}
 
 
 def recipe_losses(recipe: str, losses: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -101,7 +129,8 @@ def cell_config(setting: str, recipe: str, seed: int, output_dir: Path, *, val_i
                 group: dict[str, Any] | None = None, extra: list[str] | tuple[str, ...] = ()):
     """The config of one cell: the setting's config, the recipe's losses, the seed.
 
-    ``group`` overrides Group Loss parameters (and ``pk``: "PxK" identities x images per batch).
+    ``group`` overrides Group Loss parameters, ``pk`` ("PxK" identities x images per batch) and
+    ``label_smoothing`` (of the cross-entropy term).
     """
     s = SETTINGS[setting]
     base = load_config(REPO / s.config, [*s.overrides, *extra])
@@ -111,9 +140,12 @@ def cell_config(setting: str, recipe: str, seed: int, output_dir: Path, *, val_i
     if "pk" in group:
         p, k = (int(n) for n in str(group.pop("pk")).split("x"))
         overrides += [f"data.num_identities={p}", f"data.num_instances={k}"]
+    ce_params = {"label_smoothing": group.pop("label_smoothing")} if "label_smoothing" in group else {}
     for spec in losses:
         if spec["name"] == "group":
             spec["params"] = {**spec["params"], **group}
+        elif spec["name"] == "cross_entropy":
+            spec["params"] = {**spec["params"], **ce_params}
     overrides.append("losses=" + json.dumps(recipe_losses(recipe, losses)))
     return load_config(REPO / s.config, [*s.overrides, *extra, *overrides])
 
@@ -138,9 +170,9 @@ def read_results(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"error: {path}: not a readable results file ({err}); move it away to start afresh")
+        raise BenchError(f"{path}: not a readable results file ({err}); move it away to start afresh") from None
     if not isinstance(data, dict):
-        raise SystemExit(f"error: {path}: expected a JSON object at the top level")
+        raise BenchError(f"{path}: expected a JSON object at the top level")
     return data
 
 
@@ -150,8 +182,8 @@ def setting_block(data: dict[str, Any], setting: str) -> dict[str, Any]:
     return data if key is None else data.setdefault(key, {})
 
 
-def describe(setting: str) -> dict[str, Any]:
-    cfg = cell_config(setting, "group_ce", 0, Path("unused"))
+def describe(setting: str, group: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = cell_config(setting, "group_ce", 0, Path("unused"), group=group)
     return {
         "name": setting, "config": SETTINGS[setting].config, "dataset": cfg.data.name,
         "split": "test", "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
@@ -166,13 +198,30 @@ def describe(setting: str) -> dict[str, Any]:
 
 
 def check_same_setting(block: dict[str, Any], setting: dict[str, Any], path: Path) -> None:
-    """Store ``setting`` in ``block``; cells already there must have been measured with it."""
+    """Store ``setting`` in ``block``; cells already there must have been measured with it.
+
+    A config key that reid gained after the cells were measured counts as unchanged while it
+    holds its default (a new key's default keeps the old behaviour)."""
     stored = block.get("setting")
+    if (block.get("recipes") or block.get("rows")) and stored is not None and "config" in stored:
+        stored = {**stored, "config": _with_new_defaults(stored["config"], setting.get("config"),
+                                                         to_dict(Config()))}
     if (block.get("recipes") or block.get("rows")) and stored != setting:
         changed = sorted(k for k in set(setting) | set(stored or {}) if (stored or {}).get(k) != setting.get(k))
-        raise SystemExit(f"error: {path}: its {setting['name']} cells were measured with another setting "
+        raise BenchError(f"{path}: its {setting['name']} cells were measured with another setting "
                          f"(changed: {', '.join(changed)}); pass --results NEW_FILE or move the file away")
     block["setting"] = setting
+
+
+def _with_new_defaults(stored: Any, current: Any, defaults: Any) -> Any:
+    """``stored`` plus each key it lacks that ``current`` holds at its default value."""
+    if not (isinstance(stored, dict) and isinstance(current, dict) and isinstance(defaults, dict)):
+        return stored
+    merged = {k: _with_new_defaults(v, current.get(k), defaults.get(k)) for k, v in stored.items()}
+    for key, value in current.items():
+        if key not in stored and key in defaults and value == defaults[key]:
+            merged[key] = value
+    return merged
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -215,18 +264,30 @@ def run_all(args: argparse.Namespace) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
+    sweep = SWEEPS[args.sweep]
     data = read_results(args.results)
-    sweep = data.setdefault("group_sweep", {"rows": []})
-    check_same_setting(sweep, {**describe("reid"), "split": f"validation: data.val_ids={SWEEP_VAL_IDS}",
-                               "recipe": "group_ce", "seed": 0}, args.results)
-    done = {json.dumps(row["change"], sort_keys=True) for row in sweep["rows"]}
-    for change in SWEEP:
+    block = data.setdefault(sweep.results_key, {"rows": []})
+    setting = {**describe("reid", group=sweep.base), "split": f"validation: data.val_ids={SWEEP_VAL_IDS}",
+               "recipe": sweep.recipe, "seed": 0}
+    check_same_setting(block, setting, args.results)
+    done = {json.dumps(row["change"], sort_keys=True) for row in block["rows"]}
+    for change in sweep.changes:
         if json.dumps(change, sort_keys=True) in done:
             continue
-        row = {"change": change, **run_cell("reid", "group_ce", 0, val_ids=SWEEP_VAL_IDS, group=change)}
-        sweep["rows"].append(row)
+        cell = {**sweep.base, **change}
+        recipe = cell.pop("recipe", sweep.recipe)
+        row = {"change": change, **run_cell("reid", recipe, 0, val_ids=SWEEP_VAL_IDS, group=cell)}
+        block["rows"].append(row)
         atomic_write_json(args.results, data)
         print(json.dumps(row), flush=True)
+    print("\n" + sweep_table(block))
+
+
+def sweep_table(block: dict[str, Any]) -> str:
+    """One column per row of a stored sweep: its change and its validation mAP."""
+    names = [", ".join(f"{k} {v}" for k, v in row["change"].items()) or "none" for row in block["rows"]]
+    return "\n".join(["| change | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names),
+                      "| validation mAP | " + " | ".join(f"{100 * row['mAP']:.2f}" for row in block["rows"]) + " |"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--recipe", choices=RECIPES, help="run one cell and print its JSON line")
     mode.add_argument("--all", action="store_true", help="run every missing cell, store each, print the table")
-    mode.add_argument("--sweep", action="store_true", help="the Group Loss sweep on the validation split")
+    mode.add_argument("--sweep", nargs="?", const="tune", choices=tuple(SWEEPS),
+                      help="a sweep on the validation split (default: %(const)s): "
+                      + "; ".join(f"{name}: {sweep.about}" for name, sweep in SWEEPS.items()))
     mode.add_argument("--table", action="store_true", help="print the stored study")
     parser.add_argument("--seed", type=int, default=0, help="--recipe: the seed")
     parser.add_argument("--setting", choices=tuple(SETTINGS), default="reid", help="--recipe: the setting")
@@ -245,6 +308,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
+    try:
+        run(args)
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> None:
     if args.recipe:
         row = run_cell(args.setting, args.recipe, args.seed)
         print(json.dumps({"setting": args.setting, "recipe": args.recipe, "seed": args.seed, **row}))

@@ -48,6 +48,14 @@ def test_sweep_changes_reach_group_loss_and_the_batch(bench, tmp_path):
                             group={"temperature": 24.0, "num_anchors": 3, "pk": "8x8"})
     assert cfg.losses[0].params["temperature"] == 24.0 and cfg.losses[0].params["num_anchors"] == 3
     assert (cfg.data.num_identities, cfg.data.num_instances, cfg.data.val_ids) == (8, 8, 30)
+    cfg = bench.cell_config("reid", "group_ce", 0, tmp_path, group={"detach_priors": True, "label_smoothing": 0.0})
+    assert cfg.losses[0].params["detach_priors"] is True and cfg.losses[1].params["label_smoothing"] == 0.0
+    # every sweep's changes build a valid config (a typo would only fail after hours of training)
+    for sweep in bench.SWEEPS.values():
+        for change in sweep.changes:
+            cell = {**sweep.base, **change}
+            recipe = cell.pop("recipe", sweep.recipe)
+            assert bench.cell_config("reid", recipe, 0, tmp_path, val_ids=30, group=cell).losses
     with pytest.raises(ValueError, match="unknown recipe 'arcface'"):
         bench.recipe_losses("arcface", [{"name": "group"}, {"name": "cross_entropy"}])
     with pytest.raises(ValueError, match="no group loss"):
@@ -63,7 +71,7 @@ def test_table_is_mean_and_sample_std_per_recipe(bench, tmp_path):
     assert len(lines) == 3
     path = tmp_path / "losses.json"
     path.write_text("{not json")
-    with pytest.raises(SystemExit, match="not a readable results file"):
+    with pytest.raises(bench.BenchError, match="not a readable results file"):
         bench.read_results(path)
     path.write_text(json.dumps(data))
     assert bench.read_results(path) == data
@@ -72,9 +80,33 @@ def test_table_is_mean_and_sample_std_per_recipe(bench, tmp_path):
 def test_stored_cells_of_another_setting_are_refused(bench, tmp_path):
     setting = bench.describe("reid")
     block = {"setting": {**setting, "lr": 1.0}, "recipes": {"ce": {"seeds": {"0": {}}}}}
-    with pytest.raises(SystemExit, match=r"losses.json: its reid cells were measured with another setting "
+    with pytest.raises(bench.BenchError, match=r"losses.json: its reid cells were measured with another setting "
                                          r"\(changed: lr\)"):
         bench.check_same_setting(block, setting, tmp_path / "losses.json")
     fresh: dict = {}
     bench.check_same_setting(fresh, setting, tmp_path / "losses.json")
     assert fresh == {"setting": setting}
+
+
+def test_a_config_key_added_later_at_its_default_leaves_the_stored_cells_valid(bench, tmp_path):
+    setting = bench.describe("reid")
+    older = json.loads(json.dumps(setting))
+    del older["config"]["model"]["freeze_layers"]  # cells measured before the key existed
+    block = {"setting": older, "recipes": {"ce": {"seeds": {"0": {}}}}}
+    bench.check_same_setting(block, setting, tmp_path / "losses.json")
+    assert block["setting"] == setting
+    # the same key away from its default changes what is measured
+    changed = {**setting, "config": {**setting["config"],
+                                     "model": {**setting["config"]["model"], "freeze_layers": ["conv_stem"]}}}
+    block = {"setting": older, "recipes": {"ce": {"seeds": {"0": {}}}}}
+    with pytest.raises(bench.BenchError, match=r"\(changed: config\)"):
+        bench.check_same_setting(block, changed, tmp_path / "losses.json")
+
+
+def test_a_bad_results_file_is_one_line_and_exit_2(bench, tmp_path, capsys):
+    path = tmp_path / "losses.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--table", "--results", str(path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {path}: expected a JSON object at the top level\n"

@@ -271,7 +271,7 @@ def test_loss_names_come_from_the_registry(monkeypatch):
 
 @pytest.mark.parametrize("override, message", [
     ("losses=[{name: group, params: {temp: 1}}]",
-     "losses[0].params: unexpected parameter 'temp' for loss 'group'; valid: temperature, num_anchors, num_iterations"),
+     "losses[0].params: unexpected parameter 'temp' for loss 'group'; valid: temperature, num_anchors, num_iterations, detach_priors"),
     ("losses=[{name: cross_entropy}, {name: triplet, params: {margin: 0.3, p: 2, metric: cosine, k: 1}}]",
      "losses[1].params: unexpected parameters 'k', 'p' for loss 'triplet'; valid: margin, metric"),
     ("losses=[]", "losses: expected at least one loss, e.g. [{name: cross_entropy}]"),

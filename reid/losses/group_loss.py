@@ -60,6 +60,7 @@ def group_loss_probabilities(
     *,
     temperature: float,
     num_iterations: int,
+    detach_priors: bool = False,
 ) -> torch.Tensor:
     """X after ``num_iterations`` replicator steps: B x C rows on the probability simplex.
 
@@ -68,8 +69,9 @@ def group_loss_probabilities(
     Softmax priors are strictly positive and an anchor's one-hot row keeps its single entry
     (>= 1 * 1), so every row stays positive and an anchor stays exactly one-hot (its zero
     entries are multiplied, never added to). The official code has no guard either.
+    ``detach_priors``: no gradient flows from X into the logits (only into the embeddings, via W).
     """
-    priors = F.softmax(logits / temperature, dim=1)
+    priors = F.softmax((logits.detach() if detach_priors else logits) / temperature, dim=1)
     one_hot = F.one_hot(labels, num_classes=logits.shape[1]).to(priors.dtype)
     probabilities = torch.where(anchor_mask[:, None], one_hot, priors)
     similarity = pearson_similarity(embeddings)
@@ -87,13 +89,16 @@ class GroupLoss(nn.Module):
             branch (retrieval runs used 24 to 79).
         num_anchors: labelled samples per class (the first ones in batch order); 0 = none.
         num_iterations: replicator-dynamics steps (the official runs use 1 or 2).
+        detach_priors: stop the gradient into the logits (the classifier then learns only from
+            the classification loss); False, as in the official code, trains it through the priors.
 
     ``forward(embeddings B x D, logits B x C, labels B, anchor_mask=None)`` returns a scalar.
     An explicit boolean ``anchor_mask`` (B) replaces the first-per-class choice. The loss is
     computed in at least float32, outside autocast, as the products of probabilities need it.
     """
 
-    def __init__(self, temperature: float = 80.0, num_anchors: int = 2, num_iterations: int = 1) -> None:
+    def __init__(self, temperature: float = 80.0, num_anchors: int = 2, num_iterations: int = 1,
+                 detach_priors: bool = False) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature: expected a value > 0, got {temperature!r}")
@@ -104,6 +109,7 @@ class GroupLoss(nn.Module):
         self.temperature = float(temperature)
         self.num_anchors = int(num_anchors)
         self.num_iterations = int(num_iterations)
+        self.detach_priors = bool(detach_priors)
 
     def probabilities(
         self,
@@ -125,6 +131,7 @@ class GroupLoss(nn.Module):
                 anchor_mask,
                 temperature=self.temperature,
                 num_iterations=self.num_iterations,
+                detach_priors=self.detach_priors,
             )
 
     def forward(
@@ -138,7 +145,8 @@ class GroupLoss(nn.Module):
         return F.nll_loss(torch.log(probabilities + LOG_EPS), labels)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, num_anchors={self.num_anchors}, num_iterations={self.num_iterations}"
+        return (f"temperature={self.temperature}, num_anchors={self.num_anchors}, "
+                f"num_iterations={self.num_iterations}, detach_priors={self.detach_priors}")
 
 
 def _check_inputs(

@@ -238,3 +238,16 @@ def test_build_loss_by_name():
     loss = build_loss("group", temperature=24.0, num_anchors=3, num_iterations=2)
     assert isinstance(loss, GroupLoss)
     assert (loss.temperature, loss.num_anchors, loss.num_iterations) == (24.0, 3, 2)
+
+
+def test_detached_priors_give_the_same_loss_and_no_gradient_to_the_logits():
+    embeddings, logits, labels = random_batch(5)
+    plain = loss_and_grads(lambda e, z: GroupLoss(10.0, 1, 2)(e, z, labels), embeddings, logits)
+    e, z = embeddings.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    loss = GroupLoss(10.0, 1, 2, detach_priors=True)(e, z, labels)
+    loss.backward()
+    assert loss.item() == plain[0].item()
+    assert z.grad is None and plain[2].abs().max() > 1e-6  # nothing reaches the logits
+    # the embeddings' gradient through W is unchanged (the priors never depended on them)
+    torch.testing.assert_close(e.grad, plain[1], rtol=0, atol=0)
+    assert "detach_priors=True" in repr(GroupLoss(detach_priors=True))
