@@ -183,10 +183,12 @@ class RunFiles:
     def __enter__(self) -> "RunFiles":
         if not self.is_main:
             return self
-        if self.fresh and self.overwrite:
+        kept: list[str] = []
+        if self.fresh and self.overwrite and any((self.output_dir / name).exists() for name in RUN_FILES):
             for name in RUN_FILES:
                 target = self.output_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            kept = sorted(path.name for path in self.output_dir.iterdir())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._handler = logging.FileHandler(self.output_dir / "train.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
@@ -195,6 +197,9 @@ class RunFiles:
         self._level = log.level
         if log.getEffectiveLevel() > logging.INFO:
             log.setLevel(logging.INFO)
+        if kept:  # e.g. what `reid test` wrote beside the old checkpoints: not ours to remove
+            log.warning("overwrite=true replaced the previous run in %s but kept the files it did not write, "
+                        "which may describe the previous model: %s", self.output_dir, ", ".join(kept))
         self._writer = _tensorboard(self.output_dir)
         return self
 

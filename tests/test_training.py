@@ -46,12 +46,19 @@ def test_a_fresh_run_into_a_run_folder_refuses_before_anything_else(finished_run
     assert run_files(run) == before
 
 
-def test_overwrite_replaces_the_old_run(finished_run, tiny_train_args):
+def test_overwrite_replaces_the_old_run_and_names_the_files_it_keeps(finished_run, tiny_train_args, caplog):
     run, _ = finished_run
-    training.train(load_config(None, tiny_train_args + ["overwrite=true", "train.epochs=1", "train.eval_every=5"]))
+    (run / "best_test_metrics.json").write_text("{}")  # written by `reid test`, not by the run
+    with caplog.at_level("WARNING", logger="reid"):
+        training.train(load_config(None, tiny_train_args + ["overwrite=true", "train.epochs=1",
+                                                            "train.eval_every=5"]))
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1]  # a fresh log, not appended to the old one
     assert load_checkpoint(run / "last.pt")["progress"]["epoch"] == 1
+    assert (run / "best_test_metrics.json").read_text() == "{}"
+    warning = (f"overwrite=true replaced the previous run in {run} but kept the files it did not write, "
+               "which may describe the previous model: best_test_metrics.json")
+    assert warning in caplog.text and warning in (run / "train.log").read_text()
 
 
 def test_a_resumed_run_must_be_the_same_experiment(finished_run, tiny_train_args):
