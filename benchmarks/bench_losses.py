@@ -29,6 +29,9 @@ Commands (run one at a time on a 2-core machine; each cell trains one model):
         priors, anchors; group_ce's priors and label smoothing); stored under "group_alone_sweep"
     .venv/bin/python benchmarks/bench_losses.py --table
         the stored study: mean +- std (sample standard deviation over seeds) per recipe
+    .venv/bin/python benchmarks/bench_losses.py --priors outputs/demo/last.pt [more.pt ...]
+        the scale of a trained model's logits on its training images, and how far Group
+        Loss's priors softmax(Z / T) are from uniform at T = 1 ... 160 (one JSON line each)
 """
 
 from __future__ import annotations
@@ -290,6 +293,42 @@ def sweep_table(block: dict[str, Any]) -> str:
                       "| validation mAP | " + " | ".join(f"{100 * row['mAP']:.2f}" for row in block["rows"]) + " |"])
 
 
+PRIOR_TEMPERATURES = (1.0, 10.0, 40.0, 80.0, 160.0)
+
+
+def prior_sharpness(logits: Any, temperatures: tuple[float, ...] = PRIOR_TEMPERATURES) -> dict[str, float]:
+    """What Group Loss's priors softmax(Z / T) make of logits Z (N x C): the logits' standard
+    deviation, the mean spread (max - min) of a row, and the mean top prior at each T (a uniform
+    prior, which carries no information, is 1 / C)."""
+    import torch
+
+    row = {"classes": int(logits.shape[1]), "logit_std": float(logits.std()),
+           "row_spread": float((logits.max(dim=1).values - logits.min(dim=1).values).mean())}
+    for temperature in temperatures:
+        row[f"top_prior@T{temperature:g}"] = float(torch.softmax(logits / temperature, dim=1).max(dim=1).values.mean())
+    return row
+
+
+def checkpoint_priors(path: Path) -> dict[str, float]:
+    """``prior_sharpness`` of a trained model's logits on its own training images (un-augmented)."""
+    import torch
+
+    from reid import builders
+    from reid.checkpoint import load_checkpoint
+    from reid.data.loaders import build_test_loader
+
+    state = load_checkpoint(path)
+    cfg = builders.checkpoint_config(state, path)
+    model = builders.model_from_checkpoint(state, path).eval()
+    dataset = builders.dataset_from_config(cfg, generate=False)
+    d = cfg.data
+    loader = build_test_loader(dataset.train, height=d.height, width=d.width, batch_size=d.test_batch_size,
+                               num_workers=d.num_workers, pipeline=d.pipeline, resize=d.resize)
+    with torch.no_grad():
+        logits = torch.cat([model(images).logits for images, *_ in loader])
+    return prior_sharpness(logits)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -299,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
                       help="a sweep on the validation split (default: %(const)s): "
                       + "; ".join(f"{name}: {sweep.about}" for name, sweep in SWEEPS.items()))
     mode.add_argument("--table", action="store_true", help="print the stored study")
+    mode.add_argument("--priors", type=Path, nargs="+", metavar="CKPT",
+                      help="how informative Group Loss's priors softmax(Z / T) are for these trained models")
     parser.add_argument("--seed", type=int, default=0, help="--recipe: the seed")
     parser.add_argument("--setting", choices=tuple(SETTINGS), default="reid", help="--recipe: the setting")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--all: the seeds")
@@ -310,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         run(args)
-    except BenchError as err:
+    except (BenchError, ValueError, OSError) as err:  # a bad file or setting: one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -323,6 +364,9 @@ def run(args: argparse.Namespace) -> None:
         run_all(args)
     elif args.sweep:
         run_sweep(args)
+    elif args.priors:
+        for path in args.priors:
+            print(json.dumps({"checkpoint": str(path), **checkpoint_priors(path)}))
     else:
         data = read_results(args.results)
         print("\n\n".join(table(data, s) for s in SETTINGS if setting_block(data, s).get("recipes")))

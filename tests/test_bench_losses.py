@@ -110,3 +110,16 @@ def test_a_bad_results_file_is_one_line_and_exit_2(bench, tmp_path, capsys):
         bench.main(["--table", "--results", str(path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {path}: expected a JSON object at the top level\n"
+
+
+def test_prior_sharpness_by_hand(bench):
+    import math
+
+    import torch
+
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]])  # softmax: [1/4, 3/4], [3/4, 1/4]
+    row = bench.prior_sharpness(logits, temperatures=(1.0, 2.0))
+    assert row["classes"] == 2 and row["row_spread"] == pytest.approx(math.log(3.0))
+    assert row["logit_std"] == pytest.approx(float(logits.std()))
+    assert row["top_prior@T1"] == pytest.approx(0.75)
+    assert row["top_prior@T2"] == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)))  # softmax of [0, log(3) / 2]
