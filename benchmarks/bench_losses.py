@@ -188,7 +188,7 @@ def setting_block(data: dict[str, Any], setting: str) -> dict[str, Any]:
 def describe(setting: str, group: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = cell_config(setting, "group_ce", 0, Path("unused"), group=group)
     return {
-        "name": setting, "config": SETTINGS[setting].config, "dataset": cfg.data.name,
+        "name": setting, "dataset": cfg.data.name,  # the config file: SETTINGS[name].config
         "split": "test", "backbone": cfg.model.backbone, "pretrained": cfg.model.pretrained,
         "input": f"{cfg.data.height}x{cfg.data.width}", "epochs": cfg.train.epochs,
         "iters_per_epoch": cfg.train.iters_per_epoch,

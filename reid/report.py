@@ -41,7 +41,8 @@ from . import visualization as vis
 from .evaluation.evaluator import _columns as metric_columns  # the table columns of each protocol
 from .data.datasets.base import PROTOCOLS
 from .evaluation.evaluator import protocol_camids, verification_summary
-from .evaluation.rank import ArrayLike, _labels, _to_numpy, evaluate_rank, protocol_arrays
+from .evaluation.arrays import ArrayLike, as_labels, as_numpy
+from .evaluation.rank import evaluate_rank, protocol_arrays
 from .evaluation.verification import DEFAULT_FPRS, _same_pid_pairs, roc_curve, verification_metrics
 from .io import atomic_write_json, atomic_write_text
 
@@ -130,8 +131,8 @@ def _labelled(items: Any, name: str) -> tuple[list[str], np.ndarray, np.ndarray]
         except (TypeError, ValueError):
             raise TypeError(f"{name}: expected a FeatureSet or a (paths, pids, camids) tuple") from None
     paths = [os.fspath(p) for p in paths]
-    return (paths, _labels(pids, f"{name} pids", len(paths), "one per path"),
-            _labels(camids, f"{name} camids", len(paths), "one per path"))
+    return (paths, as_labels(pids, f"{name} pids", len(paths), "one per path"),
+            as_labels(camids, f"{name} camids", len(paths), "one per path"))
 
 
 def _plain(value: Any) -> Any:
@@ -216,7 +217,7 @@ def write_report(
         gallery = query
     q_paths, q_pids, q_cams_given = _labelled(query, "query")
     g_paths, g_pids, g_cams_given = _labelled(gallery, "gallery")
-    dist = np.ascontiguousarray(_to_numpy(distmat, "distmat"), dtype=np.float32)
+    dist = np.ascontiguousarray(as_numpy(distmat, "distmat"), dtype=np.float32)
     if dist.shape != (len(q_paths), len(g_paths)):
         raise ValueError(f"distmat: expected shape ({len(q_paths)}, {len(g_paths)}) (queries x gallery), got "
                          f"{dist.shape}")
@@ -236,7 +237,7 @@ def write_report(
     fprs = tuple(verification.tpr_at_fpr)  # checked, as floats
     curves = {metric_name: result.cmc}
     if reranked_distmat is not None:
-        reranked = np.ascontiguousarray(_to_numpy(reranked_distmat, "reranked_distmat"), dtype=np.float32)
+        reranked = np.ascontiguousarray(as_numpy(reranked_distmat, "reranked_distmat"), dtype=np.float32)
         if reranked.shape != dist.shape:
             raise ValueError(f"reranked_distmat: expected shape {dist.shape} (as distmat), got {reranked.shape}")
         reranked_result = evaluate_rank(reranked, *labels, max_rank=max_rank)

@@ -33,8 +33,8 @@ from matplotlib.ticker import MaxNLocator
 
 from .data.transforms import read_image
 from .data.datasets.base import JUNK_PID  # Market-1501's junk images, left out of rank lists
-from .evaluation.rank import _labels, average_precision, protocol_arrays, query_average_precision
-from .evaluation.rank import _to_numpy as _numpy  # (x, name, ndim): checked conversion to numpy
+from .evaluation.arrays import as_labels, as_numpy
+from .evaluation.rank import average_precision, protocol_arrays, query_average_precision
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 # (paths, pids, camids), row-aligned: one entry per query or gallery image.
@@ -117,7 +117,7 @@ def _check_labelled(items: Labelled, name: str, length: int) -> tuple[list[str],
     if len(paths) != length:
         raise ValueError(f"{name}: expected {length} paths (one per distance matrix row/column), got {len(paths)}")
     expected = "one per distance matrix row/column"
-    return paths, _labels(pids, f"{name} pids", length, expected), _labels(camids, f"{name} camids", length, expected)
+    return paths, as_labels(pids, f"{name} pids", length, expected), as_labels(camids, f"{name} camids", length, expected)
 
 
 def ranked_gallery(distances: ArrayLike, query_pid: int, query_camid: int, gallery_pids: ArrayLike,
@@ -135,9 +135,9 @@ def ranked_gallery(distances: ArrayLike, query_pid: int, query_camid: int, galle
         (indices into the gallery, boolean matches), rank order. Ties are broken by gallery
         index, as in ``evaluate_rank``; same-pid same-camera items and junk (pid -1) are left out.
     """
-    row = _numpy(distances, "distances", 1).astype(np.float32)
-    g_pids = _labels(gallery_pids, "gallery_pids", row.shape[0], "one per distance")
-    g_camids = _labels(gallery_camids, "gallery_camids", row.shape[0], "one per distance")
+    row = as_numpy(distances, "distances", 1).astype(np.float32)
+    g_pids = as_labels(gallery_pids, "gallery_pids", row.shape[0], "one per distance")
+    g_camids = as_labels(gallery_camids, "gallery_camids", row.shape[0], "one per distance")
     order = np.argsort(row, kind="stable")
     if query_pid == JUNK_PID:
         keep = np.ones(row.shape[0], dtype=bool)
@@ -171,7 +171,7 @@ def select_queries(num_queries: int, *, indices: Sequence[int] | None = None, co
         if ap is None:
             raise ValueError("select_queries: worst=True needs the per-query ap "
                              "(see reid.evaluation.rank.query_average_precision)")
-        ap = _numpy(ap, "ap", 1).astype(np.float64)
+        ap = as_numpy(ap, "ap", 1).astype(np.float64)
         if ap.shape[0] != num_queries:
             raise ValueError(f"ap: expected {num_queries} values (one per query), got {ap.shape[0]}")
         valid = np.flatnonzero(~np.isnan(ap))
@@ -238,7 +238,7 @@ def compose_rank_list(distances: ArrayLike, query: tuple[str, int, int], gallery
     if top_k < 1:
         raise ValueError(f"top_k={top_k}: expected a positive number of gallery columns")
     layout = DEFAULT_LAYOUT if cell_size is None else RankListLayout.for_cell(cell_size)
-    row = _numpy(distances, "distances", 1)
+    row = as_numpy(distances, "distances", 1)
     g_paths, g_pids, g_camids = _check_labelled(gallery, "gallery", row.shape[0])
     q_path, q_pid, q_camid = os.fspath(query[0]), int(query[1]), int(query[2])
     order, matches = ranked_gallery(row, q_pid, q_camid, g_pids, g_camids)
@@ -308,7 +308,7 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
     Returns:
         The PNG paths written.
     """
-    dist = _numpy(distmat, "distmat", 2)
+    dist = as_numpy(distmat, "distmat", 2)
     num_q, num_g = dist.shape
     q_paths, q_pids, q_camids = _check_labelled(query, "query", num_q)
     gallery = _check_labelled(gallery, "gallery", num_g)
@@ -385,7 +385,7 @@ def plot_cmc(curves: Mapping[str, ArrayLike], path: str | Path, *, max_rank: int
     ax = fig.add_subplot()
     rank1 = []
     for name, cmc in curves.items():
-        values = _numpy(cmc, f"CMC curve {name!r}", 1)[:max_rank].astype(np.float64)
+        values = as_numpy(cmc, f"CMC curve {name!r}", 1)[:max_rank].astype(np.float64)
         if values.size == 0:
             raise ValueError(f"CMC curve {name!r} is empty; expected at least one rank")
         rank1.append(values[0])
@@ -531,8 +531,8 @@ def plot_roc(fpr: ArrayLike, tpr: ArrayLike, path: str | Path, *,
     among the curve and the ``points``). ``points`` maps a legend label to an ``(fpr, tpr)``
     marker, e.g. the operating points at fixed FPRs and the EER point.
     """
-    x = _numpy(fpr, "fpr", 1).astype(np.float64)
-    y = _numpy(tpr, "tpr", 1).astype(np.float64)
+    x = as_numpy(fpr, "fpr", 1).astype(np.float64)
+    y = as_numpy(tpr, "tpr", 1).astype(np.float64)
     if x.shape != y.shape or x.size == 0:
         raise ValueError(f"plot_roc: expected fpr and tpr of one non-zero length, got {x.shape} and {y.shape}")
     points = dict(points or {})

@@ -14,7 +14,8 @@ import numpy as np
 
 from .distance import pairwise_distance
 from .features import FeatureSet, postprocess_features
-from .rank import ArrayLike, _to_numpy, evaluate_rank
+from .arrays import ArrayLike, as_numpy
+from .rank import evaluate_rank
 from .rerank import rerank as rerank_features
 
 
@@ -25,8 +26,8 @@ def protocol_camids(protocol: str, query_camids: ArrayLike, gallery_camids: Arra
     on both sides, so only the query itself shares its pid and camera. ``"query_gallery"``:
     queries 0, gallery 1, so nothing is left out.
     """
-    q = np.asarray(_to_numpy(query_camids, "query camids")).astype(np.int64)
-    g = np.asarray(_to_numpy(gallery_camids, "gallery camids")).astype(np.int64)
+    q = np.asarray(as_numpy(query_camids, "query camids")).astype(np.int64)
+    g = np.asarray(as_numpy(gallery_camids, "gallery camids")).astype(np.int64)
     if protocol == "reid":
         return q, g
     if protocol == "leave_one_out":

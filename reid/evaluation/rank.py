@@ -25,14 +25,12 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 import torch
 
 from ..progress import progress_bar
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
+from .arrays import ArrayLike, as_labels, as_numpy
 
 AP_KINDS = ("standard", "trapezoid")
 # Elements of the distance matrix per block of queries: ~4M float32 (16 MiB) keeps a block's
@@ -70,43 +68,17 @@ class RankResult:
         return self.num_queries - self.num_valid_queries
 
 
-def _to_numpy(x: ArrayLike, name: str, ndim: int | None = None) -> np.ndarray:
-    """``x`` (numpy, torch on any device, or a nested list) as a numpy array, with ``ndim`` dimensions if given."""
-    if isinstance(x, torch.Tensor):
-        arr = x.detach().cpu().numpy()
-    elif isinstance(x, np.ndarray):
-        arr = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except Exception as err:  # pragma: no cover - numpy's own message is kept as the cause
-            raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}") from err
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
-    return arr
-
-
-def _labels(x: ArrayLike, name: str, length: int, expected: str) -> np.ndarray:
-    """1-D integer labels of ``length`` entries as int64 (``expected`` says what they align with)."""
-    arr = _to_numpy(x, name)
-    if arr.ndim != 1 or arr.shape[0] != length:
-        raise ValueError(f"{name}: expected a 1-D array of length {length} ({expected}), got shape {arr.shape}")
-    if arr.dtype.kind not in "iub":
-        raise TypeError(f"{name}: expected integer labels, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
-
-
 def protocol_arrays(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
                     g_camids: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The inputs of the protocol checked and as numpy: the q x g distances (dtype kept) and four int64 label arrays."""
-    dist = _to_numpy(distmat, "distmat")
+    dist = as_numpy(distmat, "distmat")
     if dist.ndim != 2:
         raise ValueError(f"distmat: expected a 2-D num_query x num_gallery matrix, got shape {dist.shape}")
     num_q, num_g = dist.shape
-    return (dist, _labels(q_pids, "q_pids", num_q, "one per distmat row"),
-            _labels(g_pids, "g_pids", num_g, "one per distmat column"),
-            _labels(q_camids, "q_camids", num_q, "one per distmat row"),
-            _labels(g_camids, "g_camids", num_g, "one per distmat column"))
+    return (dist, as_labels(q_pids, "q_pids", num_q, "one per distmat row"),
+            as_labels(g_pids, "g_pids", num_g, "one per distmat column"),
+            as_labels(q_camids, "q_camids", num_q, "one per distmat row"),
+            as_labels(g_camids, "g_camids", num_g, "one per distmat column"))
 
 
 def _order_keys(values: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .distance import METRICS, MIN_CHUNK_ROWS, as_feature_pair, squared_euclidean_block
-from .rank import _labels, _to_numpy
+from .arrays import as_labels, as_numpy
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -212,8 +212,8 @@ def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
     else:
         queries, gallery = as_feature_pair(query_features, gallery_features, "query_features", "gallery_features")
     num_q, num_g = queries.shape[0], gallery.shape[0]
-    q_labels = _labels(query_labels, "query_labels", num_q, "one per query row")
-    g_labels = q_labels if leave_one_out else _labels(gallery_labels, "gallery_labels", num_g, "one per gallery row")
+    q_labels = as_labels(query_labels, "query_labels", num_q, "one per query row")
+    g_labels = q_labels if leave_one_out else as_labels(gallery_labels, "gallery_labels", num_g, "one per gallery row")
     dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
     queries = queries.to(dtype)
     gallery = gallery.to(device=queries.device, dtype=dtype)
@@ -281,7 +281,7 @@ def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
 
 
 def _partition(x: ArrayLike, name: str, length: int | None = None) -> np.ndarray:
-    arr = _to_numpy(x, name)
+    arr = as_numpy(x, name)
     if arr.ndim != 1 or (length is not None and arr.shape[0] != length):
         expected = "a 1-D array" if length is None else f"a 1-D array of length {length}"
         raise ValueError(f"{name}: expected {expected}, got shape {arr.shape}")
@@ -469,7 +469,7 @@ def cluster_metrics(features: ArrayLike, labels: ArrayLike, num_clusters: int | 
         raise ValueError(f"backend={backend!r}: expected one of {', '.join(KMEANS_BACKENDS)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter={max_iter!r}: expected a positive integer")
-    x = _to_numpy(features, "features")
+    x = as_numpy(features, "features")
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"features: expected a non-empty 2-D n x dim array, got shape {x.shape}")
     x = np.ascontiguousarray(x, dtype=np.float32)

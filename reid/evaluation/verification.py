@@ -35,7 +35,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .rank import ArrayLike, _labels, _to_numpy
+from .arrays import ArrayLike, as_labels, as_numpy
 
 DEFAULT_FPRS = (1e-4, 1e-3, 1e-2)
 
@@ -104,7 +104,7 @@ def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray,
 def _split_pairs(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
                  g_camids: ArrayLike) -> _Pairs:
     """Checks the inputs and returns the sorted negative and positive pair distances."""
-    given = _to_numpy(distmat, "distmat")
+    given = as_numpy(distmat, "distmat")
     if given.ndim != 2:
         raise ValueError(f"distmat: expected a 2-D num_query x num_gallery matrix, got shape {given.shape}")
     num_q, num_g = given.shape
@@ -113,10 +113,10 @@ def _split_pairs(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_cam
     if given.dtype.kind not in "fiub":
         raise TypeError(f"distmat: expected real distances, got dtype {given.dtype}")
     dist = np.ascontiguousarray(given, dtype=np.float32)
-    q_pids = _labels(q_pids, "q_pids", num_q, "one per distmat row")
-    g_pids = _labels(g_pids, "g_pids", num_g, "one per distmat column")
-    q_camids = _labels(q_camids, "q_camids", num_q, "one per distmat row")
-    g_camids = _labels(g_camids, "g_camids", num_g, "one per distmat column")
+    q_pids = as_labels(q_pids, "q_pids", num_q, "one per distmat row")
+    g_pids = as_labels(g_pids, "g_pids", num_g, "one per distmat column")
+    q_camids = as_labels(q_camids, "q_camids", num_q, "one per distmat row")
+    g_camids = as_labels(g_camids, "g_camids", num_g, "one per distmat column")
 
     rows, cols = _same_pid_pairs(q_pids, g_pids)
     same = rows * num_g + cols  # flat indices of the (few) same-pid pairs
