@@ -38,12 +38,11 @@ from typing import Any
 import numpy as np
 
 from . import visualization as vis
-from .evaluation.evaluator import _columns as metric_columns  # the table columns of each protocol
 from .data.datasets.base import PROTOCOLS
-from .evaluation.evaluator import protocol_camids, verification_summary
 from .evaluation.arrays import ArrayLike, as_labels, as_numpy
+from .evaluation.evaluator import metric_columns, protocol_camids, verification_summary
 from .evaluation.rank import evaluate_rank, protocol_arrays
-from .evaluation.verification import DEFAULT_FPRS, _same_pid_pairs, roc_curve, verification_metrics
+from .evaluation.verification import DEFAULT_FPRS, roc_curve, same_pid_pairs, verification_metrics
 from .io import atomic_write_json, atomic_write_text
 
 
@@ -79,7 +78,7 @@ def first_hit_ranks(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_
     if num_q == 0 or num_g == 0:
         return ranks
 
-    rows, cols = _same_pid_pairs(q_pids, g_pids)
+    rows, cols = same_pid_pairs(q_pids, g_pids)
     values = dist[rows, cols]
     if np.isnan(values).any():
         raise ValueError("distmat contains NaN; expected numbers (inf is allowed)")

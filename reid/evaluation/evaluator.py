@@ -157,7 +157,8 @@ _REID_COLUMNS = [("mAP", "mAP"), ("mINP", "mINP"), ("rank1", "Rank-1"), ("rank5"
 _RETRIEVAL_COLUMNS = [("map_at_r", "MAP@R"), ("r_precision", "R-prec"), ("nmi", "NMI"), ("f1", "F1")]
 
 
-def _columns(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+def metric_columns(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (key, header) columns of a results table for these rows: re-ID or retrieval metrics."""
     if any("mAP" in metrics for metrics in rows.values()):
         return _REID_COLUMNS
     recalls = sorted({key for metrics in rows.values() for key in metrics if key.startswith("recall@")},
@@ -168,7 +169,7 @@ def _columns(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
 def metrics_table(rows: dict[str, dict[str, Any]]) -> str:
     """A Markdown table in percent, one row per named result: mAP, mINP and Rank-1/5/10 for
     re-ID; Recall@K, MAP@R, R-precision, NMI and F1 for retrieval."""
-    columns = _columns(rows)
+    columns = metric_columns(rows)
     width = max([len("run")] + [len(name) for name in rows])
     lines = [f"| {'run':<{width}} | " + " | ".join(f"{title:>7}" for _, title in columns) + " |",
              f"|{'-' * (width + 2)}|" + "|".join("-" * 9 for _ in columns) + "|"]

@@ -88,7 +88,7 @@ class _Pairs:
         return np.searchsorted(self.negatives, keys, side), np.searchsorted(self.positives, keys, side)
 
 
-def _same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of every query x gallery pair with equal pids, found by grouping the gallery."""
     gallery_by_pid = np.argsort(g_pids, kind="stable")
     group_pids, group_starts, group_sizes = np.unique(g_pids[gallery_by_pid], return_index=True,
@@ -118,7 +118,7 @@ def _split_pairs(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_cam
     q_camids = as_labels(q_camids, "q_camids", num_q, "one per distmat row")
     g_camids = as_labels(g_camids, "g_camids", num_g, "one per distmat column")
 
-    rows, cols = _same_pid_pairs(q_pids, g_pids)
+    rows, cols = same_pid_pairs(q_pids, g_pids)
     same = rows * num_g + cols  # flat indices of the (few) same-pid pairs
     same_values = dist.reshape(-1)[same]
     same_camera = q_camids[rows] == g_camids[cols]
