@@ -26,7 +26,7 @@ Commands (run one at a time on a 2-core machine; each cell trains one model):
         tune: Group Loss's temperature, anchors, iterations and P x K (group_ce, seed 0) on the
         validation split of the reid setting (data.val_ids, never the test split); stored
         under "group_sweep". group_alone: why Group Loss alone trails (temperature, detached
-        priors, anchors; group_ce's priors and label smoothing); stored under "group_alone_sweep"
+        priors, anchors, lr; group_ce's priors and label smoothing); stored under "group_alone_sweep"
     .venv/bin/python benchmarks/bench_losses.py --table
         the stored study: mean +- std (sample standard deviation over seeds) per recipe
     .venv/bin/python benchmarks/bench_losses.py --priors outputs/demo/last.pt [more.pt ...]
@@ -81,7 +81,7 @@ SETTINGS = {
 
 # Sweeps on the validation split of the reid setting (data.val_ids, never the test split), seed 0,
 # one change at a time from a base. A change holds Group Loss parameters, "pk" ("PxK": identities x
-# images per batch, 64 images each), "label_smoothing" (of the CE term) and "recipe".
+# images per batch, 64 images each), "label_smoothing" (of the CE term), "lr" and "recipe".
 SWEEP_VAL_IDS = 30
 
 
@@ -111,7 +111,8 @@ SWEEPS = {
         {"detach_priors": True}, {"num_anchors": 4},
         {"recipe": "group_ce"}, {"recipe": "group_ce", "detach_priors": True},
         {"recipe": "group_ce", "label_smoothing": 0.0},
-    ), "Group Loss alone: temperature, detached priors, anchors; and group_ce's priors and label smoothing"),
+        {"lr": 0.003}, {"lr": 0.012},  # the lr was tuned with CE present
+    ), "Group Loss alone: temperature, detached priors, anchors, lr; and group_ce's priors and label smoothing"),
 }
 
 
@@ -132,8 +133,8 @@ def cell_config(setting: str, recipe: str, seed: int, output_dir: Path, *, val_i
                 group: dict[str, Any] | None = None, extra: list[str] | tuple[str, ...] = ()):
     """The config of one cell: the setting's config, the recipe's losses, the seed.
 
-    ``group`` overrides Group Loss parameters, ``pk`` ("PxK" identities x images per batch) and
-    ``label_smoothing`` (of the cross-entropy term).
+    ``group`` overrides Group Loss parameters, ``pk`` ("PxK" identities x images per batch),
+    ``label_smoothing`` (of the cross-entropy term) and ``lr``.
     """
     s = SETTINGS[setting]
     base = load_config(REPO / s.config, [*s.overrides, *extra])
@@ -143,6 +144,8 @@ def cell_config(setting: str, recipe: str, seed: int, output_dir: Path, *, val_i
     if "pk" in group:
         p, k = (int(n) for n in str(group.pop("pk")).split("x"))
         overrides += [f"data.num_identities={p}", f"data.num_instances={k}"]
+    if "lr" in group:
+        overrides.append(f"train.lr={group.pop('lr')}")
     ce_params = {"label_smoothing": group.pop("label_smoothing")} if "label_smoothing" in group else {}
     for spec in losses:
         if spec["name"] == "group":

@@ -48,8 +48,10 @@ def test_sweep_changes_reach_group_loss_and_the_batch(bench, tmp_path):
                             group={"temperature": 24.0, "num_anchors": 3, "pk": "8x8"})
     assert cfg.losses[0].params["temperature"] == 24.0 and cfg.losses[0].params["num_anchors"] == 3
     assert (cfg.data.num_identities, cfg.data.num_instances, cfg.data.val_ids) == (8, 8, 30)
-    cfg = bench.cell_config("reid", "group_ce", 0, tmp_path, group={"detach_priors": True, "label_smoothing": 0.0})
+    cfg = bench.cell_config("reid", "group_ce", 0, tmp_path,
+                            group={"detach_priors": True, "label_smoothing": 0.0, "lr": 0.003})
     assert cfg.losses[0].params["detach_priors"] is True and cfg.losses[1].params["label_smoothing"] == 0.0
+    assert cfg.train.lr == 0.003
     # every sweep's changes build a valid config (a typo would only fail after hours of training)
     for sweep in bench.SWEEPS.values():
         for change in sweep.changes:
