@@ -42,7 +42,7 @@ from .data.datasets.base import PROTOCOLS
 from .evaluation.arrays import ArrayLike, as_labels, as_numpy
 from .evaluation.evaluator import metric_columns, protocol_camids, verification_summary
 from .evaluation.rank import evaluate_rank, protocol_arrays
-from .evaluation.verification import DEFAULT_FPRS, roc_curve, same_pid_pairs, verification_metrics
+from .evaluation.verification import DEFAULT_FPRS, same_pid_pairs, verification_metrics
 from .io import atomic_write_json, atomic_write_text
 
 
@@ -232,7 +232,7 @@ def write_report(
     if protocol == "reid":
         _check_consistent(metrics, result, "")
     first_rank = first_hit_ranks(dist, *labels)
-    verification = verification_metrics(dist, *labels, fprs=verification_fprs)
+    verification = verification_metrics(dist, *labels, fprs=verification_fprs, with_roc=True)
     fprs = tuple(verification.tpr_at_fpr)  # checked, as floats
     curves = {metric_name: result.cmc}
     if reranked_distmat is not None:
@@ -250,7 +250,7 @@ def write_report(
     vis.plot_cmc(curves, out / "cmc.png", max_rank=min(20, max_rank),
                  title=f"CMC ({result.num_valid_queries} queries)")
     figures.append(("cmc.png", "CMC: share of queries with a true match within the first k ranks."))
-    fpr, tpr, _ = roc_curve(dist, *labels)
+    fpr, tpr, _ = verification.roc
     points = {f"FPR {f:g}: TPR {verification.tpr_at_fpr[f]:.3f}": (f, verification.tpr_at_fpr[f]) for f in fprs}
     points[f"EER {verification.eer:.3f}"] = (verification.eer, 1.0 - verification.eer)
     # The axis starts a decade below the smallest FPR asked for; the curve left of it sits on the edge.

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -63,6 +63,9 @@ class VerificationResult:
     num_positive_pairs: same pid, different camera.
     num_negative_pairs: different pids.
     num_excluded_pairs: same pid, same camera (left out, as in the ranking protocol).
+    roc: ``(fpr, tpr, thresholds)`` as ``roc_curve`` returns them (its default
+        ``drop_intermediate``) when asked for with ``with_roc=True``, else None: one split and
+        sort of the pairs serves both.
     """
 
     auc: float
@@ -73,6 +76,7 @@ class VerificationResult:
     num_positive_pairs: int
     num_negative_pairs: int
     num_excluded_pairs: int
+    roc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,8 @@ def _mann_whitney_auc(pairs: _Pairs) -> float:
 
 
 def verification_metrics(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
-                         g_camids: ArrayLike, fprs: Iterable[float] = DEFAULT_FPRS) -> VerificationResult:
+                         g_camids: ArrayLike, fprs: Iterable[float] = DEFAULT_FPRS,
+                         with_roc: bool = False) -> VerificationResult:
     """AUC, EER and TPR at fixed FPRs of the query x gallery pairs (smaller distance = more similar).
 
     Args:
@@ -232,6 +237,7 @@ def verification_metrics(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLik
         q_pids, g_pids, q_camids, g_camids: integer labels (numpy or torch).
         fprs: false positive rates in (0, 1] for ``tpr_at_fpr`` / ``threshold_at_fpr``; the
             keys of those dicts are these values as floats.
+        with_roc: also fill ``roc`` (what ``roc_curve`` returns, without sorting the pairs again).
 
     Returns:
         VerificationResult (definitions there and in the module docstring). Raises ValueError
@@ -245,7 +251,8 @@ def verification_metrics(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLik
                               tpr_at_fpr={f: tpr for f, (tpr, _) in at_fpr.items()},
                               threshold_at_fpr={f: t for f, (_, t) in at_fpr.items()},
                               num_positive_pairs=int(pairs.positives.size),
-                              num_negative_pairs=int(pairs.negatives.size), num_excluded_pairs=pairs.num_excluded)
+                              num_negative_pairs=int(pairs.negatives.size), num_excluded_pairs=pairs.num_excluded,
+                              roc=_roc(pairs, drop_intermediate=True) if with_roc else None)
 
 
 def _full_curve(pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -314,6 +321,9 @@ def roc_curve(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids
     Returns:
         fpr, tpr (float64) and thresholds (float64 holding float32 distance values, ``-inf`` first).
     """
-    pairs = _split_pairs(distmat, q_pids, g_pids, q_camids, g_camids)
+    return _roc(_split_pairs(distmat, q_pids, g_pids, q_camids, g_camids), drop_intermediate)
+
+
+def _roc(pairs: _Pairs, drop_intermediate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     fp, tp, thresholds = _full_curve(pairs) if not drop_intermediate else _vertices(pairs)
     return fp / pairs.negatives.size, tp / pairs.positives.size, thresholds

@@ -267,3 +267,13 @@ def test_auc_matches_sklearn(integer: bool) -> None:
     case = _random_case(7, num_q=20, num_g=60, integer=integer)
     values, labels = _pairs_loop(*case)
     assert verification_metrics(*case).auc == pytest.approx(metrics.roc_auc_score(labels, -values), abs=1e-12)
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_with_roc_gives_roc_curve_from_the_same_pairs(integer: bool) -> None:
+    case = _random_case(7, integer=integer)
+    plain = verification_metrics(*case)
+    both = verification_metrics(*case, with_roc=True)
+    assert plain.roc is None and both == plain  # the metrics do not change (roc is not compared)
+    for got, expected in zip(both.roc, roc_curve(*case)):
+        np.testing.assert_array_equal(got, expected)
