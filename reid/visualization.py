@@ -218,7 +218,8 @@ def _format_ap(ap: float | None) -> str:
 
 
 def compose_rank_list(distances: ArrayLike, query: tuple[str, int, int], gallery: Labelled, *, top_k: int = 10,
-                      ap: float | None = None, cell_size: tuple[int, int] | None = None) -> np.ndarray:
+                      ap: float | None = None, cell_size: tuple[int, int] | None = None,
+                      cameras: bool = True) -> np.ndarray:
     """One row: the query, then its ``top_k`` gallery images, as an H x W x 3 uint8 RGB array.
 
     Args:
@@ -229,6 +230,8 @@ def compose_rank_list(distances: ArrayLike, query: tuple[str, int, int], gallery
             grid keep one width).
         ap: the AP to print under the query; computed from ``distances`` when None.
         cell_size: (height, width) each image is resized to (default 128 x 64).
+        cameras: False for a retrieval protocol, whose camids only encode which items a query
+            leaves out (leave-one-out: the item's own index): the labels then read "class N".
 
     Borders: ``QUERY_COLOR`` for the query, ``MATCH_COLOR`` / ``NON_MATCH_COLOR`` for true and
     wrong matches (``UNKNOWN_COLOR`` when the query's pid is -1). Under the query: pid, camera
@@ -246,14 +249,20 @@ def compose_rank_list(distances: ArrayLike, query: tuple[str, int, int], gallery
         ap = average_precision(matches)
 
     canvas = np.full((*layout.size(top_k), 3), BACKGROUND_COLOR, dtype=np.uint8)
-    pid_text = "pid ?" if q_pid == JUNK_PID else f"pid {q_pid}"
-    _draw_tile(canvas, read_image(q_path), 0, QUERY_COLOR, ["query", f"{pid_text} c{q_camid + 1}", _format_ap(ap)],
+    _draw_tile(canvas, read_image(q_path), 0, QUERY_COLOR, ["query", _label(q_pid, q_camid, cameras), _format_ap(ap)],
                layout)
     for rank, (g, is_match) in enumerate(zip(order[:top_k].tolist(), matches[:top_k].tolist()), start=1):
         color = UNKNOWN_COLOR if q_pid == JUNK_PID else (MATCH_COLOR if is_match else NON_MATCH_COLOR)
-        lines = [f"#{rank}", _format_distance(float(row[g])), f"pid {g_pids[g]} c{g_camids[g] + 1}"]
+        lines = [f"#{rank}", _format_distance(float(row[g])), _label(int(g_pids[g]), int(g_camids[g]), cameras)]
         _draw_tile(canvas, read_image(g_paths[g]), rank, color, lines, layout)
     return canvas
+
+
+def _label(pid: int, camid: int, cameras: bool) -> str:
+    """"pid 12 c3" (cameras 1-based, as in the file names), or "class 12" without cameras."""
+    if not cameras:
+        return f"class {pid}"
+    return f"{'pid ?' if pid == JUNK_PID else f'pid {pid}'} c{camid + 1}"
 
 
 def save_image(image: np.ndarray, path: str | Path, *, colors: int | None = None) -> Path:
@@ -295,7 +304,7 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
                     query_indices: Sequence[int] | None = None, num_random: int | None = None,
                     worst: int | None = None, top_k: int = 10, grid: bool = False, html: bool = False,
                     cell_size: tuple[int, int] | None = None, seed: int = 0,
-                    png_colors: int | None = None) -> list[Path]:
+                    png_colors: int | None = None, cameras: bool = True) -> list[Path]:
     """Draw rank lists of chosen, random or worst queries and write them as PNGs under ``out_dir``.
 
     Exactly one of ``query_indices`` (these queries), ``num_random`` (that many random ones,
@@ -303,7 +312,8 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
     random queries. One PNG per query (``query_<index>.png``), or with ``grid`` one
     ``rank_lists.png`` stacking the rows in selection order. ``html`` also writes
     ``index.html`` listing the PNGs with each query's pid, camera and AP. ``png_colors``
-    writes palette PNGs of that many colours (see ``save_image``).
+    writes palette PNGs of that many colours (see ``save_image``). ``cameras``: see
+    ``compose_rank_list`` (False: no camera in the labels or the page).
 
     Returns:
         The PNG paths written.
@@ -328,7 +338,7 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
 
     out_dir = Path(out_dir)
     rows = [compose_rank_list(dist[i], (q_paths[i], q_pids[i], q_camids[i]), gallery, top_k=top_k,
-                              ap=float(ap[i]), cell_size=cell_size) for i in chosen.tolist()]
+                              ap=float(ap[i]), cell_size=cell_size, cameras=cameras) for i in chosen.tolist()]
     if grid:
         written = [save_image(np.concatenate(rows, axis=0), out_dir / "rank_lists.png", colors=png_colors)]
         entries = [(written[0], i) for i in chosen.tolist()]
@@ -337,27 +347,32 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
                    for image, i in zip(rows, chosen.tolist())]
         entries = list(zip(written, chosen.tolist()))
     if html:
-        _write_html(out_dir / "index.html", entries, q_paths, q_pids, q_camids, ap, grid=grid)
+        _write_html(out_dir / "index.html", entries, q_paths, q_pids, q_camids if cameras else None, ap, grid=grid)
     return written
 
 
 def _write_html(path: Path, entries: list[tuple[Path, int]], q_paths: list[str], q_pids: np.ndarray,
-                q_camids: np.ndarray, ap: np.ndarray, *, grid: bool) -> None:
-    """A static page: a table of queries (index, pid, camera, AP, file) and the images."""
+                q_camids: np.ndarray | None, ap: np.ndarray, *, grid: bool) -> None:
+    """A static page: a table of queries (index, pid, camera, AP, file) and the images; without
+    ``q_camids`` (a retrieval protocol) a class column and no camera."""
     rows = []
     for png, i in entries:
-        rows.append(f"<tr><td>{i}</td><td>{q_pids[i]}</td><td>c{q_camids[i] + 1}</td>"
+        camera = "" if q_camids is None else f"<td>c{q_camids[i] + 1}</td>"
+        rows.append(f"<tr><td>{i}</td><td>{q_pids[i]}</td>{camera}"
                     f"<td>{html_lib.escape(_format_ap(float(ap[i])))}</td><td>{html_lib.escape(q_paths[i])}</td>"
                     f"<td><a href=\"{html_lib.escape(png.name)}\">{html_lib.escape(png.name)}</a></td></tr>")
     images = dict.fromkeys(png.name for png, _ in entries)  # one <img> per file (a grid is one file)
+    left_out = ("same-pid same-camera gallery images are left out" if q_camids is not None
+                else "a query leaves out only what its protocol excludes (leave-one-out: itself)")
+    header = "<th>pid</th><th>camera</th>" if q_camids is not None else "<th>class</th>"
     body = "\n".join(f'<p><img src="{html_lib.escape(name)}" alt="{html_lib.escape(name)}"></p>' for name in images)
     path.write_text(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>rank lists</title>\n"
         "<style>body{font-family:sans-serif} td,th{padding:2px 8px} img{image-rendering:pixelated}</style>"
         "</head><body>\n<h1>Rank lists</h1>\n"
-        f"<p>Green border: true match; red: wrong identity; same-pid same-camera gallery images are "
-        f"left out (evaluation protocol).{' One grid image, rows in table order.' if grid else ''}</p>\n"
-        "<table><tr><th>query</th><th>pid</th><th>camera</th><th>AP</th><th>image</th><th>rank list</th></tr>\n"
+        f"<p>Green border: true match; red: wrong identity; {left_out} "
+        f"(evaluation protocol).{' One grid image, rows in table order.' if grid else ''}</p>\n"
+        f"<table><tr><th>query</th>{header}<th>AP</th><th>image</th><th>rank list</th></tr>\n"
         + "\n".join(rows) + "\n</table>\n" + body + "\n</body></html>\n"
     )
 

@@ -252,6 +252,22 @@ def test_save_rank_lists_worst_grid_and_html(tmp_path):
         vis.save_rank_lists(distmat, query, gallery, tmp_path / "x", query_indices=[0], worst=1)
 
 
+
+def test_retrieval_rank_lists_name_classes_not_cameras(tmp_path):
+    distmat, query, gallery = _problem_with_images(tmp_path)
+    assert vis._label(12, 2, True) == "pid 12 c3" and vis._label(vis.JUNK_PID, 0, True) == "pid ? c1"
+    assert vis._label(12, 2, False) == "class 12"
+    with_cameras = vis.compose_rank_list(distmat[0], (query[0][0], query[1][0], query[2][0]), gallery, top_k=3)
+    without = vis.compose_rank_list(distmat[0], (query[0][0], query[1][0], query[2][0]), gallery, top_k=3,
+                                    cameras=False)
+    assert with_cameras.shape == without.shape and not np.array_equal(with_cameras, without)  # only the text differs
+    vis.save_rank_lists(distmat, query, gallery, tmp_path / "retrieval", query_indices=[0], top_k=2, html=True,
+                        cameras=False)
+    page = (tmp_path / "retrieval" / "index.html").read_text()
+    assert "<th>class</th>" in page and "camera" not in page and "<td>c1</td>" not in page
+    assert "leave-one-out: itself" in page
+
+
 # --------------------------------------------------------------------------- plots
 
 

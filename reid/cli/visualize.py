@@ -113,7 +113,7 @@ def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: 
     written["rank_lists"] = vis.save_rank_lists(
         shown, (query.paths, query.pids, q_camids), (gallery.paths, gallery.pids, g_camids), output,
         query_indices=args.query_index, num_random=args.num_queries, worst=args.worst, top_k=args.top_k,
-        grid=args.grid, html=args.html, seed=args.seed, png_colors=args.png_colors,
+        grid=args.grid, html=args.html, seed=args.seed, png_colors=args.png_colors, cameras=protocol == "reid",
     )
     # Unlabelled crops (pid -1, e.g. from `reid extract`) have no true matches: nothing to score.
     if np.isnan(query_average_precision(shown, *labels, junk_pid=vis.JUNK_PID)).all():
