@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, PIPELINES
 from .io import atomic_write
 from .models.model import EmbeddingModule
 
@@ -60,15 +60,20 @@ def export_onnx(
     batch_size: int = 2,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    pipeline: str = "reid",
+    resize: int = 256,
 ) -> EmbeddingModule:
     """Write ``model`` as an ONNX embedding network to ``path``; return the module that was exported.
 
     The graph is traced on a batch of ``batch_size`` zeros of size ``height`` x ``width``;
     ``dynamic_batch`` makes the batch axis of input and output symbolic ("batch"), so any
-    batch size runs. The preprocessing a caller must apply (size, mean, std) and the export
-    options are stored in the model's metadata_props. The model stays where it is (the
+    batch size runs. The preprocessing a caller must apply (the resize of the test ``pipeline``:
+    "reid" resizes to height x width, "retrieval" resizes the shorter side to ``resize`` and
+    centre-crops; mean, std) and the export options are stored in the model's metadata_props. The model stays where it is (the
     trace runs on its device); the exported module is in eval mode.
     """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline: expected one of {', '.join(PIPELINES)}, got {pipeline!r}")
     onnx = _require("onnx")
     module = EmbeddingModule(model, feature=feature, normalize=normalize, flip=flip).eval()
     parameter = next(model.parameters(), None)
@@ -93,16 +98,20 @@ def export_onnx(
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(module, (example,), buffer, **options)
     proto = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(proto, _metadata(height, width, mean, std, feature, flip, normalize))
+    onnx.helper.set_model_props(proto, _metadata(height, width, mean, std, feature, flip, normalize, pipeline, resize))
     atomic_write(path, lambda handle: handle.write(proto.SerializeToString()))
     return module
 
 
 def _metadata(height: int, width: int, mean: Sequence[float], std: Sequence[float], feature: str, flip: bool,
-              normalize: bool) -> dict[str, str]:
+              normalize: bool, pipeline: str = "reid", resize: int = 256) -> dict[str, str]:
     """The preprocessing a caller must apply and the export options, as ONNX metadata_props."""
+    sizing = (f"the image resized to {height} x {width}" if pipeline == "reid" else
+              f"the image's shorter side resized to {resize}, then a centre crop of {height} x {width}")
     return {
-        "input": f"{INPUT_NAME}: N x 3 x {height} x {width} float32, RGB, (pixel / 255 - mean) / std",
+        "input": f"{INPUT_NAME}: N x 3 x {height} x {width} float32, RGB, {sizing}, (pixel / 255 - mean) / std",
+        "pipeline": pipeline,
+        **({"resize": str(resize)} if pipeline == "retrieval" else {}),
         "output": f"{OUTPUT_NAME}: N x D float32" + (", L2-normalised" if normalize else ""),
         "height": str(height),
         "width": str(width),

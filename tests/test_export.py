@@ -48,7 +48,9 @@ def test_tool_exports_a_dynamic_batch_model_that_matches_pytorch(checkpoint, tmp
     assert result["check_batch"] == 3 and result["max_abs_diff"] < 1e-4
     assert "max abs difference" in capsys.readouterr().out
     assert input_batch_dim(output) == "batch"
-    assert onnx_metadata(output)["height"] == str(HEIGHT) and onnx_metadata(output)["normalize"] == "true"
+    metadata = onnx_metadata(output)
+    assert metadata["height"] == str(HEIGHT) and metadata["normalize"] == "true" and metadata["pipeline"] == "reid"
+    assert f"the image resized to {HEIGHT} x " in metadata["input"] and "resize" not in metadata
 
     # exported at batch 2, run at batches 3 and 1: L2-normalised bn embeddings of the model
     with torch.no_grad():
@@ -88,6 +90,19 @@ def test_options_pre_bn_without_normalisation_with_flip(checkpoint, tmp_path):
     assert verify_onnx(onnx_path, module, images) < 1e-4
     with pytest.raises(Exception, match="(?s)invalid dimensions for input: images.*Got: 3 Expected: 2"):
         run_onnx(onnx_path, batch(3))
+
+
+def test_metadata_describes_the_retrieval_resize_and_crop(checkpoint, tmp_path):
+    _, model = checkpoint
+    path = tmp_path / "retrieval.onnx"
+    export_onnx(model, path, height=HEIGHT, width=WIDTH, pipeline="retrieval", resize=80, batch_size=1)
+    metadata = onnx_metadata(path)
+    assert (metadata["pipeline"], metadata["resize"]) == ("retrieval", "80")
+    assert (f"the image's shorter side resized to 80, then a centre crop of {HEIGHT} x {WIDTH}, "
+            "(pixel / 255 - mean) / std") in metadata["input"]
+    with pytest.raises(ValueError, match="pipeline: expected one of reid, retrieval, got 'crop'"):
+        export_onnx(model, tmp_path / "never.onnx", height=HEIGHT, width=WIDTH, pipeline="crop")
+    assert not (tmp_path / "never.onnx").exists()
 
 
 def test_checkpoint_test_settings_are_the_defaults(checkpoint, tmp_path):

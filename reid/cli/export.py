@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     module = export.export_onnx(
         model, args.output, height=height, width=width, feature=feature, normalize=args.normalize,
         flip=flip, opset=args.opset, dynamic_batch=args.dynamic_batch, batch_size=args.batch_size,
+        pipeline=cfg.data.pipeline, resize=cfg.data.resize,
     )
     log.info("wrote %s: images N x 3 x %d x %d -> embeddings N x %d (feature=%s, flip=%s, %s, opset %d%s)",
              args.output, height, width, model.feature_dim, feature, flip,
