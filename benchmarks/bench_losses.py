@@ -318,15 +318,12 @@ def checkpoint_priors(path: Path) -> dict[str, float]:
 
     from reid import builders
     from reid.checkpoint import load_checkpoint
-    from reid.data.loaders import build_test_loader
 
     state = load_checkpoint(path)
     cfg = builders.checkpoint_config(state, path)
     model = builders.model_from_checkpoint(state, path).eval()
     dataset = builders.dataset_from_config(cfg, generate=False)
-    d = cfg.data
-    loader = build_test_loader(dataset.train, height=d.height, width=d.width, batch_size=d.test_batch_size,
-                               num_workers=d.num_workers, pipeline=d.pipeline, resize=d.resize)
+    loader = builders.test_loader_from_config(cfg, dataset.train)
     with torch.no_grad():
         logits = torch.cat([model(images).logits for images, *_ in loader])
     return prior_sharpness(logits)

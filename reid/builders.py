@@ -81,15 +81,19 @@ def train_loader_from_config(cfg: Config, dataset: ReidDataset, rank: int = 0, w
     )
 
 
+def test_loader_from_config(cfg: Config, items):
+    """Un-augmented images of ``items`` in order, sized and batched as ``cfg``'s test pipeline says."""
+    d = cfg.data
+    return build_test_loader(items, height=d.height, width=d.width, batch_size=d.test_batch_size,
+                             num_workers=d.num_workers, pipeline=d.pipeline, resize=d.resize)
+
+
 def test_loaders_from_config(cfg: Config, dataset: ReidDataset):
     """(query loader, gallery loader); one loader twice for a leave-one-out dataset."""
-    d = cfg.data
-    kwargs = dict(height=d.height, width=d.width, batch_size=d.test_batch_size, num_workers=d.num_workers,
-                  pipeline=d.pipeline, resize=d.resize)
-    query_loader = build_test_loader(dataset.query, **kwargs)
+    query_loader = test_loader_from_config(cfg, dataset.query)
     if dataset.gallery is dataset.query:
         return query_loader, query_loader
-    return query_loader, build_test_loader(dataset.gallery, **kwargs)
+    return query_loader, test_loader_from_config(cfg, dataset.gallery)
 
 
 def model_from_config(cfg: Config, num_classes: int, *, load_pretrained: bool = True) -> ReidModel:

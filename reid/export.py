@@ -69,8 +69,9 @@ def export_onnx(
     ``dynamic_batch`` makes the batch axis of input and output symbolic ("batch"), so any
     batch size runs. The preprocessing a caller must apply (the resize of the test ``pipeline``:
     "reid" resizes to height x width, "retrieval" resizes the shorter side to ``resize`` and
-    centre-crops; mean, std) and the export options are stored in the model's metadata_props. The model stays where it is (the
-    trace runs on its device); the exported module is in eval mode.
+    centre-crops; mean, std) and the export options are stored in the model's metadata_props.
+    The model stays where it is (the trace runs on its device); the exported module is in eval
+    mode.
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline: expected one of {', '.join(PIPELINES)}, got {pipeline!r}")

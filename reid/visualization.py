@@ -22,21 +22,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .data.transforms import read_image
 from .data.datasets.base import JUNK_PID  # Market-1501's junk images, left out of rank lists
-from .evaluation.arrays import as_labels, as_numpy
+from .evaluation.arrays import ArrayLike, as_labels, as_numpy
 from .evaluation.rank import average_precision, protocol_arrays, query_average_precision
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
 # (paths, pids, camids), row-aligned: one entry per query or gallery image.
 Labelled = tuple[Sequence[str], ArrayLike, ArrayLike]
 

@@ -9,14 +9,11 @@ re-ranking relies on this to reproduce the classic neighbour lists exactly (see 
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 
 from ..progress import progress_bar
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
+from .arrays import ArrayLike
 
 METRICS = ("euclidean", "cosine")
 # About 64 MiB of float32 output per chunk with a 15,913-wide gallery; chunks below 64 rows

@@ -32,7 +32,7 @@ ties in ``D`` the neighbour lists are identical.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,9 +40,8 @@ import torch
 from tqdm import tqdm
 
 from ..progress import progress_bar
+from .arrays import ArrayLike
 from .distance import MIN_CHUNK_ROWS, as_feature_pair, squared_euclidean_block
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
 
 KNN_BACKENDS = ("torch", "faiss")
 # Extra neighbours kept beyond k1+1 so that ties and the float32 normalisation can be settled

@@ -41,10 +41,8 @@ from typing import Iterable, Union
 import numpy as np
 import torch
 
+from .arrays import ArrayLike, as_labels, as_numpy
 from .distance import METRICS, MIN_CHUNK_ROWS, as_feature_pair, squared_euclidean_block
-from .arrays import as_labels, as_numpy
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
 
 # Distances per block of queries: ~4M float32 (16 MiB), as in rank.py.
 _BLOCK_ELEMENTS = 1 << 22
