@@ -349,11 +349,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
+    from reid.engine import TrainingInterrupted
+
     try:
         run(args)
     except (BenchError, ValueError, OSError) as err:  # a bad file or setting: one line
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (TrainingInterrupted, KeyboardInterrupt):
+        # A cell trains in a temporary folder, so it cannot be resumed; finished cells are stored.
+        stored = f"; finished cells are in {args.results}, and a rerun continues from them" if (
+            args.all or args.sweep) else ""
+        print(f"interrupted: the cell in progress is lost{stored}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def run(args: argparse.Namespace) -> None:

@@ -125,3 +125,21 @@ def test_prior_sharpness_by_hand(bench):
     assert row["logit_std"] == pytest.approx(float(logits.std()))
     assert row["top_prior@T1"] == pytest.approx(0.75)
     assert row["top_prior@T2"] == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)))  # softmax of [0, log(3) / 2]
+
+
+def test_an_interrupted_cell_is_one_line_and_exit_130(bench, tmp_path, capsys, monkeypatch):
+    from reid.engine import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted("stopped at epoch 1, step 3")
+
+    monkeypatch.setattr(bench, "run_cell", interrupted)
+    results = tmp_path / "losses.json"
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--all", "--settings", "reid", "--seeds", "0", "--recipes", "ce", "--results", str(results)])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == (f"interrupted: the cell in progress is lost; finished cells are in {results}, "
+                                       "and a rerun continues from them\n")
+    with pytest.raises(SystemExit):
+        bench.main(["--recipe", "ce", "--results", str(results)])
+    assert capsys.readouterr().err == "interrupted: the cell in progress is lost\n"
