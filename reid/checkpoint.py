@@ -37,6 +37,9 @@ log = logging.getLogger("reid")
 
 FORMAT = "reid-checkpoint"
 VERSION = 2
+# torch.save's archive starts as every zip file does; the legacy format (torch < 1.6, or
+# _use_new_zipfile_serialization=False) is a bare pickle stream. torch checks the same bytes.
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(ValueError):
@@ -58,7 +61,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a checkpoint as data only (``weights_only=True``); errors name the file.
 
     A file holding anything but tensors and plain containers (a malicious pickle, or a
-    checkpoint of reid 0.1 with numpy RNG states) is refused before any of it runs.
+    checkpoint of reid 0.1 with numpy RNG states) is refused before any of it runs; the error
+    names the Python globals it asks for (:func:`_refused_globals`).
     """
     path = Path(path)
     if not path.is_file():
@@ -66,13 +70,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        global_name = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if global_name is None:  # not a pickle the safe unpickler could follow: garbage, not a threat
-            raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
+        unsafe = _refused_globals(path, err)
+        if not unsafe:  # not a pickle the safe unpickler could follow: garbage, not a threat
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save file the safe "
+                                  "loader can follow)") from None
         raise CheckpointError(
             f"{path}: refused: the file holds Python objects, not only tensors and plain data, and "
-            f"loading it could run code (it asks for {global_name.group(1)}). If it is a checkpoint of an earlier "
-            f"reid version from a source you trust, convert it once: reid convert-checkpoint {path} NEW.pt"
+            f"loading it could run code (it asks for {', '.join(unsafe)}), so it was not unpickled. If it is a "
+            f"checkpoint of an earlier reid version from a source you trust, convert it once: "
+            f"reid convert-checkpoint {path} NEW.pt"
         ) from None
     except Exception as err:  # torch raises several types for truncated / foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a torch.save file "
@@ -80,6 +86,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a reid checkpoint (expected a dict with a 'model' entry)")
     return state
+
+
+def _refused_globals(path: Path, err: pickle.UnpicklingError) -> list[str]:
+    """The Python globals (``module.name``) for which ``torch.load(path, weights_only=True)``
+    raised ``err``, sorted; empty when it refused the file for another reason (not a pickle, or
+    opcodes the safe unpickler does not know, such as pickle protocol 4's).
+
+    torch's static scan, ``torch.serialization.get_unsafe_globals_in_checkpoint``, reads the
+    pickle's opcodes without running any and names every global outside the safe list, but it
+    reads torch.save's zip archive only. A legacy file (a bare pickle stream, written with
+    ``_use_new_zipfile_serialization=False``) makes it raise ValueError; for one of those the only
+    witness is the safe unpickler's error ``err``, which names the first global it refused (it
+    stops there), so that one global is returned. Nothing here unpickles the file.
+    """
+    with open(path, "rb") as handle:
+        is_zip = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    if is_zip:
+        try:
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # a zip, but no pickle the scan can follow (no data.pkl, TorchScript, protocol 4)
+            return []
+    return re.findall(r"GLOBAL ([\w.]+)", str(err))[:1]
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Checkpoints are data: atomic writes, safe loading, plain RNG states, conversion of old files."""
 
 import os
+import pickle
 import random
 
 import numpy as np
@@ -80,6 +81,61 @@ def test_a_malicious_pickle_is_refused_before_it_runs(tmp_path):
     checkpointer = Checkpointer(tmp_path, {"model": nn.Linear(2, 2)})
     with pytest.raises(CheckpointError, match="evil.pt: refused"):
         checkpointer.resume(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_the_refusal_names_every_unsafe_global_from_torchs_scan(tmp_path, monkeypatch):
+    """The names come from torch.serialization.get_unsafe_globals_in_checkpoint, a static read of
+    the pickle, not from the wording of torch's error (here replaced by one naming nothing)."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "mixed.pt"
+    torch.save({"model": {}, "payload": RunsCode(marker), "rng": np.random.get_state()}, path)
+    expected = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    assert "io.open" in expected and "numpy.ndarray" in expected
+    real_load = torch.load
+
+    def load_with_a_vague_error(*args, **kwargs):
+        if kwargs.get("weights_only"):
+            raise pickle.UnpicklingError("Weights only load failed.")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load_with_a_vague_error)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert f"(it asks for {', '.join(expected)}), so it was not unpickled" in message
+    assert "mixed.pt: refused: the file holds Python objects" in message
+    assert not marker.exists()
+
+
+def test_a_legacy_format_pickle_is_refused_naming_its_global(tmp_path):
+    """torch's scan reads zip archives only (ValueError on the legacy format); the refusal still
+    names the global, from the safe unpickler's own error, and nothing runs."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "legacy.pt"
+    torch.save({"model": {}, "payload": RunsCode(marker)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="Expected input to be a checkpoint returned by torch.save"):
+        torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"legacy.pt: refused: .*could run code \(it asks for io\.open\), so it "
+                                              r"was not unpickled"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    safe = tmp_path / "safe_legacy.pt"
+    torch.save({"model": {"w": torch.arange(2.0)}}, safe, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(safe)["model"]["w"], torch.arange(2.0))  # data in that format still loads
+
+
+def test_a_zip_the_scan_cannot_follow_is_unreadable_and_never_runs(tmp_path):
+    """Pickle protocol 4 (STACK_GLOBAL) is beyond both the safe unpickler and torch's scan: the
+    file is refused as unreadable, and its payload does not run."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "protocol4.pt"
+    torch.save({"model": {}, "payload": RunsCode(marker)}, path, pickle_protocol=4)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    with pytest.warns(UserWarning, match="pickle protocol 4"), \
+            pytest.raises(CheckpointError, match="protocol4.pt: not a readable checkpoint"):
+        load_checkpoint(path)
     assert not marker.exists()
 
 

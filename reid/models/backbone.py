@@ -3,7 +3,9 @@
 Any timm model name is a backbone: ``timm.create_model(name, num_classes=0, global_pool="")``
 drops the classifier and the pooling, and ``backbone_feature_map`` returns the trunk's last
 feature map (B x C x H x W), C = ``trunk.num_features``. Pooling, BNNeck and classifier live
-in ``heads.py``.
+in ``heads.py``; reading a weights file and the bare timm factory in ``weights.py`` (this module
+re-exports ``read_state_dict``, ``load_weights_file`` and ``backbone_label``, their home
+before), ImageNet weights without a network in ``pretrained.py``.
 
 Two re-ID modifications act on the trunk in place:
 - ``last_stride=1`` (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person
@@ -19,29 +21,24 @@ modules ran, so they work for any family whose structure fits, and warn or fail 
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NamedTuple, Union
 
-import timm
 import torch
 from torch import nn
 
+from .pretrained import create_pretrained
+from .weights import backbone_label, create_trunk, first_line, load_weights_file, read_state_dict
+
 PretrainedArg = Union[bool, str, os.PathLike]
 
-# Classifier module names of common timm families; their keys are dropped from a weights file
-# when the trunk (built with num_classes=0) has no such parameter or a different shape.
-_CLASSIFIER_PREFIXES = ("fc", "head", "head.fc", "classifier", "last_linear")
 # Probe sizes (H, W): a generic one first, then the model's own input size (fixed-size models).
 _PROBE_SIZE = (128, 128)
 # Module types whose stride-2 step last_stride=1 knows how to remove.
 _POOLS = (nn.AvgPool2d, nn.MaxPool2d)
-# Exception modules that mean "the download failed" (httpx errors are not OSErrors).
-_NETWORK_ERROR_MODULES = ("huggingface_hub", "httpx", "requests", "urllib3", "urllib")
 
 
 def build_backbone(
@@ -68,13 +65,11 @@ def build_backbone(
     if leaky_relu < 0:
         raise ValueError(f"leaky_relu: expected a negative slope >= 0, got {leaky_relu!r}")
     if pretrained is True:
-        from .pretrained import create_pretrained  # the hub (fast offline check), then local sources
-
-        trunk = create_pretrained(name)
+        trunk = create_pretrained(name)  # the hub (fast offline check), then local sources
     elif pretrained is False or pretrained is None:
-        trunk = _create(name, pretrained=False)
+        trunk = create_trunk(name, pretrained=False)
     elif isinstance(pretrained, (str, os.PathLike)):
-        trunk = _create(name, pretrained=False)
+        trunk = create_trunk(name, pretrained=False)
         load_weights_file(trunk, pretrained)
     else:
         raise TypeError(f"pretrained: expected True, False or a weights file path, got {pretrained!r}")
@@ -83,12 +78,6 @@ def build_backbone(
     if leaky_relu > 0:
         set_final_activation(trunk, leaky_relu, name=name)
     return trunk
-
-
-def backbone_label(trunk: nn.Module, name: str = "") -> str:
-    """How messages name a trunk: ``name``, else timm's model name (``mobilenetv2_100``; its
-    class is ``EfficientNet``), else the class name."""
-    return name or getattr(trunk, "pretrained_cfg", {}).get("architecture") or type(trunk).__name__
 
 
 def backbone_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -103,127 +92,6 @@ def backbone_feature_map(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor
             "by the re-ID pooling heads)"
         )
     return features
-
-
-def _create(name: str, *, pretrained: bool) -> nn.Module:
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
-    except RuntimeError as err:  # timm's "Unknown model (x)" and "Invalid pretrained tag (t) for x."
-        message = str(err)
-        if message.startswith("Unknown model"):
-            raise ValueError(f"unknown backbone {name!r} (model.backbone): not a timm model name; "
-                             f"{_similar_models(name)}") from None
-        if message.startswith("Invalid pretrained tag"):
-            base = name.split(".", 1)[0]
-            known = timm.list_pretrained(f"{base}.*")
-            tags = (", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")) or "none"
-            raise ValueError(f"backbone {name!r} (model.backbone): timm has no pretrained tag "
-                             f"{name.split('.', 1)[-1]!r} for {base}; its tags: {tags}") from None
-        raise
-
-
-def _similar_models(name: str, limit: int = 8) -> str:
-    """A hint naming timm models like ``name``: by substring, else by spelling."""
-    base = name.split(".", 1)[0]
-    found = timm.list_models(f"*{base}*")
-    if found:
-        more = f" and {len(found) - limit} more" if len(found) > limit else ""
-        return f"similar names: {', '.join(found[:limit])}{more} (timm.list_models('*{base}*'))"
-    close = difflib.get_close_matches(base, timm.list_models(), n=limit, cutoff=0.6)
-    if close:
-        return f"did you mean {', '.join(close)}? (all names: timm.list_models())"
-    return "list the names with timm.list_models('*resnet*') and the like"
-
-
-def _is_network_error(err: BaseException) -> bool:
-    """True when err (or an error it was raised from) is a download failure."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) or type(current).__module__.split(".")[0] in _NETWORK_ERROR_MODULES:
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "no message"
-
-
-# --- local weights files ---------------------------------------------------------------------
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, unwrapped from {"state_dict"/"model": ...}, "module." stripped."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        import safetensors.torch
-
-        raw: object = safetensors.torch.load_file(str(path), device="cpu")
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"could not read pretrained weights file {path}: {_first_line(err)}") from err
-    for key in ("state_dict", "model"):
-        if isinstance(raw, Mapping) and isinstance(raw.get(key), Mapping):
-            raw = raw[key]
-            break
-    if not isinstance(raw, Mapping) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise ValueError(
-            f"pretrained weights file {path}: expected a state_dict (name -> tensor) or a dict "
-            "holding one under 'state_dict' or 'model'"
-        )
-    # DataParallel / DistributedDataParallel checkpoints prefix every key with "module."
-    return {k.removeprefix("module."): v for k, v in raw.items()}
-
-
-def load_weights_file(trunk: nn.Module, path: str | os.PathLike) -> None:
-    """Load a local weights file into the trunk: classifier keys that do not fit are dropped,
-    every other key must match (the error lists what is missing or unexpected)."""
-    state = read_state_dict(path)
-    own = trunk.state_dict()
-    # A reid checkpoint ("model" = ReidModel.state_dict()) holds the trunk under "backbone.".
-    if not own.keys() & state.keys() and any(k.startswith("backbone.") for k in state):
-        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    prefixes = _classifier_prefixes(trunk)
-    state = {
-        k: v
-        for k, v in state.items()
-        if not (k.startswith(prefixes) and (k not in own or own[k].shape != v.shape))
-    }
-    missing = sorted(own.keys() - state.keys())
-    unexpected = sorted(state.keys() - own.keys())
-    mismatched = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own.keys() & state.keys()
-        if own[k].shape != state[k].shape
-    )
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"pretrained weights file {path} does not fit backbone {backbone_label(trunk)}: "
-            f"{_key_summary('missing', missing)}; {_key_summary('unexpected', unexpected)}; "
-            f"{_key_summary('shape mismatch', mismatched)}"
-        )
-    trunk.load_state_dict(state, strict=True)
-
-
-def _classifier_prefixes(trunk: nn.Module) -> tuple[str, ...]:
-    names = getattr(trunk, "pretrained_cfg", {}).get("classifier") or ()
-    names = (names,) if isinstance(names, str) else tuple(names)
-    return tuple(f"{n}." for n in (*names, *_CLASSIFIER_PREFIXES))
-
-
-def _key_summary(kind: str, keys: list[str], limit: int = 8) -> str:
-    if not keys:
-        return f"{kind}: none"
-    shown = ", ".join(keys[:limit])
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return f"{len(keys)} {kind}: {shown}{more}"
 
 
 # --- probing which modules ran ---------------------------------------------------------------
@@ -346,7 +214,7 @@ def set_last_stride_one(trunk: nn.Module, *, name: str = "") -> bool:
         new_hw = tuple(_run_probe(trunk, probed.images).features.shape[2:])
     except Exception as err:
         _undo(trunk, undo)
-        return _unsupported(label, f"the changed trunk fails ({_first_line(err)})")
+        return _unsupported(label, f"the changed trunk fails ({first_line(err)})")
     if new_hw != (2 * final_hw[0], 2 * final_hw[1]):
         _undo(trunk, undo)
         return _unsupported(label, f"the final map would be {new_hw} instead of twice {final_hw}")
@@ -411,3 +279,15 @@ def set_final_activation(trunk: nn.Module, negative_slope: float, *, name: str =
         )
     activation = nn.LeakyReLU(negative_slope) if negative_slope > 0 else nn.ReLU(inplace=True)
     _set_submodule(trunk, last_name, activation)
+
+
+__all__ = [
+    "PretrainedArg",
+    "backbone_feature_map",
+    "backbone_label",
+    "build_backbone",
+    "load_weights_file",
+    "read_state_dict",
+    "set_final_activation",
+    "set_last_stride_one",
+]

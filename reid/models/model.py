@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import PretrainedArg, backbone_feature_map, backbone_label, build_backbone, set_final_activation
+from .backbone import PretrainedArg, backbone_feature_map, build_backbone, set_final_activation
 from .heads import BNNeck, build_classifier, build_pooling
+from .weights import backbone_label
 
 
 @dataclass(frozen=True)

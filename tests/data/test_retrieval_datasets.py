@@ -9,6 +9,7 @@ scipy.io.savemat with the struct-array layout of the real file), Stanford Online
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -540,6 +541,36 @@ def test_fashion_mnist_cache_reused_and_rebuilt(tmp_path: Path, monkeypatch: pyt
     build_dataset("fashion_mnist", source)
     assert Path(changed.train[5][0]).is_file()
     assert not list(cache.glob(".fashion_mnist.*-*"))  # no temporary folders left
+
+
+def test_fashion_mnist_cache_follows_the_one_reid_cache_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PNGs go where converted pretrained weights go: $REID_CACHE, else $XDG_CACHE_HOME/reid,
+    else ~/.cache/reid (reid.io.cache_dir); an explicit cache_dir beats all three."""
+    from reid.io import cache_dir
+    from reid.models.pretrained import default_cache_dir as weights_cache
+
+    source = write_fashion_mnist(tmp_path / "src")
+    monkeypatch.setenv("REID_CACHE", str(tmp_path / "rc"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    build_dataset("fashion_mnist", source)
+    assert len(png_files(tmp_path / "rc")) == 20 and not (tmp_path / "xdg").exists()
+    assert weights_cache().parent == cache_dir() == tmp_path / "rc"
+    monkeypatch.setenv("REID_CACHE", "")  # empty counts as unset
+    build_dataset("fashion_mnist", source)
+    assert len(png_files(tmp_path / "xdg" / "reid")) == 20
+    assert weights_cache().parent == cache_dir() == tmp_path / "xdg" / "reid"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    build_dataset("fashion_mnist", source)
+    assert len(png_files(tmp_path / "home" / ".cache" / "reid")) == 20
+    assert weights_cache().parent == cache_dir() == tmp_path / "home" / ".cache" / "reid"
+    build_dataset("fashion_mnist", source, cache_dir=tmp_path / "explicit")
+    assert len(png_files(tmp_path / "explicit")) == 20
+    # the manifest's digests are the files' SHA-256
+    manifest = json.loads((tmp_path / "explicit" / "fashion_mnist" / "manifest.json").read_text())
+    for name, entry in manifest["sources"].items():
+        data = (source / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_fashion_mnist_interrupted_build_is_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

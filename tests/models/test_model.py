@@ -29,6 +29,7 @@ from reid.models import (
     set_final_activation,
     set_last_stride_one,
 )
+from reid.models import weights as W
 
 # Tiny timm 1.0 test models of two families (ResNet with BasicBlock/Bottleneck, EfficientNet).
 TINY_BACKBONES = ["test_resnet", "test_efficientnet"]
@@ -411,6 +412,59 @@ def test_pretrained_file_errors_name_the_path(tmp_path):
     torch.save({"epoch": 1}, junk)
     with pytest.raises(ValueError, match="junk.pth: expected a state_dict"):
         build_backbone("test_resnet", pretrained=junk)
+
+
+def test_weights_module_loads_a_file_into_a_bare_trunk(tmp_path):
+    """weights.py alone (no backbone.py): the timm factory, then a DataParallel-prefixed file."""
+    torch.manual_seed(0)
+    source = W.create_trunk("test_resnet")
+    head_in = torch.zeros(1, source.num_features, 2, 2)
+    assert isinstance(source.get_classifier(), nn.Identity)  # num_classes=0 ...
+    assert source.forward_head(head_in).shape == head_in.shape  # ... and no pooling: the map passes through
+    path = tmp_path / "dp.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    assert W.read_state_dict(path).keys() == source.state_dict().keys()
+    torch.manual_seed(1)
+    target = W.create_trunk("test_resnet", pretrained=False)
+    assert not outputs_equal(target, source)
+    W.load_weights_file(target, path)
+    assert outputs_equal(target, source)
+
+
+def test_create_trunk_names_model_backbone_and_what_timm_knows():
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet5O' \(model.backbone\): .*did you mean .*resnet50"):
+        W.create_trunk("resnet5O")
+    with pytest.raises(ValueError, match=r"unknown backbone 'test_resnt' .*did you mean .*test_resnet"):
+        build_backbone("test_resnt")
+    no_tag = r"timm has no pretrained tag 'no_such_tag' for resnet18; its tags: .*resnet18\.a1_in1k"
+    with pytest.raises(ValueError, match=no_tag):
+        W.create_trunk("resnet18.no_such_tag")
+
+
+class _HttpxLikeError(Exception):
+    """An error class from a download library that is not an OSError (as httpx's are)."""
+
+
+_HttpxLikeError.__module__ = "httpx._exceptions"
+
+
+def test_is_network_error_follows_the_cause_chain():
+    assert W.is_network_error(ConnectionError("reset"))
+    assert W.is_network_error(_HttpxLikeError("timeout"))
+    assert not W.is_network_error(ValueError("bad shape"))
+    try:
+        try:
+            raise TimeoutError("read timed out")
+        except TimeoutError as err:
+            raise RuntimeError("timm could not fetch the weights") from err
+    except RuntimeError as wrapped:
+        assert W.is_network_error(wrapped)
+    looped = ValueError("a")
+    looped.__context__ = ValueError("b")
+    looped.__context__.__context__ = looped  # a cycle ends the walk instead of looping
+    assert not W.is_network_error(looped)
+    assert W.first_line(RuntimeError("first\nsecond")) == "first"
+    assert W.first_line(RuntimeError("  ")) == "no message"
 
 
 @pytest.mark.parametrize("error", ["connection", "hub"])

