@@ -1,10 +1,12 @@
-"""The synthetic Market-1501 generator: layout, names, counts, determinism, caching."""
+"""The synthetic Market-1501 generator: layout, names, counts, determinism, caching, crash safety."""
 
 from __future__ import annotations
 
 import collections
+import errno
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -175,6 +177,101 @@ def test_unrelated_files_in_root_are_kept(tmp_path):
     assert (tmp_path / "readme.txt").read_text() == "mine"
 
 
+class _FullDisk:
+    """A file handle whose write stores the first half of the data, then fails: a crash mid-write."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def write(self, data):
+        self.handle.write(bytes(data)[:len(data) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+def fail_manifest_write(monkeypatch, call: int) -> None:
+    """Make the ``call``-th atomic write (reid.io opens its temporary with os.fdopen) fail mid-write.
+
+    The generator writes the manifest twice: 1 marks the tree as ours and incomplete, 2 as complete.
+    """
+    import reid.io
+
+    real_fdopen = os.fdopen
+    calls = []
+
+    def fdopen(fd, *args, **kwargs):
+        calls.append(fd)
+        handle = real_fdopen(fd, *args, **kwargs)
+        return _FullDisk(handle) if len(calls) == call else handle
+
+    monkeypatch.setattr(reid.io.os, "fdopen", fdopen)
+
+
+def test_crash_while_completing_the_manifest_keeps_the_incomplete_one(tiny, tmp_path, monkeypatch):
+    root = tmp_path / "crash"
+    fail_manifest_write(monkeypatch, call=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        make_synthetic_market(root, **TINY)
+    monkeypatch.undo()
+    manifest = json.loads((root / MANIFEST_NAME).read_text())  # a whole JSON object, not half of one
+    assert manifest["generator"] == "reid.data.synthetic" and manifest["complete"] is False
+    assert manifest["arguments"]["num_train_ids"] == TINY["num_train_ids"]
+    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLIT_FOLDERS, MANIFEST_NAME])  # no temporary
+    # Ours and incomplete: the next run regenerates it without asking (no "not made by this generator").
+    assert make_synthetic_market(root, **TINY) == root
+    assert tree_bytes(root) == tree_bytes(tiny)
+    assert json.loads((root / MANIFEST_NAME).read_text())["complete"] is True
+
+
+def test_crash_while_claiming_a_tree_leaves_it_untouched(tmp_path, monkeypatch):
+    root = make_synthetic_market(tmp_path / "claimed", **TINY)
+    images, manifest = tree_bytes(root), (root / MANIFEST_NAME).read_bytes()
+    fail_manifest_write(monkeypatch, call=1)
+    with pytest.raises(OSError, match="No space left on device"):
+        make_synthetic_market(root, **{**TINY, "num_train_ids": 6}, overwrite=True)
+    # The manifest is written before the split folders are emptied: the old tree is still whole.
+    assert (root / MANIFEST_NAME).read_bytes() == manifest and tree_bytes(root) == images
+    assert sorted(p.name for p in root.iterdir()) == sorted([*SPLIT_FOLDERS, MANIFEST_NAME])
+
+
+def test_crash_while_writing_an_image_leaves_no_truncated_jpeg(tiny, tmp_path, monkeypatch):
+    import reid.data.synthetic as synthetic
+
+    calls = []
+
+    def open_(path, mode="r", *args, **kwargs):
+        calls.append(path)
+        handle = open(path, mode, *args, **kwargs)
+        return _FullDisk(handle) if len(calls) == 5 else handle
+
+    monkeypatch.setattr(synthetic, "open", open_, raising=False)  # shadows the builtin in the module only
+    root = tmp_path / "half"
+    with pytest.raises(OSError, match=r"could not write the synthetic image .*No space left on device"):
+        make_synthetic_market(root, **TINY)
+    monkeypatch.undo()
+    written = [root / f / name for f in SPLIT_FOLDERS for _, _, name in parse(root / f)]  # Market names only
+    assert len(written) == 4
+    assert all(cv2.imread(str(path)) is not None for path in written)
+    assert json.loads((root / MANIFEST_NAME).read_text())["complete"] is False
+    make_synthetic_market(root, **TINY)
+    assert tree_bytes(root) == tree_bytes(tiny)
+
+
+def test_temporaries_of_a_killed_run_are_removed(tmp_path):
+    (tmp_path / f".{MANIFEST_NAME}.k1ll3d.tmp").write_text('{"generator": "reid.da')
+    make_synthetic_market(tmp_path, **TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*SPLIT_FOLDERS, MANIFEST_NAME])
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"num_cameras": 1}, "num_cameras must be in 2..9"),
     ({"num_cameras": 10}, "num_cameras must be in 2..9"),
@@ -197,7 +294,7 @@ def test_identity_clash_is_redrawn(monkeypatch):
     import reid.data.synthetic as synthetic
 
     draws = iter([(1,), (1,), (1,), (2,)])  # pid 1 gets (1,); pid 2 draws (1,) twice, then (2,)
-    monkeypatch.setattr(synthetic, "_sample_identity", lambda rng: types.SimpleNamespace(key=next(draws)))
+    monkeypatch.setattr(synthetic, "sample_identity", lambda rng: types.SimpleNamespace(key=next(draws)))
     identities = synthetic._make_identities(0, [2, 1])
     assert identities[1].key == (1,) and identities[2].key == (2,)
 
