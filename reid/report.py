@@ -19,9 +19,9 @@ the gallery items with the query's pid *and* camera, so the camera ids choose wh
   "same pid and same camera" is exactly the query itself.
 * ``"query_gallery"``: query camera 0, gallery camera 1: nothing is left out.
 
-Per query (table and rank lists): AP and INP are ``evaluate_rank``'s ``all_AP`` / ``all_INP``;
-the rank of the first true match is :func:`first_hit_ranks` (the same stable (distance, gallery
-index) order and exclusions). Queries without a true match after the exclusions are left out of
+Per query (table and rank lists): AP, INP and the rank of the first true match are
+``evaluate_rank``'s ``all_AP`` / ``all_INP`` / ``first_hit_rank`` (the rank lists draw the same
+stable (distance, gallery index) order and exclusions). Queries without a true match after the exclusions are left out of
 the table, as from every metric, and counted in a note.
 """
 
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from . import visualization as vis
-from .data.datasets.base import PROTOCOLS
 from .evaluation.arrays import ArrayLike, as_labels, as_numpy
-from .evaluation.evaluator import metric_columns, protocol_camids, verification_summary
-from .evaluation.rank import evaluate_rank, protocol_arrays
-from .evaluation.verification import DEFAULT_FPRS, same_pid_pairs, verification_metrics
+from .evaluation.evaluator import metric_columns, verification_summary
+from .evaluation.protocol import check_protocol, protocol_camids
+from .evaluation.rank import evaluate_rank
+from .evaluation.verification import DEFAULT_FPRS, verification_metrics
 from .io import atomic_write_json, atomic_write_text
 
 
@@ -53,68 +53,7 @@ _PROTOCOL_TEXT = {
                      "left out)",
     "query_gallery": "query-gallery retrieval: every gallery image is ranked, nothing is left out",
 }
-# Elements of the distance matrix per block in first_hit_ranks (~4M float32, as in rank.py).
-_BLOCK_ELEMENTS = 1 << 22
 _CMC_RANKS = 50  # length of the CMC curves computed (20 are plotted)
-
-
-# --------------------------------------------------------------------------- per-query numbers
-
-
-def first_hit_ranks(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
-                    g_camids: ArrayLike) -> np.ndarray:
-    """Per query, the 1-based rank of its first true match as ``evaluate_rank`` counts it; 0 without one.
-
-    The gallery is ordered by (float32 distance, gallery index) and the items with the query's
-    pid and camera are left out (``evaluate_rank``'s protocol; gallery pid -1 is an ordinary
-    pid here, as there). With the first match ``p`` at distance ``t``, the rank is 1 + the
-    number of gallery items ``j`` with ``(d_j, j) < (t, p)`` minus the left-out items among them:
-    one pass of comparisons over the matrix, no sort.
-    """
-    dist, q_pids, g_pids, q_camids, g_camids = protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
-    num_q, num_g = dist.shape
-    dist = np.ascontiguousarray(dist, dtype=np.float32)
-    ranks = np.zeros(num_q, dtype=np.int64)
-    if num_q == 0 or num_g == 0:
-        return ranks
-
-    rows, cols = same_pid_pairs(q_pids, g_pids)
-    values = dist[rows, cols]
-    if np.isnan(values).any():
-        raise ValueError("distmat contains NaN; expected numbers (inf is allowed)")
-    left_out = q_camids[rows] == g_camids[cols]
-    # The first match of each query: the smallest (distance, index) among its matches.
-    m_rows, m_cols, m_values = rows[~left_out], cols[~left_out], values[~left_out]
-    order = np.lexsort((m_cols, m_values, m_rows))
-    m_rows, m_cols, m_values = m_rows[order], m_cols[order], m_values[order]
-    first = np.ones(m_rows.size, dtype=bool)
-    first[1:] = m_rows[1:] != m_rows[:-1]
-    valid, hit, hit_value = m_rows[first], m_cols[first], m_values[first]
-    if valid.size == 0:
-        return ranks
-
-    before = np.empty(valid.size, dtype=np.int64)  # items (any) ahead of the first match
-    block = max(1, _BLOCK_ELEMENTS // num_g)
-    for s in range(0, valid.size, block):
-        sub = dist[valid[s:s + block]]
-        t = hit_value[s:s + block, None]
-        if np.isnan(sub.max()):
-            raise ValueError("distmat contains NaN; expected numbers (inf is allowed)")
-        before[s:s + block] = np.count_nonzero(sub < t, axis=1)
-        ties = np.count_nonzero(sub == t, axis=1)
-        for r in np.flatnonzero(ties > 1).tolist():  # exact ties: lower gallery indices come first
-            before[s + r] += int(np.count_nonzero(sub[r, :hit[s + r]] == hit_value[s + r]))
-
-    # Left-out items ahead of the first match are not counted.
-    threshold = np.full(num_q, np.nan, dtype=np.float32)  # NaN: no match, nothing compares true
-    threshold_index = np.zeros(num_q, dtype=np.int64)
-    threshold[valid], threshold_index[valid] = hit_value, hit
-    l_rows, l_cols, l_values = rows[left_out], cols[left_out], values[left_out]
-    t_rows = threshold[l_rows]
-    ahead = (l_values < t_rows) | ((l_values == t_rows) & (l_cols < threshold_index[l_rows]))
-    skipped = np.bincount(l_rows[ahead], minlength=num_q)
-    ranks[valid] = before - skipped[valid] + 1
-    return ranks
 
 
 # --------------------------------------------------------------------------- inputs
@@ -204,8 +143,7 @@ def write_report(
     Raises:
         ValueError: a bad protocol, mismatched sizes, no valid query, no positive or negative pair.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    check_protocol(protocol)
     for name, value in (("top_k", top_k), ("num_worst", num_worst), ("num_best", num_best),
                         ("num_random", num_random)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (name == "top_k"):
@@ -231,7 +169,7 @@ def write_report(
     result = evaluate_rank(dist, *labels, max_rank=max_rank)
     if protocol == "reid":
         _check_consistent(metrics, result, "")
-    first_rank = first_hit_ranks(dist, *labels)
+    first_rank = result.first_hit_rank
     verification = verification_metrics(dist, *labels, fprs=verification_fprs, with_roc=True)
     fprs = tuple(verification.tpr_at_fpr)  # checked, as floats
     curves = {metric_name: result.cmc}
@@ -290,9 +228,8 @@ def write_report(
     for _, picks in sections:
         for i in picks:
             name = f"rank_list_{i:05d}.png"
-            row_cams = _drawing_camids(protocol, i, q_camids, g_camids)
-            image = vis.compose_rank_list(dist[i], (q_paths[i], q_pids[i], row_cams[0]),
-                                          (g_paths, g_pids, row_cams[1]), top_k=top_k)
+            image = vis.compose_rank_list(dist[i], (q_paths[i], q_pids[i], q_camids[i]),
+                                          (g_paths, g_pids, g_camids), top_k=top_k, cameras=protocol == "reid")
             vis.save_image(image, out / name)
             drawn[i] = name
 
@@ -308,20 +245,6 @@ def write_report(
     for path in (index, out / "metrics.json"):
         os.chmod(path, mode)
     return index
-
-
-def _drawing_camids(protocol: str, i: int, q_camids: np.ndarray, g_camids: np.ndarray) -> tuple[int, np.ndarray]:
-    """Query i's camera and the gallery cameras for ``compose_rank_list``, same exclusions as the protocol.
-
-    Retrieval protocols print "c1" under the query and "c2" under gallery images (no camera
-    numbers exist there); leave-one-out gives the query itself "c1" too, so it alone is left out.
-    """
-    if protocol == "reid":
-        return int(q_camids[i]), g_camids
-    cams = np.ones(len(g_camids), dtype=np.int64)
-    if protocol == "leave_one_out":
-        cams[i] = 0
-    return 0, cams
 
 
 # --------------------------------------------------------------------------- HTML

@@ -1,12 +1,11 @@
 """Rank lists and plots: pure functions over distance matrices, labels and image paths.
 
-Rank lists follow the evaluation protocol of ``reid.evaluation.rank`` (the Market-1501
+Rank lists follow the evaluation protocol (``reid.evaluation.protocol``, the Market-1501
 protocol shared by the field's code): the gallery is ordered by ascending distance, ties by
 gallery index (a stable sort), and gallery items with the query's pid AND camera are left out,
-so the ranks shown are the ranks the metrics count. Gallery items with pid -1 ("junk" in
-Market-1501's naming) are left out too, as the official Market MATLAB evaluation does; the AP
-shown is computed on the same list. A query whose pid is unknown (-1, e.g. features of a user's
-own crops) is drawn with neutral borders and no AP.
+so the ranks shown are the ranks the metrics count. Junk (pid -1) is left out too, the
+protocol's one junk policy; the AP shown is computed on the same list. A query whose pid is
+unknown (-1, e.g. features of a user's own crops) is drawn with neutral borders and no AP.
 
 Images are composed with OpenCV/numpy so that every pixel is where the layout says (the tests
 check border colours pixel by pixel); plots use matplotlib's object-oriented API on the Agg
@@ -30,9 +29,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .data.transforms import read_image
-from .data.datasets.base import JUNK_PID  # Market-1501's junk images, left out of rank lists
 from .evaluation.arrays import ArrayLike, as_labels, as_numpy
-from .evaluation.rank import average_precision, protocol_arrays, query_average_precision
+from .evaluation.protocol import JUNK_PID, Labels, block_pair_masks, check_distmat, list_mask
+from .evaluation.rank import average_precision, query_average_precision
 
 # (paths, pids, camids), row-aligned: one entry per query or gallery image.
 Labelled = tuple[Sequence[str], ArrayLike, ArrayLike]
@@ -136,11 +135,7 @@ def ranked_gallery(distances: ArrayLike, query_pid: int, query_camid: int, galle
     g_pids = as_labels(gallery_pids, "gallery_pids", row.shape[0], "one per distance")
     g_camids = as_labels(gallery_camids, "gallery_camids", row.shape[0], "one per distance")
     order = np.argsort(row, kind="stable")
-    if query_pid == JUNK_PID:
-        keep = np.ones(row.shape[0], dtype=bool)
-    else:
-        keep = ~((g_pids == query_pid) & (g_camids == query_camid)) & (g_pids != JUNK_PID)
-    order = order[keep[order]]
+    order = order[list_mask(query_pid, query_camid, g_pids, g_camids)[order]]
     if top_k is not None:
         order = order[:top_k]
     matches = (g_pids[order] == query_pid) & (query_pid != JUNK_PID)
@@ -323,7 +318,7 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
                                       ("worst", worst)) if value is not None]
     if len(given) > 1:
         raise ValueError(f"save_rank_lists: give one of query_indices, num_random, worst; got {', '.join(given)}")
-    ap = query_average_precision(dist, q_pids, gallery[1], q_camids, gallery[2], junk_pid=JUNK_PID)
+    ap = query_average_precision(dist, q_pids, gallery[1], q_camids, gallery[2])
     if worst is not None:
         chosen = select_queries(num_q, count=worst, worst=True, ap=ap)
     elif query_indices is not None:
@@ -422,18 +417,16 @@ def split_distances(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_
     Match: same pid, other camera. Non-match: another pid. Left out: same pid and camera,
     gallery junk (pid -1) and queries of unknown pid (-1).
     """
-    dist, q_pids, g_pids, q_camids, g_camids = protocol_arrays(distmat, q_pids, g_pids, q_camids, g_camids)
+    dist = check_distmat(distmat)
+    labels = Labels.of(*dist.shape, q_pids, g_pids, q_camids, g_camids)
     num_q, num_g = dist.shape
     matches, non_matches = [], []
-    known_gallery = g_pids != JUNK_PID
     rows = max(1, (1 << 22) // max(num_g, 1))  # bounded temporaries on large galleries
     for s in range(0, num_q, rows):
+        positive, negative = block_pair_masks(labels, slice(s, s + rows))
         block = dist[s:s + rows]
-        same_pid = q_pids[s:s + rows, None] == g_pids[None, :]
-        same_cam = q_camids[s:s + rows, None] == g_camids[None, :]
-        usable = known_gallery[None, :] & (q_pids[s:s + rows, None] != JUNK_PID)
-        matches.append(block[usable & same_pid & ~same_cam])
-        non_matches.append(block[usable & ~same_pid])
+        matches.append(block[positive])
+        non_matches.append(block[negative])
     return np.concatenate(matches), np.concatenate(non_matches)
 
 

@@ -27,7 +27,8 @@ from reid import report as rp
 from reid import visualization as vis
 from reid.data import build_dataset
 from reid.evaluation import evaluate_rank, pairwise_distance, rerank, verification_metrics
-from reid.evaluation.evaluator import metrics_from_features, protocol_camids
+from reid.evaluation.evaluator import metrics_from_features
+from reid.evaluation.protocol import protocol_camids
 from reid.evaluation.features import FeatureSet, postprocess_features
 
 ODD_NAME = 'q<script>window.injected=1<&"x".jpg'  # escaped everywhere, never a tag
@@ -169,7 +170,7 @@ def test_per_query_table_holds_the_valid_queries_with_evaluate_rank_values(reid_
     assert [int(i) for i in page.column("index")] == valid.tolist()
     assert page.column("ap") == [f"{100 * result.all_AP[i]:.2f}" for i in valid]
     assert page.column("inp") == [f"{100 * result.all_INP[i]:.2f}" for i in valid]
-    ranks = rp.first_hit_ranks(reid_case["distmat"], *reid_case["labels"])
+    ranks = result.first_hit_rank
     assert page.column("rank") == [str(ranks[i]) for i in valid]
     assert page.column("pid") == [str(reid_case["query"].pids[i]) for i in valid]
     assert page.column("file") == [Path(reid_case["query"].paths[i]).name for i in valid]
@@ -234,59 +235,6 @@ def test_rank_lists_are_the_worst_best_and_random_queries(reid_case):
         assert (reid_case["out"] / f"rank_list_{i:05d}.png").is_file()
 
 
-def test_first_hit_ranks_equal_a_brute_force_loop():
-    rng = np.random.default_rng(3)
-    num_q, num_g = 40, 70
-    dist = rng.integers(0, 6, size=(num_q, num_g)).astype(np.float32)  # many exact ties
-    dist[rng.random(dist.shape) < 0.05] = np.inf
-    q_pids, g_pids = rng.integers(-1, 8, num_q), rng.integers(-1, 8, num_g)
-    q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
-    expected = []
-    for i in range(num_q):
-        order = sorted(range(num_g), key=lambda j: (dist[i, j], j))
-        kept = [j for j in order if not (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i])]
-        hits = [rank for rank, j in enumerate(kept, start=1) if g_pids[j] == q_pids[i]]
-        expected.append(hits[0] if hits else 0)
-    got = rp.first_hit_ranks(dist, q_pids, g_pids, q_cams, g_cams)
-    assert got.tolist() == expected
-    assert rp.first_hit_ranks(torch.from_numpy(dist), *map(torch.from_numpy, (q_pids, g_pids, q_cams, g_cams))
-                              ).tolist() == expected
-    # the CMC evaluate_rank computes is the distribution of these ranks
-    result = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
-    valid = ~np.isnan(result.all_AP)
-    assert np.array_equal(valid, got > 0)
-    assert np.allclose(result.cmc, [(got[valid] <= k).mean() for k in range(1, 21)])
-
-
-def test_first_hit_ranks_equal_the_drawn_rank_lists():
-    """On a gallery without junk (pid -1) the rank lists of visualization.py show the same first hit."""
-    rng = np.random.default_rng(4)
-    num_q, num_g = 30, 50
-    dist = rng.integers(0, 10, size=(num_q, num_g)).astype(np.float32)
-    q_pids, g_pids = rng.integers(0, 6, num_q), rng.integers(0, 6, num_g)
-    q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
-    got = rp.first_hit_ranks(dist, q_pids, g_pids, q_cams, g_cams)
-    for i in range(num_q):
-        _, matches = vis.ranked_gallery(dist[i], q_pids[i], q_cams[i], g_pids, g_cams)
-        assert got[i] == (int(np.argmax(matches)) + 1 if matches.any() else 0)
-
-
-def test_first_hit_ranks_at_market_size_is_fast():
-    import time
-
-    rng = np.random.default_rng(0)
-    num_q, num_g = 3368, 15913
-    dist = rng.random((num_q, num_g), dtype=np.float32)
-    q_pids, g_pids = rng.integers(0, 751, num_q), rng.integers(0, 751, num_g)
-    q_cams, g_cams = rng.integers(0, 6, num_q), rng.integers(0, 6, num_g)
-    start = time.perf_counter()
-    got = rp.first_hit_ranks(dist, q_pids, g_pids, q_cams, g_cams)
-    seconds = time.perf_counter() - start
-    result = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=1)
-    assert (got[got > 0] == 1).mean() == pytest.approx(result.cmc[0])
-    assert seconds < 5, seconds  # ~0.1 s on the 2-core machine
-
-
 def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     dataset = build_dataset("market1501", str(tiny_market))
     items = [*dataset.query, *dataset.gallery]
@@ -310,10 +258,9 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     for k in (1, 2, 4, 8):
         assert result.cmc[k - 1] == pytest.approx(metrics[f"recall@{k}"])
     # the rank lists exclude the same item (only the query itself) and find the same first hit
-    ranks = rp.first_hit_ranks(distmat, data.pids, data.pids, q_cams, g_cams)
+    ranks = result.first_hit_rank
     for i in range(n):
-        q_cam, cams = rp._drawing_camids("leave_one_out", i, q_cams, g_cams)
-        order, matches = vis.ranked_gallery(distmat[i], data.pids[i], q_cam, data.pids, cams)
+        order, matches = vis.ranked_gallery(distmat[i], data.pids[i], q_cams[i], data.pids, g_cams)
         assert len(order) == n - 1 and i not in order
         assert ranks[i] == (int(np.argmax(matches)) + 1 if matches.any() else 0)
     block = json.loads((tmp_path / "loo" / "metrics.json").read_text())["verification"]

@@ -356,3 +356,19 @@ def test_drawn_ap_is_evaluate_rank_all_ap_with_junk_and_distractors():
     i = int(np.flatnonzero(~np.isnan(drawn))[0])
     order, matches = vis.ranked_gallery(distmat[i], q_pids[i], q_camids[i], g_pids, g_camids)
     assert np.flatnonzero(g_pids[order] == vis.JUNK_PID).size == 0 and (g_pids[order] == 0).any()
+
+
+def test_rank_lists_show_the_first_hit_the_metrics_count() -> None:
+    """ranked_gallery and evaluate_rank share the protocol: junk (pid -1) and same-camera items out."""
+    from reid.evaluation import evaluate_rank
+
+    rng = np.random.default_rng(4)
+    num_q, num_g = 30, 50
+    dist = rng.integers(0, 10, size=(num_q, num_g)).astype(np.float32)
+    q_pids, g_pids = rng.integers(0, 6, num_q), rng.integers(-1, 6, num_g)
+    q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    got = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=5).first_hit_rank
+    for i in range(num_q):
+        order, matches = vis.ranked_gallery(dist[i], q_pids[i], q_cams[i], g_pids, g_cams)
+        assert (g_pids[order] != -1).all()
+        assert got[i] == (int(np.argmax(matches)) + 1 if matches.any() else 0)

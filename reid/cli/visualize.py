@@ -100,7 +100,7 @@ def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: 
     import numpy as np
 
     from reid import visualization as vis
-    from reid.evaluation.evaluator import protocol_camids
+    from reid.evaluation.protocol import protocol_camids
     from reid.evaluation.rank import evaluate_rank, query_average_precision
 
     progress = progress_setting(args)
@@ -116,7 +116,7 @@ def draw(args: argparse.Namespace, cfg, query, gallery, output: Path, log_file: 
         grid=args.grid, html=args.html, seed=args.seed, png_colors=args.png_colors, cameras=protocol == "reid",
     )
     # Unlabelled crops (pid -1, e.g. from `reid extract`) have no true matches: nothing to score.
-    if np.isnan(query_average_precision(shown, *labels, junk_pid=vis.JUNK_PID)).all():
+    if np.isnan(query_average_precision(shown, *labels)).all():
         log.warning("no query has a true match in the gallery: skipping cmc.png and distances.png")
     else:
         max_rank = min(args.max_rank, len(gallery))

@@ -1,13 +1,39 @@
-"""Pairwise distances between two feature sets, computed in row chunks.
+"""Distances between feature sets: one definition, the same bits on every machine.
 
-``euclidean`` is the *squared* Euclidean distance, as in the field's shared code
-(torchreid's ``compute_distance_matrix``): ``|x|^2 + |y|^2 - 2 x.y``. It is evaluated with the
-same operations in the same order (a broadcast add, then ``addmm_`` with ``alpha=-2``), so with
-chunks of at least 64 rows the values match that function bit for bit on the same BLAS; the
-re-ranking relies on this to reproduce the classic neighbour lists exactly (see rerank.py).
+The distance of two feature rows ``x`` and ``y`` is *defined* as the float32 rounding of a
+float64 evaluation with a fixed order of operations:
+
+* ``euclidean``, the squared Euclidean distance of the field's shared code:
+  ``sum_k (x_k - y_k)^2``;
+* ``cosine``: ``1 - sum_k x_k y_k / (max(|x|, 1e-12) * max(|y|, 1e-12))``, clipped to [0, 2],
+  with ``|x| = sqrt(sum_k x_k^2)`` (the ``eps`` of ``torch.nn.functional.normalize``);
+
+where every sum over ``k`` is a pairwise tree in one fixed order (see :func:`tree_sum`). Each
+step is a single IEEE-754 operation, so the value depends on the two rows only: not on the
+BLAS, the SIMD width (AVX2 or AVX-512), the thread count, the device or the shape of the
+block it is computed in. This is the "canonical" distance; rankings order the gallery by
+(canonical distance, gallery index), so every metric is a function of the features alone.
+
+Evaluating the tree for every pair would be slow, so two fast paths come with rigorous error
+bounds (Higham, "Accuracy and Stability of Numerical Algorithms", 2002, section 3.1: a dot
+product of length ``d`` computed in any order, with or without FMA, is within
+``gamma_d = d u / (1 - d u)`` of the exact value, relative to ``sum_k |x_k y_k|``):
+
+* :meth:`FeatureDistances.exact` (dense blocks, :func:`pairwise_distance`): a float64 matrix
+  product, whose error is far below float32's resolution. Where the bound still straddles a
+  float32 rounding boundary (about one entry in 10^5, and every exact zero such as an item's
+  distance to itself) the entry is recomputed canonically. The result is the canonical value
+  of every entry, at the cost of one float64 product.
+* :meth:`FeatureDistances.fast` (rankings straight from features): a float32 product plus a
+  bound ``e`` per query row with ``|fast - canonical| <= e`` for every entry. Code that ranks
+  (``reid.evaluation.ordering``) decides each comparison the fast values decide and asks
+  :meth:`FeatureDistances.pairs` for the canonical value of the few they do not.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Union
 
 import numpy as np
 import torch
@@ -16,10 +42,15 @@ from ..progress import progress_bar
 from .arrays import ArrayLike
 
 METRICS = ("euclidean", "cosine")
-# About 64 MiB of float32 output per chunk with a 15,913-wide gallery; chunks below 64 rows
-# make MKL switch to a small-matrix kernel that rounds differently from a full product.
-DEFAULT_CHUNK_ELEMENTS = 1 << 24
-MIN_CHUNK_ROWS = 64
+# Elements per dense block (float64 temporaries: 32 MiB) and per batch of canonical pairs.
+_BLOCK_ELEMENTS = 1 << 22
+_PAIR_ELEMENTS = 1 << 18
+# The cosine's denominator floor, as torch.nn.functional.normalize's eps.
+_NORM_EPS = 1e-12
+_U32 = 2.0 ** -24  # unit roundoff of float32
+_U64 = 2.0 ** -53
+
+Rows = Union[slice, np.ndarray]
 
 
 def as_float_tensor(x: ArrayLike, name: str) -> torch.Tensor:
@@ -47,78 +78,241 @@ def as_feature_pair(x: ArrayLike, y: ArrayLike, x_name: str = "x", y_name: str =
     return xt, yt
 
 
-def squared_euclidean_block(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor,
-                            out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a_sq[i] + b_sq[j] - 2 a_i.b_j`` without clamping (the classic formula, op for op).
+def tree_sum(x: torch.Tensor) -> torch.Tensor:
+    """Row sums of a 2-D float64 tensor in one fixed pairwise order: element ``k + h`` is added
+    to element ``k`` with ``h`` = half the width (an odd last element waits a level), until one
+    column is left. Element-wise additions only, each one IEEE operation, so the result does not
+    depend on the machine (``torch.sum`` vectorises by the CPU's SIMD width)."""
+    while x.shape[1] > 1:
+        width = x.shape[1]
+        half = width // 2
+        head = x[:, :half] + x[:, half:2 * half]
+        x = torch.cat([head, x[:, 2 * half:]], dim=1) if width % 2 else head
+    return x[:, 0] if x.shape[1] else torch.zeros(x.shape[0], dtype=x.dtype)
 
-    ``a_sq``/``b_sq`` are ``a.pow(2).sum(1)``/``b.pow(2).sum(1)``; passing them in lets callers
-    compute the norms once. Tiny negative values (rounding) are kept: the classic re-ranking
-    squares these distances, so clamping would change its neighbour order.
+
+@contextmanager
+def full_float32_matmul() -> Iterator[None]:
+    """Matrix products in true float32 (no TF32 or bfloat16 shortcuts), which the error
+    bounds assume; the caller's setting comes back afterwards."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
+
+
+def _row_index(rows: Rows, count: int) -> np.ndarray:
+    return np.arange(count)[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+
+
+class FeatureDistances:
+    """Canonical distances between the rows of ``query`` and of ``gallery`` (module docstring).
+
+    ``query``/``gallery`` are numpy arrays or torch tensors (any device: products run there,
+    canonical recomputations on the CPU). float64 features are evaluated from their float64
+    values; every other dtype as float32. Raises ValueError for NaN/inf features or norms so
+    large that float32 distances would overflow.
     """
-    if out is None:
-        out = a_sq[:, None] + b_sq[None, :]
-    else:
-        torch.add(a_sq[:, None], b_sq[None, :], out=out)
-    out.addmm_(a, b.t(), beta=1, alpha=-2)
-    return out
+
+    def __init__(self, query: ArrayLike, gallery: ArrayLike, metric: str = "euclidean", *,
+                 names: tuple[str, str] = ("query_features", "gallery_features")) -> None:
+        _check_metric(metric)
+        q, g = as_feature_pair(query, gallery, *names)
+        self.metric = metric
+        self.dtype = torch.float64 if torch.float64 in (q.dtype, g.dtype) else torch.float32
+        self.query = q.to(self.dtype)
+        # one set against itself (re-ranking's joint set, k-means++): every copy made once
+        self.same_set = query is gallery
+        self.gallery = self.query if self.same_set else g.to(device=q.device, dtype=self.dtype)
+        self.device = q.device
+        self.num_query, self.num_gallery, self.dim = q.shape[0], g.shape[0], q.shape[1]
+        for name, feats in zip(names, (self.query, self.gallery)):
+            if feats.numel() and not bool(torch.isfinite(feats).all()):
+                raise ValueError(f"{name} contains NaN or inf; expected finite features")
+        q_norm = self.query.double().pow(2).sum(dim=1).sqrt()
+        g_norm = self.gallery.double().pow(2).sum(dim=1).sqrt()
+        # (|q| + max |g|)^2 bounds sum_k |x_k y_k| terms of every entry of the row (euclidean)
+        largest = float(g_norm.max()) if self.num_gallery else 0.0
+        self._scale = ((q_norm.cpu().numpy() + largest) ** 2) * (1 + 1e-6)
+        if self._scale.size and float(self._scale.max()) > float(np.finfo(np.float32).max) / 8:
+            raise ValueError(f"features too large for float32 distances (norms up to "
+                             f"{max(largest, float(q_norm.max())):.3g}); expected smaller features")
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def gallery_subset(self, keep: np.ndarray) -> "FeatureDistances":
+        """The same query against the gallery rows ``keep`` (a bool mask or indices)."""
+        index = torch.as_tensor(np.flatnonzero(keep) if np.asarray(keep).dtype == bool else keep,
+                                device=self.device)
+        return FeatureDistances(self.query, self.gallery.index_select(0, index), self.metric)
+
+    # ------------------------------------------------------------------ bounds
+
+    def _bound(self, rows: np.ndarray, unit: float, *, to_float32: bool = False) -> np.ndarray:
+        """Per query row, a bound on |product - canonical| for a product with roundoff ``unit``.
+
+        float32 product against the float32 canonical value: euclidean (d+4)u S for the product
+        plus u S for rounding the canonical value (S = (|q| + max |g|)^2), doubled; cosine
+        (2d+7)u (normalisation, product, ``1 - x``, rounding), with slack. float64 product against
+        the float64 canonical evaluation (both trees' errors): (2d+4)u S, doubled.
+        ``to_float32``: a float64 product rounded to float32 and compared with the float32
+        canonical value (two more float32 roundings).
+        """
+        d = self.dim + 8
+        tiny = self.dim * (2.0 ** -120 if unit == _U32 else 2.0 ** -1000)  # flushed subnormal products
+        euclidean = self.metric == "euclidean"
+        if unit == _U32:
+            factor = (2 if euclidean else 3) * d * _U32
+        else:
+            factor = 4 * d * _U64 + (2 * _U32 if to_float32 else 0.0)
+        scale = self._scale[rows] if euclidean else np.ones(rows.size)
+        return scale * factor + tiny
+
+    # ------------------------------------------------------------------ products
+
+    def _operands(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(query, gallery, query_sq, gallery_sq) in ``dtype`` (cosine: unit rows, no norms), cached."""
+        key = str(dtype)
+        if key + "q" not in self._cache:
+            sets = [self.query] if self.same_set else [self.query, self.gallery]
+            if self.metric == "euclidean":
+                made = [(x.to(dtype), x.to(dtype).pow(2).sum(dim=1)) for x in sets]
+                (q, q_sq), (g, g_sq) = made[0], made[-1]
+                self._cache.update({key + "q": q, key + "g": g, key + "qs": q_sq, key + "gs": g_sq})
+            else:
+                made = [torch.nn.functional.normalize(x.to(dtype), p=2, dim=1, eps=_NORM_EPS) for x in sets]
+                self._cache.update({key + "q": made[0], key + "g": made[-1]})
+        return (self._cache[key + "q"], self._cache[key + "g"], self._cache.get(key + "qs"), self._cache.get(key + "gs"))
+
+    def _product(self, rows: np.ndarray, dtype: torch.dtype, cols: slice = slice(None)) -> torch.Tensor:
+        """rows x gallery[cols] distances by a matrix product in ``dtype`` (clamped like the canonical)."""
+        q, g, q_sq, g_sq = self._operands(dtype)
+        index = torch.as_tensor(rows, device=self.device)
+        with full_float32_matmul():
+            if self.metric == "euclidean":
+                out = q_sq.index_select(0, index)[:, None] + g_sq[None, cols]
+                out.addmm_(q.index_select(0, index), g[cols].t(), beta=1, alpha=-2)
+                return out.clamp_(min=0)
+            out = torch.mm(q.index_select(0, index), g[cols].t())
+            return out.neg_().add_(1).clamp_(min=0, max=2)
+
+    def fast_bound(self, rows: Rows = slice(None)) -> np.ndarray:
+        """The bound of :meth:`fast` for query ``rows``."""
+        index = _row_index(rows, self.num_query)
+        if self.dtype == torch.float64:
+            return self._bound(index, _U64, to_float32=True)
+        return self._bound(index, _U32)
+
+    def fast(self, rows: Rows, cols: slice = slice(None)) -> tuple[torch.Tensor, np.ndarray]:
+        """(float32 distances of ``rows`` x gallery[cols] on the features' device, per-row bound
+        ``e``): every entry is within ``e`` of its canonical value. float64 features: a float64
+        product."""
+        index = _row_index(rows, self.num_query)
+        if self.dtype == torch.float64:
+            return self._product(index, torch.float64, cols).to(torch.float32), self.fast_bound(index)
+        return self._product(index, torch.float32, cols), self.fast_bound(index)
+
+    def exact(self, rows: Rows, cols: slice = slice(None)) -> torch.Tensor:
+        """Canonical float32 distances of ``rows`` x gallery[cols], on the features' device."""
+        index = _row_index(rows, self.num_query)
+        col_index = np.arange(self.num_gallery)[cols]
+        out = torch.empty((index.size, col_index.size), dtype=torch.float32, device=self.device)
+        step = max(1, _BLOCK_ELEMENTS // max(col_index.size, 1))
+        for start in range(0, index.size, step):
+            part = index[start:start + step]
+            wide = self._product(part, torch.float64, cols)
+            bound = torch.as_tensor(self._bound(part, _U64), device=self.device)[:, None]
+            # round(wide - bound) == round(wide + bound): the canonical value rounds there too
+            # (rounding is monotone); in place, the block's float64 temporaries are the cost
+            wide.sub_(bound).clamp_(min=0)
+            block = wide.to(torch.float32)
+            wide.add_(2 * bound)
+            if self.metric == "cosine":
+                wide.clamp_(max=2)
+            r, c = torch.nonzero(block != wide.to(torch.float32), as_tuple=True)
+            if r.numel():
+                fixed = self.pairs(part[r.cpu().numpy()], col_index[c.cpu().numpy()])
+                block[r, c] = torch.from_numpy(fixed).to(self.device)
+            out[start:start + part.size] = block
+        return out
+
+    # ------------------------------------------------------------------ canonical values
+
+    def _cpu64(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """CPU float64 features (and canonical norms for cosine), made once."""
+        if "cpu_q" not in self._cache:
+            q = self.query.detach().cpu().to(torch.float64)
+            g = q if self.same_set else self.gallery.detach().cpu().to(torch.float64)
+            self._cache.update(cpu_q=q, cpu_g=g)
+            if self.metric == "cosine":
+                qn = _canonical_norms(q)
+                self._cache.update(cpu_qn=qn, cpu_gn=qn if self.same_set else _canonical_norms(g))
+        return self._cache["cpu_q"], self._cache["cpu_g"], self._cache.get("cpu_qn"), self._cache.get("cpu_gn")
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Canonical distances of the pairs (query ``rows[i]``, gallery ``cols[i]``), float32."""
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        out = np.empty(rows.size, dtype=np.float32)
+        if rows.size == 0:
+            return out
+        q, g, qn, gn = self._cpu64()
+        step = max(1, _PAIR_ELEMENTS // max(self.dim, 1))
+        for start in range(0, rows.size, step):
+            r = torch.from_numpy(rows[start:start + step])
+            c = torch.from_numpy(cols[start:start + step])
+            a, b = q.index_select(0, r), g.index_select(0, c)
+            if self.metric == "euclidean":
+                diff = a - b
+                value = tree_sum(diff * diff)
+            else:
+                value = 1 - tree_sum(a * b) / (qn.index_select(0, r) * gn.index_select(0, c))
+                value = value.clamp_(min=0, max=2)
+            out[start:start + step] = value.to(torch.float32).numpy()
+        return out
 
 
-def _row_chunks(num_rows: int, chunk_size: int) -> list[tuple[int, int]]:
-    """Row ranges of ``chunk_size``; a short tail is merged into the previous chunk."""
-    bounds = list(range(0, num_rows, chunk_size)) + [num_rows]
-    ranges = list(zip(bounds[:-1], bounds[1:]))
-    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] < MIN_CHUNK_ROWS:
-        last = ranges.pop()
-        ranges[-1] = (ranges[-1][0], last[1])
-    return ranges
+def _canonical_norms(x: torch.Tensor) -> torch.Tensor:
+    """max(sqrt(tree_sum(x^2)), eps) per row of a CPU float64 tensor."""
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    step = max(1, _PAIR_ELEMENTS // max(x.shape[1], 1))
+    for start in range(0, x.shape[0], step):
+        part = x[start:start + step]
+        out[start:start + step] = tree_sum(part * part).sqrt_()
+    return out.clamp_(min=_NORM_EPS)
 
 
 def pairwise_distance(x: ArrayLike, y: ArrayLike, metric: str = "euclidean",
                       chunk_size: int | None = None, *, progress: bool | None = None) -> ArrayLike:
-    """Distance between every row of ``x`` (m x d) and every row of ``y`` (n x d).
+    """Canonical distance between every row of ``x`` (m x d) and every row of ``y`` (n x d).
 
     Args:
-        x, y: feature matrices, numpy arrays or torch tensors (any device). float64 stays
-            float64; every other dtype is computed in float32.
-        metric: ``"euclidean"`` (squared Euclidean, clamped at 0 so rounding never yields a
-            negative distance) or ``"cosine"`` (``1 - cos``, clamped to [0, 2]).
-        chunk_size: rows of ``x`` per chunk. Only the m x n result is held in full; temporaries
-            are chunk_size x n (plus chunk_size x d for cosine). Default: about 16M elements
-            per chunk (at least 64 rows).
+        x, y: feature matrices, numpy arrays or torch tensors (any device).
+        metric: ``"euclidean"`` (squared Euclidean) or ``"cosine"`` (``1 - cos``, in [0, 2]).
+        chunk_size: rows of ``x`` per chunk (default: about 4M entries). The values do not
+            depend on it: every entry is the canonical value (module docstring).
         progress: a bar over the rows of ``x`` (see :mod:`reid.progress`; None: on a terminal only).
 
     Returns:
-        m x n distances: a torch tensor on ``x``'s device if ``x`` is a tensor, else a numpy array.
+        m x n float32 distances: a torch tensor on ``x``'s device if ``x`` is a tensor, else a
+        numpy array.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
-    xt, yt = as_feature_pair(x, y)
+    _check_metric(metric)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: expected a positive number of rows or None")
-    dtype = torch.float64 if torch.float64 in (xt.dtype, yt.dtype) else torch.float32
-    xt = xt.to(dtype)
-    yt = yt.to(device=xt.device, dtype=dtype)
-    m, n = xt.shape[0], yt.shape[0]
+    space = FeatureDistances(x, y, metric, names=("x", "y"))
+    m, n = space.num_query, space.num_gallery
     if chunk_size is None:
-        chunk_size = max(MIN_CHUNK_ROWS, DEFAULT_CHUNK_ELEMENTS // max(n, 1))
-    out = torch.empty((m, n), dtype=dtype, device=xt.device)
+        chunk_size = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    out = torch.empty((m, n), dtype=torch.float32, device=space.device)
     with progress_bar(total=m, desc="distances", unit="row", progress=progress) as bar:
-        if metric == "euclidean":
-            y_sq = yt.pow(2).sum(dim=1)
-            for start, stop in _row_chunks(m, chunk_size):
-                a = xt[start:stop]
-                block = squared_euclidean_block(a, yt, a.pow(2).sum(dim=1), y_sq, out=out[start:stop])
-                block.clamp_(min=0)
-                bar.update(stop - start)
-        else:
-            y_unit = torch.nn.functional.normalize(yt, p=2, dim=1)
-            for start, stop in _row_chunks(m, chunk_size):
-                x_unit = torch.nn.functional.normalize(xt[start:stop], p=2, dim=1)
-                block = out[start:stop]
-                torch.mm(x_unit, y_unit.t(), out=block)
-                # 1 - cos, written in place: block = -block + 1
-                block.neg_().add_(1).clamp_(min=0, max=2)
-                bar.update(stop - start)
-    if isinstance(x, torch.Tensor):
-        return out
-    return out.numpy()
+        for start in range(0, m, chunk_size):
+            stop = min(m, start + chunk_size)
+            out[start:stop] = space.exact(slice(start, stop))
+            bar.update(stop - start)
+    return out if isinstance(x, torch.Tensor) else out.numpy()

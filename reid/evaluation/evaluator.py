@@ -15,30 +15,9 @@ import numpy as np
 from .distance import pairwise_distance
 from .features import FeatureSet, postprocess_features
 from .arrays import ArrayLike, as_numpy
+from .protocol import check_protocol
 from .rank import evaluate_rank
 from .rerank import rerank as rerank_features
-
-
-def protocol_camids(protocol: str, query_camids: ArrayLike, gallery_camids: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """The (query, gallery) camera ids that make ``evaluate_rank``'s exclusion rule the protocol's.
-
-    ``"reid"``: as given. ``"leave_one_out"`` (query and gallery are one list of N): ``0..N-1``
-    on both sides, so only the query itself shares its pid and camera. ``"query_gallery"``:
-    queries 0, gallery 1, so nothing is left out.
-    """
-    q = np.asarray(as_numpy(query_camids, "query camids")).astype(np.int64)
-    g = np.asarray(as_numpy(gallery_camids, "gallery camids")).astype(np.int64)
-    if protocol == "reid":
-        return q, g
-    if protocol == "leave_one_out":
-        if len(q) != len(g):
-            raise ValueError(f"protocol leave_one_out: query and gallery must be one list, got {len(q)} queries and "
-                             f"{len(g)} gallery items")
-        ids = np.arange(len(q), dtype=np.int64)
-        return ids, ids.copy()
-    if protocol == "query_gallery":
-        return np.zeros(len(q), dtype=np.int64), np.ones(len(g), dtype=np.int64)
-    raise ValueError(f"protocol={protocol!r}: expected one of reid, leave_one_out, query_gallery")
 
 
 def _fpr_key(fpr: float) -> str:
@@ -132,8 +111,7 @@ def metrics_from_features(
             return metrics
         gf = postprocess_features(gallery.features, normalize=normalize, beta=beta)
         return _retrieval_summary(evaluate_retrieval(qf, query.pids, gf, gallery.pids, ks=recall_ks, metric=metric))
-    if protocol != "reid":
-        raise ValueError(f"protocol: expected reid, leave_one_out or query_gallery, got {protocol!r}")
+    check_protocol(protocol)
     gf = postprocess_features(gallery.features, normalize=normalize, beta=beta)
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     distmat = pairwise_distance(qf, gf, metric=metric, progress=progress)

@@ -20,10 +20,13 @@ row ``a`` over its row maximum.) The classic then takes ``argsort(D)`` and keeps
   ``V`` (the classic's inverted index), accumulated per block of queries;
 * the q x g block of ``D``, recomputed block by block into the output.
 
-Memory: O(N (k1 + |R*| k2)) plus the q x g float32 output. ``rerank`` computes the distances
-from features in blocks of the symmetric N x N matrix (each pair of blocks once), with the
-classic's formula op for op (``reid.evaluation.distance``), so it reproduces the classic fed
-``compute_distance_matrix`` outputs, ties and rounding included (on the same BLAS).
+Memory: O(N (k1 + |R*| k2)) plus the q x g float32 output. ``rerank`` works from features: it
+equals the classic fed the canonical distance matrices of ``reid.evaluation.distance`` (those of
+``pairwise_distance``), on every machine. It sweeps the blocks of the symmetric N x N matrix
+(each pair of blocks once) with float32 products, keeping each row's nearest and farthest items
+by those; the canonical values of the kept items, with the products' error bound, then settle
+every neighbour list and row maximum (a row they cannot settle is recomputed canonically), and
+the q x g block is computed canonically.
 
 Ties: the classic sorts with numpy's default (unstable) argsort, whose order among equal
 distances is unspecified; here equal distances are ordered by index (stable). Without exact
@@ -41,12 +44,16 @@ from tqdm import tqdm
 
 from ..progress import progress_bar
 from .arrays import ArrayLike
-from .distance import MIN_CHUNK_ROWS, as_feature_pair, squared_euclidean_block
+from .distance import FeatureDistances, as_feature_pair
 
 KNN_BACKENDS = ("torch", "faiss")
-# Extra neighbours kept beyond k1+1 so that ties and the float32 normalisation can be settled
-# without recomputing a row (rows where they cannot be are recomputed in full).
+# Extra neighbours kept beyond k1+1 so that ties, the products' rounding and the float32
+# normalisation can be settled without recomputing a row (rows where they cannot be are
+# recomputed in full); farthest items kept per row to settle its maximum the same way.
 _MARGIN = 8
+_FARTHEST = 4
+# Fewest rows per block of the sweep (a last short block joins the one before).
+_MIN_BLOCK_ROWS = 64
 # Rows per block of the symmetric distance sweep; GEMMs of 2048 x 2048 run near peak.
 _DEFAULT_BLOCK = 2048
 # Jaccard step blocks: at most this many query x gallery pairs (a float64 accumulator, 32 MiB)
@@ -166,9 +173,6 @@ class _Candidates:
     def __init__(self, n: int, width: int) -> None:
         self.width = width
         self.keys = np.full((n, width), _EMPTY_KEY, dtype=np.int64)
-        self.row_max = np.full(n, -np.inf, dtype=np.float32)
-        # a lower bound of every distance outside a row's list when not its last value (faiss)
-        self.outside: np.ndarray | None = None
 
     @property
     def values(self) -> np.ndarray:
@@ -203,111 +207,103 @@ def _blocks(q: int, n: int, size: int) -> list[tuple[int, int]]:
     for lo, hi in ((0, q), (q, n)):
         bounds = list(range(lo, hi, size)) + [hi]
         part = list(zip(bounds[:-1], bounds[1:]))
-        if len(part) > 1 and part[-1][1] - part[-1][0] < MIN_CHUNK_ROWS:
+        if len(part) > 1 and part[-1][1] - part[-1][0] < _MIN_BLOCK_ROWS:
             last = part.pop()
             part[-1] = (part[-1][0], last[1])
         out.extend(part)
     return out
 
 
-class _JointFeatures:
-    """Query and gallery features as one N x d set, without concatenating them (a copy saved).
-
-    Squared norms are computed per set exactly as the classic's distance function does.
-    """
+class _Joint:
+    """Query and gallery as one N x d set with its canonical distances to itself."""
 
     def __init__(self, query: torch.Tensor, gallery: torch.Tensor) -> None:
-        self.query, self.gallery = query, gallery
-        self.q, self.n = query.shape[0], query.shape[0] + gallery.shape[0]
-        self.device, self.dtype = query.device, query.dtype
-        self.sq_norms = torch.cat([query.pow(2).sum(dim=1), gallery.pow(2).sum(dim=1)])
+        joint = torch.cat([query, gallery])
+        self.space = FeatureDistances(joint, joint, "euclidean", names=("features", "features"))
+        self.q, self.n = query.shape[0], joint.shape[0]
+        self.bound = self.space.fast_bound()
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows start..stop-1 (a view when they do not straddle the query/gallery boundary)."""
-        if stop <= self.q:
-            return self.query[start:stop]
-        if start >= self.q:
-            return self.gallery[start - self.q:stop - self.q]
-        return torch.cat([self.query[start:], self.gallery[:stop - self.q]])
-
-    def take(self, index: np.ndarray) -> torch.Tensor:
-        index = torch.as_tensor(index, device=self.device)
-        is_query = index < self.q
-        out = torch.empty((index.numel(), self.query.shape[1]), dtype=self.dtype, device=self.device)
-        out[is_query] = self.query[index[is_query]]
-        out[~is_query] = self.gallery[index[~is_query] - self.q]
-        return out
+    def block(self, a: tuple[int, int], b: tuple[int, int]) -> np.ndarray:
+        """Distances of rows a x columns b: canonical for query x gallery blocks (the output),
+        float32 products (within ``bound`` of the canonical values) elsewhere."""
+        rows, cols = slice(*a), slice(*b)
+        if a[1] <= self.q <= b[0]:
+            return self.space.exact(rows, cols).cpu().numpy()
+        return self.space.fast(rows, cols)[0].cpu().numpy()
 
 
-def _sweep_features(feats: _JointFeatures, cand: _Candidates, out: np.ndarray, block_size: int,
+def _sweep_features(joint: _Joint, near: _Candidates, far: _Candidates, out: np.ndarray, block_size: int,
                     bar: Optional[tqdm] = None) -> None:
     """One pass over the blocks of the symmetric distance matrix (each unordered pair once).
 
-    Fills the raw q x g distances into ``out``, the row maxima and the candidate lists;
-    ``bar`` counts the pairs of blocks.
+    Fills the canonical q x g distances into ``out`` and, by the block values, each row's
+    nearest (``near``) and farthest (``far``, on negated values) candidates; ``bar`` counts the
+    pairs of blocks.
     """
-    q, n = feats.q, feats.n
-    sq_norms = feats.sq_norms
-    out_t = torch.from_numpy(out)
-    blocks = _blocks(q, n, block_size)
+    q = joint.q
+    blocks = _blocks(q, joint.n, block_size)
     if bar is not None:
         bar.unit = "block"
         bar.reset(total=len(blocks) * (len(blocks) + 1) // 2)
-    # Buffers are reused: fresh pages for every block cost more than the comparisons on them.
-    masks: dict[tuple[int, int], np.ndarray] = {}
-    blocks_out: dict[tuple[int, int], torch.Tensor] = {}
-
-    def mask_buffer(shape: tuple[int, int]) -> np.ndarray:
-        if shape not in masks:
-            masks[shape] = np.empty(shape, dtype=bool)
-        return masks[shape]
-
-    def dist(a: tuple[int, int], b: tuple[int, int]) -> np.ndarray:
-        shape = (a[1] - a[0], b[1] - b[0])
-        query_gallery = a[1] <= q <= b[0]
-        direct = query_gallery and feats.device.type == "cpu" and feats.dtype == torch.float32
-        if direct:  # query x gallery block: computed straight into the output
-            target = out_t[a[0]:a[1], b[0] - q:b[1] - q]
-        else:
-            if shape not in blocks_out:
-                blocks_out[shape] = torch.empty(shape, dtype=feats.dtype, device=feats.device)
-            target = blocks_out[shape]
-        d = squared_euclidean_block(feats.rows(*a), feats.rows(*b), sq_norms[a[0]:a[1]], sq_norms[b[0]:b[1]],
-                                    out=target).cpu().numpy()
-        if query_gallery and not direct:
-            out[a[0]:a[1], b[0] - q:b[1] - q] = d
-        return d
-
     # Diagonal blocks first: they give every row a finite threshold to filter the rest.
     for a in blocks:
-        d = dist(a, a)
-        rows = slice(*a)
-        np.maximum(cand.row_max[rows], d.max(axis=1), out=cand.row_max[rows])
-        cand.set_block(rows, d, a[0])
+        d = joint.block(a, a)
+        near.set_block(slice(*a), d, a[0])
+        far.set_block(slice(*a), np.negative(d), a[0])
         if bar is not None:
             bar.update()
     for i, a in enumerate(blocks):
         for b in blocks[i + 1:]:
-            d = dist(a, b)
-            ra, rb = slice(*a), slice(*b)
-            np.maximum(cand.row_max[ra], d.max(axis=1), out=cand.row_max[ra])
-            np.maximum(cand.row_max[rb], d.max(axis=0), out=cand.row_max[rb])
-            buf = mask_buffer(d.shape)
-            # rows of block a against the columns of b
-            r, c = np.divmod(np.flatnonzero(np.less(d, cand.threshold(ra)[:, None], out=buf)), d.shape[1])
-            cand.merge(a[0], r, c + b[0], d[r, c])
-            # rows of block b against the columns of a: the transpose, read without copying it
-            r, c = np.divmod(np.flatnonzero(np.less(d, cand.threshold(rb)[None, :], out=buf)), d.shape[1])
-            by_row = np.argsort(c, kind="stable")
-            r, c = r[by_row], c[by_row]
-            cand.merge(b[0], c, r + a[0], d[r, c])
+            d = joint.block(a, b)
+            if a[1] <= q <= b[0]:
+                out[a[0]:a[1], b[0] - q:b[1] - q] = d
+            _merge_both_ways(near, d, a, b)
+            _merge_both_ways(far, np.negative(d), a, b)
             if bar is not None:
                 bar.update()
 
 
-def _squared_row_max(cand: _Candidates) -> np.ndarray:
-    """max_j fl(d_ij^2) in float32: the larger square of the row's largest and smallest distance."""
-    row_max2 = np.maximum(_sq32(cand.row_max), _sq32(cand.values[:, 0]))
+def _merge_both_ways(cand: _Candidates, d: np.ndarray, a: tuple[int, int], b: tuple[int, int]) -> None:
+    """Merge block ``d`` (rows a x columns b) into the rows of a, and its transpose into those of b."""
+    r, c = np.divmod(np.flatnonzero(d < cand.threshold(slice(*a))[:, None]), d.shape[1])
+    cand.merge(a[0], r, c + b[0], d[r, c])
+    # rows of block b against the columns of a: the transpose, read without copying it
+    r, c = np.divmod(np.flatnonzero(d < cand.threshold(slice(*b))[None, :]), d.shape[1])
+    by_row = np.argsort(c, kind="stable")
+    r, c = r[by_row], c[by_row]
+    cand.merge(b[0], c, r + a[0], d[r, c])
+
+
+def _canonical_lists(joint: _Joint, cand: _Candidates, sign: float = 1.0) -> None:
+    """Replace the kept values by their canonical ones (``sign`` -1: a list of negated values)."""
+    cols = cand.columns
+    r, c = np.nonzero(cols >= 0)
+    values = np.full(cols.shape, np.inf, dtype=np.float32)
+    values[r, c] = sign * joint.space.pairs(r, cols[r, c])
+    cand.keys[:] = np.where(cols >= 0, _pack(values, np.maximum(cols, 0)), _EMPTY_KEY)
+    cand.keys.sort(axis=1)
+
+
+def _row_maxima(joint: _Joint, far: _Candidates) -> np.ndarray:
+    """max_j of each row's canonical distances. ``far`` holds the row's largest float32 products
+    (negated): the maximum is among the items within 2e of the largest product, so a row is
+    settled from its list when its last kept product lies below that; other rows are computed
+    canonically in full."""
+    largest = -far.values[:, 0].astype(np.float64)
+    last = -far.values[:, -1].astype(np.float64)
+    complete = (far.columns >= 0).sum(axis=1) >= joint.n
+    unsettled = np.flatnonzero(~complete & (last >= largest - 2 * joint.bound))
+    _canonical_lists(joint, far, sign=-1.0)
+    maxima = -far.values[:, 0]
+    for start in range(0, unsettled.size, 256):
+        rows = unsettled[start:start + 256]
+        maxima[rows] = joint.space.exact(rows).cpu().numpy().max(axis=1)
+    return maxima
+
+
+def _squared_row_max(maxima: np.ndarray) -> np.ndarray:
+    """max_j fl(d_ij^2) in float32: the square of the largest (non-negative) canonical distance."""
+    row_max2 = _sq32(maxima)
     _check_row_max(row_max2, np.arange(row_max2.size))
     return row_max2
 
@@ -319,22 +315,20 @@ def _check_row_max(row_max2: np.ndarray, rows: np.ndarray) -> None:
                          f"divides by the row maximum, expected it to be > 0")
 
 
-def _finish_neighbours(cand: _Candidates, row_max2: np.ndarray, count: int, n: int,
+def _finish_neighbours(cand: _Candidates, outside: np.ndarray, row_max2: np.ndarray, count: int, n: int,
                        full_rows: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """``argsort(D)[:, :count]`` (stable) from the candidate lists. ``full_rows(rows)`` returns the
-    normalised rows for the rare rows the lists cannot decide.
+    """``argsort(D)[:, :count]`` (stable) from the candidate lists (canonical values), where
+    ``outside`` bounds from below the raw distance of every item not in a row's list. The
+    order is settled when that bound's key exceeds the count-th key (rows whose list holds all
+    n columns are settled); ``full_rows(rows)`` returns the normalised rows of the others.
     """
     present = cand.columns >= 0
     keys = np.where(present, _normalise(_sq32(cand.values), row_max2), np.inf).astype(np.float32)
     cols = np.where(present, cand.columns, n)
     knn, sorted_keys = _sorted_neighbours(keys, cols, count)
-    # Every column outside a row's list has raw distance >= t (its last candidate value), so its
-    # normalised key is >= key(t). The order is settled when key(t) > the count-th key; rows whose
-    # list holds all n columns are settled; t < 0 (negative rounding) bounds nothing.
-    t = cand.values[:, -1] if cand.outside is None else cand.outside
-    key_t = np.divide(_sq32(np.abs(t)), row_max2, dtype=np.float32)
+    key_t = np.divide(_sq32(np.maximum(outside, 0).astype(np.float32)), row_max2, dtype=np.float32)
     complete = present.sum(axis=1) >= n
-    settled = complete | ((t >= 0) & (key_t > sorted_keys[:, count - 1]))
+    settled = complete | (key_t > sorted_keys[:, count - 1])
     redo = np.flatnonzero(~settled)
     if redo.size:
         knn[redo] = _stable_full_rows(full_rows(redo), count)
@@ -483,21 +477,20 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
            progress: bool | None = None) -> np.ndarray:
     """k-reciprocal re-ranked query x gallery distances, straight from features.
 
-    Equal to the classic ``re_ranking(q_g, q_q, g_g, k1, k2, lambda_value)`` fed the squared
-    Euclidean distance matrices of the same features (torchreid's ``compute_distance_matrix``),
+    Equal to the classic ``re_ranking(q_g, q_q, g_g, k1, k2, lambda_value)`` fed the canonical
+    squared Euclidean distance matrices of the same features (``pairwise_distance``; what
+    torchreid's ``compute_distance_matrix`` computes, without its machine-dependent rounding),
     without ever holding an N x N array (N = q + g): memory is O(N k1) plus the q x g output
-    and one block_size x block_size distance block.
+    and one block_size x block_size distance block. The same features give the same bits on
+    every machine, block size and thread count.
 
     Args:
-        query_features, gallery_features: q x d and g x d, numpy or torch (computed on their
-            device; float64 stays float64, anything else runs in float32). With float64 the
-            distances are rounded to float32 before squaring (the classic squares in float64),
-            a difference of float32 rounding.
+        query_features, gallery_features: q x d and g x d, numpy or torch (products on their
+            device; float64 features are evaluated from their float64 values).
         k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
         knn_backend: ``"torch"`` (blocked matrix products, each pair of blocks once) or
-            ``"faiss"`` (faiss-cpu exact ``IndexFlatL2`` search, for very large N). Both are exact;
-            faiss rounds distances its own way, so near-ties (within float32 rounding) may
-            order differently from the classic's matrices.
+            ``"faiss"`` (faiss-cpu exact ``IndexFlatL2`` search proposes the neighbours, for very
+            large N). Both give the same result.
         block_size: rows per block of the distance sweep (>= 64).
         progress: a bar over the distance sweep, then over the queries of the Jaccard step
             (see :mod:`reid.progress`; None: on a terminal only).
@@ -508,46 +501,48 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
     _check_params(k1, k2, lambda_value)
     if knn_backend not in KNN_BACKENDS:
         raise ValueError(f"knn_backend={knn_backend!r}: expected one of {', '.join(KNN_BACKENDS)}")
-    if block_size < MIN_CHUNK_ROWS:
-        raise ValueError(f"block_size={block_size}: expected at least {MIN_CHUNK_ROWS} rows")
+    if block_size < _MIN_BLOCK_ROWS:
+        raise ValueError(f"block_size={block_size}: expected at least {_MIN_BLOCK_ROWS} rows")
     qf, gf = as_feature_pair(query_features, gallery_features, "query_features", "gallery_features")
     if qf.shape[0] == 0 or gf.shape[0] == 0:
         raise ValueError(f"empty query or gallery: query {tuple(qf.shape)}, gallery {tuple(gf.shape)}")
+    _check_finite(qf, "query_features")
+    _check_finite(gf, "gallery_features")
     dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
-    feats = _JointFeatures(qf.to(dtype), gf.to(device=qf.device, dtype=dtype))
-    # finite squared norms <=> every feature finite (and no overflow in the distances)
-    if not bool(torch.isfinite(feats.sq_norms).all()):
-        _check_finite(qf, "query_features")
-        _check_finite(gf, "gallery_features")
-        raise ValueError("features are too large: their squared norms overflow; expected finite distances")
-    q, n = feats.q, feats.n
+    joint = _Joint(qf.to(dtype), gf.to(device=qf.device, dtype=dtype))
+    q, n = joint.q, joint.n
     k, h, k2_eff = _neighbour_counts(k1, k2, n)
-    cand = _Candidates(n, min(k + _MARGIN, n))
+    near = _Candidates(n, min(k + _MARGIN, n))
+    far = _Candidates(n, min(_FARTHEST, n))
     out = np.empty((q, n - q), dtype=np.float32)
 
     def full_rows(rows: np.ndarray) -> np.ndarray:
-        return _normalise(_sq32(_distance_rows(feats, rows)), row_max2[rows])
+        return _normalise(_sq32(joint.space.exact(rows).cpu().numpy()), row_max2[rows])
 
     def pair_keys(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        raw = _lookup(cand, rows, cols)
+        raw = _lookup(near, rows, cols)
         missing = np.flatnonzero(np.isnan(raw))
         if missing.size:
-            raw[missing] = _distance_pairs(feats, rows[missing], cols[missing])
+            raw[missing] = joint.space.pairs(rows[missing], cols[missing])
         return np.divide(_sq32(raw), row_max2[rows], dtype=np.float32)
 
     def fill_normalised(start: int, stop: int, block: np.ndarray) -> None:
-        # ``block`` is out[start:stop], holding the raw distances of the sweep: normalise in place
+        # ``block`` is out[start:stop], holding the canonical distances: normalise in place
         np.square(block, out=block)
         np.divide(block, row_max2[start:stop, None], out=block)
 
     with progress_bar(desc="re-ranking (neighbours)", unit="block", progress=progress) as bar:
         if knn_backend == "torch":
-            _sweep_features(feats, cand, out, block_size, bar)
+            _sweep_features(joint, near, far, out, block_size, bar)
+            # every item outside a row's list has a product >= the last kept one
+            outside = near.values[:, -1].astype(np.float64) - joint.bound
         else:
-            _faiss_candidates(feats, cand)
-            _fill_query_gallery(feats, out, block_size)
-        row_max2 = _squared_row_max(cand)
-        knn = _finish_neighbours(cand, row_max2, k, n, full_rows)
+            outside = _faiss_candidates(joint, near, far)
+            for a in _blocks(q, q, block_size):
+                out[a[0]:a[1]] = joint.space.exact(slice(*a), slice(q, n)).cpu().numpy()
+        row_max2 = _squared_row_max(_row_maxima(joint, far))
+        _canonical_lists(joint, near)
+        knn = _finish_neighbours(near, outside, row_max2, k, n, full_rows)
         return _finish(out, knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised, bar)
 
 
@@ -665,84 +660,35 @@ def _lookup(cand: _Candidates, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
     return raw
 
 
-def _distance_rows(feats: _JointFeatures, rows: np.ndarray) -> np.ndarray:
-    """Full rows of the distance matrix, computed in groups of >= 64 rows (see distance.py)."""
-    n, q = feats.n, feats.q
-    group = max(MIN_CHUNK_ROWS, min(n, 1024))
-    out = np.empty((rows.size, n), dtype=np.float32)
-    for s in range(0, rows.size, group):
-        take = rows[s:s + group]
-        # pad small groups with other rows so the product uses the same kernel as the sweep
-        filler = np.setdiff1d(np.arange(min(n, MIN_CHUNK_ROWS + take.size)), take)[: max(0, MIN_CHUNK_ROWS - take.size)]
-        index = np.concatenate([take, filler])
-        a, a_sq = feats.take(index), feats.sq_norms[torch.as_tensor(index, device=feats.device)]
-        for lo, hi, part in ((0, q, feats.query), (q, n, feats.gallery)):
-            d = squared_euclidean_block(a, part, a_sq, feats.sq_norms[lo:hi])
-            out[s:s + take.size, lo:hi] = d[: take.size].cpu().numpy()
-    return out
+def _faiss_candidates(joint: _Joint, near: _Candidates, far: _Candidates) -> np.ndarray:
+    """Nearest and farthest items of every row proposed by faiss-cpu flat (exact) indexes;
+    returns a lower bound of the canonical distance of every item outside a row's near list.
 
-
-def _distance_pairs(feats: _JointFeatures, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Distances of scattered (row, col) pairs: same formula, dot products instead of a GEMM."""
-    out = np.empty(rows.size, dtype=np.float32)
-    step = max(1, (1 << 22) // feats.query.shape[1])
-    for s in range(0, rows.size, step):
-        r, c = rows[s:s + step], cols[s:s + step]
-        dots = (feats.take(r) * feats.take(c)).sum(dim=1)
-        rt, ct = torch.as_tensor(r, device=feats.device), torch.as_tensor(c, device=feats.device)
-        out[s:s + step] = (feats.sq_norms[rt] + feats.sq_norms[ct] - 2 * dots).cpu().numpy()
-    return out
-
-
-def _fill_query_gallery(feats: _JointFeatures, out: np.ndarray, block_size: int) -> None:
-    """Raw q x g distances into ``out`` in row blocks (used with the faiss backend)."""
-    q = feats.q
-    for a in _blocks(q, q, block_size):
-        d = squared_euclidean_block(feats.rows(*a), feats.gallery, feats.sq_norms[a[0]:a[1]], feats.sq_norms[q:])
-        out[a[0]:a[1]] = d.cpu().numpy()
-
-
-def _faiss_candidates(feats: _JointFeatures, cand: _Candidates) -> None:
-    """Nearest neighbours and farthest item of every row with faiss-cpu flat (exact) indexes.
-
-    faiss computes distances with its own rounding, so it only proposes the columns: their
-    distances are then recomputed with the classic's formula (one product per block of rows
-    with the union of their columns), and faiss's threshold, lowered by a bound of both
-    roundings, bounds every distance outside the lists (rows it cannot settle are recomputed).
+    faiss rounds its own way (float32, within 2 d u (|x| + |y|)^2 of the exact value, as the
+    products of the torch sweep), so it only proposes: the lists' values are then replaced by
+    canonical ones, and its k-th value, lowered by both roundings, bounds the rest.
     """
     try:
         import faiss
     except ImportError as err:
         raise ImportError("knn_backend='faiss' needs faiss-cpu (pip install faiss-cpu, or reid[faiss])") from err
-    x = np.concatenate([feats.query.cpu().numpy(), feats.gallery.cpu().numpy()]).astype(np.float32, copy=False)
+    x = joint.space.query.cpu().numpy().astype(np.float32, copy=False)
     n, dim = x.shape
     index = faiss.IndexFlatL2(dim)
     index.add(x)
-    faiss_values, columns = index.search(x, cand.width)
-    # Farthest item: max_j |x - y_j|^2 = |x|^2 + max_j <(-2x, 1), (y_j, |y_j|^2)>, a max inner product.
+    near_values, near_columns = index.search(x, near.width)
+    # Farthest: max_j |x - y_j|^2 = |x|^2 + max_j <(-2x, 1), (y_j, |y_j|^2)>, a max inner product.
     norms = (x.astype(np.float64) ** 2).sum(axis=1)
     base = faiss.IndexFlatIP(dim + 1)
     base.add(np.hstack([x, norms[:, None]]).astype(np.float32))
-    _, farthest = base.search(np.hstack([-2 * x, np.ones((n, 1), dtype=np.float32)]).astype(np.float32), 1)
-    del index, base, x
-    # |computed - exact| <= dim * u * (|x| + |y|)^2 for |x|^2 + |y|^2 - 2 x.y in float32 (u = 2^-24),
-    # for faiss and for the classic formula alike
-    root = np.sqrt(norms)
-    slack = 2 * dim * 2.0**-24 * (root + root.max()) ** 2
-    cand.outside = (faiss_values[:, -1] - slack).astype(np.float32)
-    values = np.empty_like(faiss_values)
-    for start in range(0, n, MIN_CHUNK_ROWS):
-        stop = min(n, start + MIN_CHUNK_ROWS)
-        if n - stop < MIN_CHUNK_ROWS:  # keep every group >= 64 rows (same product kernel)
-            stop = n
-        group = np.arange(start, stop)
-        wanted = np.concatenate([columns[group].ravel(), farthest[group, 0]])
-        union = np.unique(np.concatenate([wanted, np.arange(min(n, MIN_CHUNK_ROWS))]))
-        d = squared_euclidean_block(feats.take(group), feats.take(union), feats.sq_norms[torch.as_tensor(group)],
-                                    feats.sq_norms[torch.as_tensor(union)]).cpu().numpy()
-        values[group] = np.take_along_axis(d, np.searchsorted(union, columns[group]), axis=1)
-        cand.row_max[group] = d[np.arange(group.size), np.searchsorted(union, farthest[group, 0])]
-        if stop == n:
-            break
-    cand.keys[:] = _pack(values, columns)
-    cand.keys.sort(axis=1)
+    far_ip, far_columns = base.search(np.hstack([-2 * x, np.ones((n, 1), dtype=np.float32)]).astype(np.float32),
+                                      far.width)
+    del index, base
+    near.keys[:] = _pack(near_values, near_columns)
+    # the farthest list by its estimate |x|^2 + ip, which is within 2 bounds of the canonical value
+    far.keys[:] = _pack(-(norms[:, None] + far_ip).astype(np.float32), far_columns)
+    near.keys.sort(axis=1)
+    far.keys.sort(axis=1)
+    # the inner products carry |y|^2 as a coordinate: their error is bounded like the products'
+    joint.bound = joint.bound * 2
+    return near_values[:, -1].astype(np.float64) - joint.bound

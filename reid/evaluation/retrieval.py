@@ -2,8 +2,8 @@
 
 Retrieval follows Musgrave, Belongie and Lim, "A Metric Learning Reality Check" (ECCV 2020), the
 protocol of pytorch-metric-learning's ``AccuracyCalculator``: for every query the gallery is
-ranked by ascending distance (exact ties: lower gallery index first, a stable order), and with
-``R`` = the number of gallery items sharing the query's label,
+ranked by ascending canonical distance (``reid.evaluation.distance``; exact ties: lower gallery
+index first), and with ``R`` = the number of gallery items sharing the query's label,
 
 * Recall@k = 1 if at least one of the k nearest items is a hit (the CUB/Cars/SOP "Recall@K" of
   the DML papers, i.e. top-k accuracy), averaged over the queries;
@@ -12,24 +12,20 @@ ranked by ascending distance (exact ties: lower gallery index first, a stable or
 * precision@1 = Recall@1.
 
 Without a separate gallery the query set is its own gallery, leave-one-out: each query's own
-row is excluded by index (and only it: duplicates of the same image stay). Queries with R = 0
-are skipped and counted.
+row is excluded by index (and only it: duplicates of the same image stay; the protocol's camera
+rule with ids ``0..N-1``, ``reid.evaluation.protocol``). Queries with R = 0 are skipped and counted.
 
-How the memory stays bounded: the distances are computed one block of queries at a time
-(about ``_BLOCK_ELEMENTS`` distances, with ``reid.evaluation.distance``'s formula op for op) and
-of each block row only its K nearest items are kept, K = max(largest k, largest R in the block)
-(+1 for the query itself in leave-one-out). ``torch.topk`` selects them; it may order equal
-distances arbitrarily and pick any of several items tied with the K-th distance, so:
-the selection is re-sorted by (distance, index) (a sort by index, then a stable sort by
-distance), and rows where the (K+1)-th nearest ties with the K-th (the cut falls inside a run
-of equal distances) are redone exactly (every item <= the K-th distance, stably sorted). The
-result is exactly the first K of a full stable sort of the row.
+Only ranks up to K = max(largest k, R) matter, so the shared ordering core
+(``reid.evaluation.ordering``) places each query's hits from float32 products with their error
+bound, in blocks of queries: the result is that of a full stable sort of canonical distances,
+whatever the block size, thread count or CPU, and no q x g matrix is ever held.
 
-Clustering: k-means with k = the number of classes (faiss when importable, else a numpy
-k-means++ / Lloyd), then NMI (scikit-learn's ``normalized_mutual_info_score`` with its default
-arithmetic normalisation) and the clustering F1 of the DML papers (Song, Jegelka, Rathod and
-Murphy, "Deep Metric Learning via Facility Location", CVPR 2017): pairwise precision and recall
-of "same cluster" against "same class" over all unordered pairs, from the contingency table.
+Clustering: k-means with k = the number of classes (k-means++ seeding, several restarts, the
+lowest inertia kept; see :func:`cluster_metrics`), then NMI (scikit-learn's
+``normalized_mutual_info_score`` with its default arithmetic normalisation) and the clustering
+F1 of the DML papers (Song, Jegelka, Rathod and Murphy, "Deep Metric Learning via Facility
+Location", CVPR 2017): pairwise precision and recall of "same cluster" against "same class" over
+all unordered pairs, from the contingency table.
 """
 
 from __future__ import annotations
@@ -42,15 +38,14 @@ import numpy as np
 import torch
 
 from .arrays import ArrayLike, as_labels, as_numpy
-from .distance import METRICS, MIN_CHUNK_ROWS, as_feature_pair, squared_euclidean_block
-
-# Distances per block of queries: ~4M float32 (16 MiB), as in rank.py.
-_BLOCK_ELEMENTS = 1 << 22
-# Fewest queries per block: below 64 rows the distance product runs a small-matrix kernel
-# (slower per row, and it rounds differently from pairwise_distance's chunks).
-_MIN_BLOCK_ROWS = MIN_CHUNK_ROWS
+from .distance import FeatureDistances
+from .ordering import BEYOND, FeatureBlocks, match_ranks
+from .protocol import Labels, protocol_camids
 
 KMEANS_BACKENDS = ("auto", "faiss", "numpy")
+# Points per k-means assignment block: ~4M distances. Beyond this n * k * dim, "auto" picks faiss.
+_CLUSTER_BLOCK = 1 << 22
+_NUMPY_KMEANS_LIMIT = 1 << 36
 
 
 @dataclass(frozen=True)
@@ -109,68 +104,16 @@ def _check_ks(ks: Union[int, Iterable[int]]) -> list[int]:
     return [int(k) for k in values]
 
 
-def _same_label_counts(q_labels: np.ndarray, g_labels: np.ndarray) -> np.ndarray:
-    """Number of gallery items carrying each query's label."""
-    values, counts = np.unique(g_labels, return_counts=True)
-    pos = np.minimum(np.searchsorted(values, q_labels), len(values) - 1)
-    return np.where(values[pos] == q_labels, counts[pos], 0)
-
-
-class _BlockDistances:
-    """Query-block x gallery distances, the same values as ``pairwise_distance`` on the block.
-
-    The gallery's norms (euclidean) or unit rows (cosine) are computed once instead of once
-    per block; the operations per element are pairwise_distance's, in its order.
-    """
-
-    def __init__(self, gallery: torch.Tensor, metric: str):
-        self.metric = metric
-        if metric == "euclidean":
-            self.gallery = gallery
-            self.gallery_sq = gallery.pow(2).sum(dim=1)
-        else:
-            self.gallery = torch.nn.functional.normalize(gallery, p=2, dim=1)
-
-    def __call__(self, queries: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if self.metric == "euclidean":
-            block = squared_euclidean_block(queries, self.gallery, queries.pow(2).sum(dim=1), self.gallery_sq, out=out)
-            return block.clamp_(min=0)
-        unit = torch.nn.functional.normalize(queries, p=2, dim=1)
-        torch.mm(unit, self.gallery.t(), out=out)
-        return out.neg_().add_(1).clamp_(min=0, max=2)  # 1 - cos, as pairwise_distance
-
-
-def _stable_nearest(dist: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` nearest items of every row, ordered by (distance, index)."""
-    rows, width = dist.shape
-    if count >= width:
-        return torch.sort(dist, dim=1, stable=True).indices
-    values, index = torch.topk(dist, count + 1, dim=1, largest=False, sorted=True)
-    # Rows whose cut falls inside a run of equal distances: topk's choice among them is arbitrary.
-    cut_ties = torch.nonzero(values[:, count - 1] == values[:, count]).flatten().tolist()
-    values, index = values[:, :count], index[:, :count]
-    # Rows with equal distances inside the selection: topk may order them any way.
-    inner_ties = torch.nonzero((values[:, 1:] == values[:, :-1]).any(dim=1)).flatten()
-    if inner_ties.numel():
-        sub_values, sub_index = values[inner_ties], index[inner_ties]
-        # (distance, index) order: sort by index, then a stable sort by distance
-        sub_index, perm = torch.sort(sub_index, dim=1)
-        order = torch.sort(torch.gather(sub_values, 1, perm), dim=1, stable=True).indices
-        index[inner_ties] = torch.gather(sub_index, 1, order)
-    for r in cut_ties:
-        row = dist[r]
-        candidates = torch.nonzero(row <= values[r, count - 1]).flatten()  # ascending index
-        index[r] = candidates[torch.sort(row[candidates], stable=True).indices[:count]]
-    return index
-
-
-def _drop_self(index: torch.Tensor, self_index: torch.Tensor) -> torch.Tensor:
-    """Remove each row's own index (or its last column when the row does not hold it)."""
-    rows, width = index.shape
-    is_self = index == self_index[:, None]
-    position = torch.where(is_self.any(dim=1), is_self.to(torch.uint8).argmax(dim=1), width - 1)
-    column = torch.arange(width - 1, device=index.device)[None, :]
-    return torch.gather(index, 1, column + (column >= position[:, None]))
+def _retrieval_scores(ranks: np.ndarray, same: np.ndarray, valid: np.ndarray, requested: list[int],
+                      clipped: list[int]) -> tuple[dict[int, float], float, np.ndarray, np.ndarray]:
+    """(recall per k, precision@1, R-precision, MAP@R per valid query) from the hits' ranks."""
+    ranks, r = ranks[valid], same[valid].astype(np.float64)
+    first = ranks[:, 0]  # BEYOND when no hit lies within the depth
+    recall = {k: float(np.mean(first <= c)) for k, c in zip(requested, clipped)}
+    within = ranks <= same[valid][:, None]  # hits among the R nearest
+    position = np.arange(1, ranks.shape[1] + 1, dtype=np.float64)  # the hit's number among the hits
+    precision = np.where(within, position / np.where(within, ranks, 1), 0.0)
+    return recall, float(np.mean(first == 1)), within.sum(axis=1) / r, precision.sum(axis=1) / r
 
 
 def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
@@ -179,100 +122,65 @@ def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
     """Recall@k, precision@1, R-precision and MAP@R (Musgrave et al., ECCV 2020).
 
     Args:
-        query_features: num_query x dim features, numpy or torch (any device; the distances
-            and the nearest-neighbour selection run there).
+        query_features: num_query x dim features, numpy or torch (any device; the products
+            run there).
         query_labels: integer class labels of the queries (numpy or torch).
         gallery_features, gallery_labels: the gallery; both or neither. Without them the
             queries are their own gallery (leave-one-out): each query's own row is excluded by
             index, nothing else (duplicate images stay), so the gallery size is num_query - 1.
         ks: the k of Recall@k. A k larger than the gallery size is clipped to it (Recall at
             the gallery size is 1.0 for every valid query); the result keeps the requested k.
-        metric: ``"euclidean"`` (squared Euclidean) or ``"cosine"`` (``1 - cos``): the values
-            of ``reid.evaluation.distance.pairwise_distance``, in float32 (float64 if a
-            feature set is float64). Exact ties are broken by gallery index, lower first.
+        metric: ``"euclidean"`` (squared Euclidean) or ``"cosine"`` (``1 - cos``): the
+            canonical distances of ``reid.evaluation.distance`` (those of ``pairwise_distance``).
+            Exact ties are broken by gallery index, lower first.
 
     Returns:
         RetrievalResult over the valid queries; a query without a same-label gallery item
         (R = 0) is skipped and counted in ``num_skipped_queries``. Raises ValueError if no
         query is valid.
 
-    Memory: blocks of about ``_BLOCK_ELEMENTS`` distances (at least 64 query rows) plus the
-    K nearest of each block row, K = max(largest k, largest R); never a full distance matrix.
+    Memory: blocks of about 4M distances plus the ranks of each query's hits within
+    K = max(largest k, R); never a full distance matrix.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric={metric!r}: expected one of {', '.join(METRICS)}")
     requested = _check_ks(ks)
     if (gallery_features is None) != (gallery_labels is None):
         raise ValueError("gallery_features and gallery_labels: give both (query vs gallery) or neither (leave-one-out)")
     leave_one_out = gallery_features is None
     if leave_one_out:
-        queries, gallery = as_feature_pair(query_features, query_features, "query_features", "query_features")
+        space = FeatureDistances(query_features, query_features, metric, names=("query_features", "query_features"))
     else:
-        queries, gallery = as_feature_pair(query_features, gallery_features, "query_features", "gallery_features")
-    num_q, num_g = queries.shape[0], gallery.shape[0]
+        space = FeatureDistances(query_features, gallery_features, metric)
+    num_q, num_g = space.num_query, space.num_gallery
     q_labels = as_labels(query_labels, "query_labels", num_q, "one per query row")
     g_labels = q_labels if leave_one_out else as_labels(gallery_labels, "gallery_labels", num_g, "one per gallery row")
-    dtype = torch.float64 if torch.float64 in (queries.dtype, gallery.dtype) else torch.float32
-    queries = queries.to(dtype)
-    gallery = gallery.to(device=queries.device, dtype=dtype)
-    checks = [("query_features", queries)] + ([] if leave_one_out else [("gallery_features", gallery)])
-    for name, feats in checks:
-        if feats.numel() and not bool(torch.isfinite(feats).all()):
-            raise ValueError(f"{name} contains NaN or inf; expected finite features")
+    protocol = "leave_one_out" if leave_one_out else "query_gallery"
+    labels = Labels(q_labels, g_labels, *protocol_camids(protocol, np.zeros(num_q), np.zeros(num_g)))
 
     searchable = num_g - int(leave_one_out)  # gallery size seen by each query
-    same = _same_label_counts(q_labels, g_labels) - int(leave_one_out) if num_g else np.zeros(num_q, np.int64)
-    valid_idx = np.flatnonzero(same > 0)
-    if valid_idx.size == 0:
+    same = _same_label_counts(q_labels, g_labels) - int(leave_one_out)
+    valid = same > 0
+    if not valid.any():
         raise ValueError("no query has a same-label item in the gallery (leave-one-out excludes the query itself); "
                          "expected at least one valid query")
     clipped = [min(k, searchable) for k in requested]
-    max_k = max(clipped, default=1)
-
-    distances = _BlockDistances(gallery, metric)
-    if metric == "euclidean":
-        # |a|^2 + |b|^2 - 2ab can overflow (inf - inf = NaN) only with squared norms this large
-        largest = float(distances.gallery_sq.max())
-        if not leave_one_out:
-            largest = max(largest, float(queries.pow(2).sum(dim=1).max()))
-        if largest > torch.finfo(dtype).max / 4:
-            raise ValueError(f"features too large for {dtype} squared distances (squared norm {largest:.3g})")
-    rows = max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // num_g)
-    rows = min(rows, valid_idx.size)
-    out = torch.empty((rows, num_g), dtype=dtype, device=queries.device)
-    first_hit = np.empty(valid_idx.size, dtype=np.int64)  # 0-based rank of the first hit (K if none)
-    r_prec = np.empty(valid_idx.size, dtype=np.float64)
-    map_r = np.empty(valid_idx.size, dtype=np.float64)
-    for start in range(0, valid_idx.size, rows):
-        stop = min(start + rows, valid_idx.size)
-        members = valid_idx[start:stop]
-        r = same[members]
-        count = min(max(max_k, int(r.max())), searchable)
-        members_t = torch.from_numpy(members).to(queries.device)
-        dist = distances(queries.index_select(0, members_t), out[: stop - start])
-        nearest = _stable_nearest(dist, count + int(leave_one_out))
-        if leave_one_out:
-            nearest = _drop_self(nearest, members_t)
-        hits = g_labels[nearest.cpu().numpy()] == q_labels[members][:, None]  # rows x count
-        found = hits.any(axis=1)
-        first_hit[start:stop] = np.where(found, hits.argmax(axis=1), count)
-        width = int(r.max())
-        head = hits[:, :width]
-        in_r = np.arange(width)[None, :] < r[:, None]
-        relevant = head & in_r
-        precision = np.cumsum(relevant, axis=1) / np.arange(1, width + 1, dtype=np.float64)
-        r_prec[start:stop] = relevant.sum(axis=1) / r
-        map_r[start:stop] = np.where(relevant, precision, 0.0).sum(axis=1) / r
-
-    recall = {k: float(np.mean(first_hit < c)) for k, c in zip(requested, clipped)}
+    depth = np.where(valid, np.minimum(np.maximum(max(clipped), same), searchable), 1)
+    ranks, _ = match_ranks(FeatureBlocks(space), labels, depth=depth, progress=False)
+    recall, precision_at_1, r_prec, map_r = _retrieval_scores(ranks, same, valid, requested, clipped)
     all_rp = np.full(num_q, np.nan)
     all_map = np.full(num_q, np.nan)
-    all_rp[valid_idx] = r_prec
-    all_map[valid_idx] = map_r
-    return RetrievalResult(recall=recall, precision_at_1=float(np.mean(first_hit == 0)),
-                           r_precision=float(r_prec.mean()), map_at_r=float(map_r.mean()),
-                           num_valid_queries=int(valid_idx.size), num_skipped_queries=int(num_q - valid_idx.size),
-                           all_r_precision=all_rp, all_map_at_r=all_map)
+    all_rp[valid], all_map[valid] = r_prec, map_r
+    return RetrievalResult(recall=recall, precision_at_1=precision_at_1, r_precision=float(r_prec.mean()),
+                           map_at_r=float(map_r.mean()), num_valid_queries=int(valid.sum()),
+                           num_skipped_queries=int(num_q - valid.sum()), all_r_precision=all_rp, all_map_at_r=all_map)
+
+
+def _same_label_counts(q_labels: np.ndarray, g_labels: np.ndarray) -> np.ndarray:
+    """Number of gallery items carrying each query's label."""
+    values, counts = np.unique(g_labels, return_counts=True)
+    if values.size == 0:
+        return np.zeros(q_labels.shape, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(values, q_labels), len(values) - 1)
+    return np.where(values[pos] == q_labels, counts[pos], 0)
 
 
 # --------------------------------------------------------------------------- clustering scores
@@ -354,38 +262,52 @@ def pairwise_f1(labels_true: ArrayLike, labels_pred: ArrayLike) -> tuple[float, 
 # --------------------------------------------------------------------------- k-means
 
 
-def _faiss_kmeans(x: np.ndarray, k: int, seed: int, max_iter: int) -> np.ndarray:
+def _faiss_kmeans(x: np.ndarray, k: int, seed: int, max_iter: int, restarts: int) -> np.ndarray:
     import faiss
 
     n, dim = x.shape
     # max_points_per_centroid >= n / k: no subsampling; min_points_per_centroid=1: no warning
-    # about "too few points" (DML sets have few points per class by design).
-    kmeans = faiss.Kmeans(dim, k, niter=max_iter, seed=seed, verbose=False, gpu=False,
+    # about "too few points" (DML sets have few points per class by design). nredo: restarts,
+    # faiss keeps the one with the lowest objective.
+    kmeans = faiss.Kmeans(dim, k, niter=max_iter, nredo=restarts, seed=seed, verbose=False, gpu=False,
                           min_points_per_centroid=1, max_points_per_centroid=max(n, 1))
     kmeans.train(x)
     _, assign = kmeans.index.search(x, 1)
     return assign[:, 0].astype(np.int64)
 
 
-def _nearest_centre(x: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of (first, on ties) and squared distance to the nearest centre, blocked."""
-    c_sq = centres.pow(2).sum(dim=1)
-    rows = max(1, _BLOCK_ELEMENTS // max(centres.shape[0], 1))
-    assign = torch.empty(x.shape[0], dtype=torch.int64)
-    best = torch.empty(x.shape[0], dtype=x.dtype)
-    for s in range(0, x.shape[0], rows):
-        d = squared_euclidean_block(x[s:s + rows], centres, x_sq[s:s + rows], c_sq)
-        best[s:s + rows], assign[s:s + rows] = d.min(dim=1)
-    return assign, best.clamp_(min=0)
+def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index, canonical squared distance) of each point's nearest centre, ties to the lower
+    index: float32 products, and the canonical values where the bound leaves a choice."""
+    space = FeatureDistances(x, centres, "euclidean", names=("features", "centres"))
+    assign = np.empty(x.shape[0], dtype=np.int64)
+    rows = max(1, _CLUSTER_BLOCK // max(centres.shape[0], 1))
+    for start in range(0, x.shape[0], rows):
+        block = slice(start, min(start + rows, x.shape[0]))
+        values, bound = space.fast(block)
+        values = values.numpy()
+        best = values.min(axis=1)
+        close = values <= (best + 2 * bound * (1 + 2.0 ** -40))[:, None]  # may still be the nearest
+        assign[block] = values.argmin(axis=1)
+        r, c = np.nonzero(close & (close.sum(axis=1) > 1)[:, None])
+        if r.size:
+            canon = space.pairs(r + start, c)
+            order = np.lexsort((c, canon, r))  # per point: lowest canonical value, then index
+            first = np.ones(order.size, dtype=bool)
+            first[1:] = r[order][1:] != r[order][:-1]
+            assign[start + r[order][first]] = c[order][first]
+    points = np.arange(x.shape[0])
+    return assign, space.pairs(points, assign).astype(np.float64)
 
 
-def _kmeans_plus_plus(x: torch.Tensor, x_sq: torch.Tensor, k: int, rng: np.random.Generator) -> torch.Tensor:
+def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding (Arthur and Vassilvitskii, SODA 2007): each next centre is drawn with
-    probability proportional to the squared distance to the nearest centre chosen so far."""
+    probability proportional to the canonical squared distance to the nearest centre so far
+    (canonical values, so the draw does not depend on the machine)."""
+    space = FeatureDistances(x, x, "euclidean", names=("features", "features"))
     n = x.shape[0]
     chosen = [int(rng.integers(n))]
-    closest = squared_euclidean_block(x, x[chosen[0]][None], x_sq, x_sq[chosen[0]][None])[:, 0].clamp_(min=0)
-    closest = closest.double().numpy()
+    closest = space.exact([chosen[0]]).numpy()[0].astype(np.float64)
     closest[chosen[0]] = 0.0
     for _ in range(1, k):
         total = closest.sum()
@@ -398,39 +320,44 @@ def _kmeans_plus_plus(x: torch.Tensor, x_sq: torch.Tensor, k: int, rng: np.rando
             rest = np.setdiff1d(np.arange(n), chosen)
             pick = int(rest[rng.integers(rest.size)])
         chosen.append(pick)
-        d = squared_euclidean_block(x, x[pick][None], x_sq, x_sq[pick][None])[:, 0].clamp_(min=0)
-        np.minimum(closest, d.double().numpy(), out=closest)
+        np.minimum(closest, space.exact([pick]).numpy()[0], out=closest)
         closest[pick] = 0.0
-    return x[chosen].clone()
+    return x[chosen].copy()
 
 
-def _numpy_kmeans(features: np.ndarray, k: int, seed: int, max_iter: int) -> np.ndarray:
-    """Lloyd's k-means from a k-means++ seeding; stops when the assignments stop changing."""
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    x_sq = x.pow(2).sum(dim=1)
-    rng = np.random.default_rng(seed)
-    centres = _kmeans_plus_plus(x, x_sq, k, rng)
-    assign, best = _nearest_centre(x, x_sq, centres)
-    x64 = features.astype(np.float64, copy=False)
+def _lloyd(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int) -> tuple[np.ndarray, float]:
+    """Lloyd's k-means from a k-means++ seeding; stops when the assignments stop changing.
+    Returns (assignments, inertia: the sum of canonical squared distances to the centres)."""
+    centres = _kmeans_plus_plus(x, k, rng)
+    assign, best = _nearest_centre(x, centres)
+    x64 = x.astype(np.float64)
     for _ in range(max_iter):
-        labels = assign.numpy()
-        counts = np.bincount(labels, minlength=k)
-        order = np.argsort(labels, kind="stable")
+        counts = np.bincount(assign, minlength=k)
+        order = np.argsort(assign, kind="stable")
         nonempty = np.flatnonzero(counts)
         starts = (np.cumsum(counts) - counts)[nonempty]
-        sums = np.add.reduceat(x64[order], starts, axis=0)
-        new = centres.double().numpy()
-        new[nonempty] = sums / counts[nonempty, None]
+        new = centres.astype(np.float64)
+        new[nonempty] = np.add.reduceat(x64[order], starts, axis=0) / counts[nonempty, None]
         empty = np.flatnonzero(counts == 0)
         if empty.size:  # re-seed empty clusters on the points farthest from their centre
-            far = np.argsort(-best.double().numpy(), kind="stable")[: empty.size]
-            new[empty] = x64[far]
-        centres = torch.from_numpy(new.astype(np.float32))
-        new_assign, best = _nearest_centre(x, x_sq, centres)
-        if torch.equal(new_assign, assign):
+            new[empty] = x64[np.argsort(-best, kind="stable")[: empty.size]]
+        centres = new.astype(np.float32)
+        new_assign, best = _nearest_centre(x, centres)
+        if np.array_equal(new_assign, assign):
             break
         assign = new_assign
-    return assign.numpy().astype(np.int64)
+    return assign, float(best.sum())
+
+
+def _numpy_kmeans(x: np.ndarray, k: int, seed: int, max_iter: int, restarts: int) -> np.ndarray:
+    """The restart with the lowest inertia (the first of equal ones); restart r draws from
+    ``np.random.default_rng([seed, r])``."""
+    best_assign, best_inertia = None, np.inf
+    for restart in range(restarts):
+        assign, inertia = _lloyd(x, k, np.random.default_rng([seed, restart]), max_iter)
+        if inertia < best_inertia:
+            best_assign, best_inertia = assign, inertia
+    return best_assign
 
 
 def _faiss_available() -> bool:
@@ -442,7 +369,7 @@ def _faiss_available() -> bool:
 
 
 def cluster_metrics(features: ArrayLike, labels: ArrayLike, num_clusters: int | None = None, seed: int = 0,
-                    max_iter: int = 20, backend: str = "auto") -> ClusterResult:
+                    max_iter: int = 20, backend: str = "auto", restarts: int = 5) -> ClusterResult:
     """k-means on ``features`` with k = the number of distinct labels, scored by NMI and F1.
 
     Args:
@@ -450,14 +377,17 @@ def cluster_metrics(features: ArrayLike, labels: ArrayLike, num_clusters: int | 
         labels: the n class labels (1-D, numpy or torch).
         num_clusters: k (default: the number of distinct labels).
         seed: k-means seed; a given seed and backend give the same clustering.
-        max_iter: Lloyd iterations: faiss runs exactly this many (``niter``; 20 as
+        max_iter: Lloyd iterations per restart: faiss runs exactly this many (``niter``; 20 as
             pytorch-metric-learning's ``AccuracyCalculator``); numpy stops earlier when the
             assignments stop changing.
-        backend: ``"faiss"`` (``faiss.Kmeans``: random initial centres from ``seed``, all
-            points used), ``"numpy"`` (k-means++ seeding from ``np.random.default_rng(seed)``,
-            blocked distances, empty clusters re-seeded on the farthest points; its seeding is
-            O(n k dim) one centre at a time, slow for 10k+ clusters) or ``"auto"`` (faiss when
-            importable). The two give different clusterings.
+        backend: ``"numpy"`` (k-means++ seeding, Lloyd iterations on canonical distances: the
+            same clustering on every machine, thread count and block size; its seeding is one
+            pass over the points per centre), ``"faiss"`` (``faiss.Kmeans``: random initial
+            centres, fast, but its float32 sums depend on the CPU and thread count) or
+            ``"auto"``: numpy unless n * k * dim exceeds 2^36 (SOP's 60k x 11k x 512) and faiss
+            is importable. The two give different clusterings.
+        restarts: independent runs (k-means++ seeds, or faiss ``nredo``); the one with the
+            lowest inertia is kept, so the score does not hang on one unlucky seeding.
 
     Returns:
         ClusterResult (``nmi`` as ``normalized_mutual_info``, ``f1``/``precision``/``recall``
@@ -465,8 +395,9 @@ def cluster_metrics(features: ArrayLike, labels: ArrayLike, num_clusters: int | 
     """
     if backend not in KMEANS_BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {', '.join(KMEANS_BACKENDS)}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter={max_iter!r}: expected a positive integer")
+    for name, value in (("max_iter", max_iter), ("restarts", restarts)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected a positive integer")
     x = as_numpy(features, "features")
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"features: expected a non-empty 2-D n x dim array, got shape {x.shape}")
@@ -479,11 +410,12 @@ def cluster_metrics(features: ArrayLike, labels: ArrayLike, num_clusters: int | 
         raise ValueError(f"num_clusters={k!r}: expected an integer in [1, {x.shape[0]}] (the number of samples)")
     k = int(k)
     if backend == "auto":
-        backend = "faiss" if _faiss_available() else "numpy"
+        large = x.shape[0] * k * x.shape[1] > _NUMPY_KMEANS_LIMIT
+        backend = "faiss" if large and _faiss_available() else "numpy"
     if backend == "faiss":
-        assignments = _faiss_kmeans(x, k, seed, int(max_iter))
+        assignments = _faiss_kmeans(x, k, seed, int(max_iter), int(restarts))
     else:
-        assignments = _numpy_kmeans(x, k, seed, int(max_iter))
+        assignments = _numpy_kmeans(x, k, seed, int(max_iter), int(restarts))
     f1, precision, recall = pairwise_f1(y, assignments)
     return ClusterResult(nmi=normalized_mutual_info(y, assignments), f1=f1, precision=precision, recall=recall,
                          assignments=assignments, backend=backend, num_clusters=k)

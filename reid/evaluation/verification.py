@@ -1,10 +1,10 @@
 """Verification metrics ("same person or not?") over query x gallery pairs: ROC, AUC, EER, TPR@FPR.
 
-Pairs follow the ranking protocol (``evaluate_rank``, the Market-1501 protocol): every query x
-gallery pair is scored by its distance, except the pairs of the same identity seen by the same
-camera, which the ranking protocol removes and which are left out here too. A pair is positive
-when the two pids are equal (pids are compared as given: a query pid never matches a gallery
-distractor's pid 0 unless the query itself is labelled 0). A threshold ``t`` accepts the pairs
+Pairs follow the protocol (``reid.evaluation.protocol``, the one the ranking metrics use): every
+query x gallery pair is scored by its distance, except the pairs of the same identity seen by
+the same camera, which the ranking protocol removes, and the pairs of a junk (pid -1) query or
+gallery item, which take part in no list. A pair is positive when the two pids are equal (a
+query pid never matches a gallery distractor's pid 0 unless the query itself is labelled 0). A threshold ``t`` accepts the pairs
 with distance ``<= t``; ``TPR(t)`` = accepted positives / positives (the "TAR" of face
 verification), ``FPR(t)`` = accepted negatives / negatives (the "FAR").
 
@@ -35,7 +35,8 @@ from typing import Iterable
 
 import numpy as np
 
-from .arrays import ArrayLike, as_labels, as_numpy
+from .arrays import ArrayLike
+from .protocol import Labels, check_distmat, pair_kinds
 
 DEFAULT_FPRS = (1e-4, 1e-3, 1e-2)
 
@@ -62,7 +63,8 @@ class VerificationResult:
         gives the largest distance and TPR 1.
     num_positive_pairs: same pid, different camera.
     num_negative_pairs: different pids.
-    num_excluded_pairs: same pid, same camera (left out, as in the ranking protocol).
+    num_excluded_pairs: same pid, same camera (left out, as in the ranking protocol; pairs of junk,
+        pid -1, are in no count).
     roc: ``(fpr, tpr, thresholds)`` as ``roc_curve`` returns them (its default
         ``drop_intermediate``) when asked for with ``with_roc=True``, else None: one split and
         sort of the pairs serves both.
@@ -92,41 +94,26 @@ class _Pairs:
         return np.searchsorted(self.negatives, keys, side), np.searchsorted(self.positives, keys, side)
 
 
-def same_pid_pairs(q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols) of every query x gallery pair with equal pids, found by grouping the gallery."""
-    gallery_by_pid = np.argsort(g_pids, kind="stable")
-    group_pids, group_starts, group_sizes = np.unique(g_pids[gallery_by_pid], return_index=True,
-                                                      return_counts=True)
-    group = np.minimum(np.searchsorted(group_pids, q_pids), len(group_pids) - 1)
-    count = np.where(group_pids[group] == q_pids, group_sizes[group], 0)
-    rows = np.repeat(np.arange(len(q_pids)), count)
-    offset = np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count)  # 0, 1, ... within a query
-    cols = gallery_by_pid[np.repeat(group_starts[group], count) + offset]
-    return rows, cols
-
-
 def _split_pairs(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
                  g_camids: ArrayLike) -> _Pairs:
     """Checks the inputs and returns the sorted negative and positive pair distances."""
-    given = as_numpy(distmat, "distmat")
-    if given.ndim != 2:
-        raise ValueError(f"distmat: expected a 2-D num_query x num_gallery matrix, got shape {given.shape}")
-    num_q, num_g = given.shape
-    if num_q == 0 or num_g == 0:
+    given = check_distmat(distmat)
+    if 0 in given.shape:
         raise ValueError(f"distmat: empty query or gallery (shape {given.shape})")
-    if given.dtype.kind not in "fiub":
-        raise TypeError(f"distmat: expected real distances, got dtype {given.dtype}")
+    labels = Labels.of(*given.shape, q_pids, g_pids, q_camids, g_camids)
     dist = np.ascontiguousarray(given, dtype=np.float32)
-    q_pids = as_labels(q_pids, "q_pids", num_q, "one per distmat row")
-    g_pids = as_labels(g_pids, "g_pids", num_g, "one per distmat column")
-    q_camids = as_labels(q_camids, "q_camids", num_q, "one per distmat row")
-    g_camids = as_labels(g_camids, "g_camids", num_g, "one per distmat column")
-
-    rows, cols = same_pid_pairs(q_pids, g_pids)
-    same = rows * num_g + cols  # flat indices of the (few) same-pid pairs
+    kinds = pair_kinds(labels)
+    if not (kinds.kept_gallery.all() and kinds.usable_query.all()):  # junk takes part in no pair
+        dist = dist[kinds.usable_query][:, kinds.kept_gallery]
+        labels = Labels(labels.q_pids[kinds.usable_query], labels.g_pids[kinds.kept_gallery],
+                        labels.q_camids[kinds.usable_query], labels.g_camids[kinds.kept_gallery])
+        kinds = pair_kinds(labels)
+    num_g = dist.shape[1]
+    positive_values = dist[kinds.positive_rows, kinds.positive_cols]
+    same = np.concatenate([kinds.positive_rows * num_g + kinds.positive_cols,
+                           kinds.left_out_rows * num_g + kinds.left_out_cols])  # flat indices of the same-pid pairs
     same_values = dist.reshape(-1)[same]
-    same_camera = q_camids[rows] == g_camids[cols]
-    positives = np.sort(same_values[~same_camera])
+    positives = np.sort(positive_values)
     if np.isnan(same_values).any():
         raise ValueError("distmat contains NaN; expected numbers (inf is allowed)")
     if (same_values == -np.inf).any():
@@ -138,19 +125,19 @@ def _split_pairs(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_cam
     flat = dist.reshape(-1) if not np.may_share_memory(dist, given) else dist.reshape(-1).copy()
     flat[same] = np.inf
     flat.sort()
-    if np.isnan(flat[-1]):  # the sort puts NaN last
+    if flat.size and np.isnan(flat[-1]):  # the sort puts NaN last
         raise ValueError("distmat contains NaN; expected numbers (inf is allowed)")
-    if flat[0] == -np.inf:
+    if flat.size and flat[0] == -np.inf:
         raise ValueError("distmat contains -inf; expected distances > -inf (-inf is the threshold that accepts "
                          "no pair)")
     negatives = flat[: flat.size - same.size]
     if positives.size == 0:
         raise ValueError("no positive pair: no query shares its pid with a gallery item seen by another camera "
-                         "(same-pid same-camera pairs are excluded); expected at least one")
+                         "(same-pid same-camera pairs and junk are excluded); expected at least one")
     if negatives.size == 0:
         raise ValueError("no negative pair: every query x gallery pair has the same pid; expected at least one "
                          "pair of different pids")
-    return _Pairs(negatives=negatives, positives=positives, num_excluded=int(same_camera.sum()))
+    return _Pairs(negatives=negatives, positives=positives, num_excluded=kinds.num_left_out)
 
 
 def _check_fprs(fprs: Iterable[float]) -> tuple[float, ...]:

@@ -1,12 +1,68 @@
-"""pairwise_distance: chunked results against a float64 full-matrix reference."""
+"""Canonical distances: an independent scalar implementation of the definition, exact rational
+values, every chunk size and thread count, and the fast paths' error bounds."""
 
 from __future__ import annotations
+
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
 from reid.evaluation import pairwise_distance
+from reid.evaluation.distance import FeatureDistances, tree_sum
+
+
+def _scalar_tree(values: list[float]) -> float:
+    """The definition's pairwise order, one Python float addition at a time."""
+    while len(values) > 1:
+        half = len(values) // 2
+        head = [values[k] + values[k + half] for k in range(half)]
+        values = head + values[2 * half:]
+    return values[0] if values else 0.0
+
+
+def _scalar_canonical(x: np.ndarray, y: np.ndarray, metric: str) -> np.float32:
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+    if metric == "euclidean":
+        return np.float32(_scalar_tree([(a - b) * (a - b) for a, b in zip(xs, ys)]))
+    nx = max(_scalar_tree([a * a for a in xs]) ** 0.5, 1e-12)
+    ny = max(_scalar_tree([b * b for b in ys]) ** 0.5, 1e-12)
+    return np.float32(min(max(1 - _scalar_tree([a * b for a, b in zip(xs, ys)]) / (nx * ny), 0.0), 2.0))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dim", [1, 7, 24, 129])
+def test_every_entry_is_the_definition(metric: str, dim: int) -> None:
+    rng = np.random.default_rng(dim)
+    x = rng.standard_normal((23, dim)).astype(np.float32)
+    y = np.concatenate([rng.standard_normal((30, dim)), x[:5], 3 * x[5:8]]).astype(np.float32)
+    got = pairwise_distance(x, y, metric=metric)
+    want = np.array([[_scalar_canonical(a, b, metric) for b in y] for a in x])
+    np.testing.assert_array_equal(got, want)
+    space = FeatureDistances(x, y, metric)
+    r, c = np.divmod(np.arange(x.shape[0] * y.shape[0]), y.shape[0])
+    np.testing.assert_array_equal(space.pairs(r, c).reshape(got.shape), want)
+
+
+def test_canonical_squared_distance_is_the_exact_value_rounded() -> None:
+    # the tree of float64 squares of float32 differences is exact for these small dyadic values,
+    # so the canonical value is the float32 rounding of the exact rational distance
+    rng = np.random.default_rng(3)
+    x = (rng.integers(-512, 512, (6, 40)) / 64).astype(np.float32)
+    y = (rng.integers(-512, 512, (9, 40)) / 64).astype(np.float32)
+    got = pairwise_distance(x, y)
+    for i in range(6):
+        for j in range(9):
+            exact = sum((Fraction(float(a)) - Fraction(float(b))) ** 2 for a, b in zip(x[i], y[j]))
+            assert got[i, j] == np.float32(float(exact))
+
+
+def test_tree_sum_order_is_fixed() -> None:
+    x = torch.tensor([[1e16, 1.0, -1e16, 1.0, 1.0]], dtype=torch.float64)
+    # levels: [1e16 + -1e16, 1 + 1] + [1] -> [0 + 2] + [1] -> 2 + 1 = 3 (a left-to-right sum gives 2)
+    assert float(tree_sum(x)[0]) == _scalar_tree([1e16, 1.0, -1e16, 1.0, 1.0]) == 3.0
+    assert tree_sum(torch.zeros((3, 0), dtype=torch.float64)).tolist() == [0.0, 0.0, 0.0]
 
 
 def _reference(x: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
@@ -19,28 +75,56 @@ def _reference(x: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-@pytest.mark.parametrize("chunk_size", [None, 1, 7, 64, 1000])
-def test_chunked_matches_full_matrix(metric: str, chunk_size: int | None) -> None:
+def test_chunks_and_threads_change_no_bit(metric: str) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((150, 24)).astype(np.float32)
-    y = rng.standard_normal((90, 24)).astype(np.float32)
-    got = pairwise_distance(x, y, metric=metric, chunk_size=chunk_size)
-    assert isinstance(got, np.ndarray) and got.shape == (150, 90) and got.dtype == np.float32
-    np.testing.assert_allclose(got, _reference(x, y, metric), rtol=1e-5, atol=1e-4)
-    # chunking never changes a value beyond float32 rounding
-    np.testing.assert_allclose(got, pairwise_distance(x, y, metric=metric), rtol=1e-6, atol=1e-5)
+    y = np.concatenate([rng.standard_normal((90, 24)), x[:10]]).astype(np.float32)
+    want = pairwise_distance(x, y, metric=metric)
+    assert isinstance(want, np.ndarray) and want.shape == (150, 100) and want.dtype == np.float32
+    threads = torch.get_num_threads()
+    try:
+        for chunk_size, num_threads in [(1, 1), (7, 2), (64, 1), (1000, 2)]:
+            torch.set_num_threads(num_threads)
+            np.testing.assert_array_equal(pairwise_distance(x, y, metric=metric, chunk_size=chunk_size), want)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def test_torch_in_torch_out_and_float64_kept() -> None:
+def test_torch_in_torch_out_and_float64_evaluated_in_float64() -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20, 8))
     y = rng.standard_normal((30, 8))
     got = pairwise_distance(torch.from_numpy(x), torch.from_numpy(y), chunk_size=3)
-    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
-    np.testing.assert_allclose(got.numpy(), _reference(x, y, "euclidean"), rtol=1e-12, atol=1e-12)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    want = np.array([[_scalar_canonical(a, b, "euclidean") for b in y] for a in x])
+    np.testing.assert_array_equal(got.numpy(), want)  # from the float64 values, then rounded
     as_numpy = pairwise_distance(x.astype(np.float32), y.astype(np.float32))
     as_torch = pairwise_distance(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32)))
     np.testing.assert_array_equal(as_numpy, as_torch.numpy())
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("case", ["normal", "offset", "unit", "duplicates", "float64"])
+def test_fast_values_stay_within_their_bound(metric: str, case: str) -> None:
+    rng = np.random.default_rng(7)
+    dim = 2048 if case == "unit" else 256
+    x = rng.standard_normal((70, dim))
+    y = rng.standard_normal((300, dim))
+    if case == "offset":  # large norms, small differences: the products cancel
+        x, y = x + 100, y * 0.01 + 100
+    if case == "unit":
+        x, y = x / np.linalg.norm(x, axis=1, keepdims=True), y / np.linalg.norm(y, axis=1, keepdims=True)
+    if case == "duplicates":
+        y[:70] = x
+    dtype = np.float64 if case == "float64" else np.float32
+    space = FeatureDistances(x.astype(dtype), y.astype(dtype), metric)
+    fast, bound = space.fast(slice(None))
+    r, c = np.divmod(np.arange(70 * 300), 300)
+    canonical = space.pairs(r, c).reshape(70, 300).astype(np.float64)
+    error = np.abs(fast.numpy().astype(np.float64) - canonical)
+    assert (error <= bound[:, None]).all()
+    assert error.max() > 0 or case == "float64"  # the test sees real rounding
+    np.testing.assert_array_equal(space.exact(slice(None)).numpy(), canonical.astype(np.float32))
 
 
 def test_integer_features_are_computed_in_float32() -> None:
@@ -50,12 +134,12 @@ def test_integer_features_are_computed_in_float32() -> None:
     np.testing.assert_array_equal(got, [[0, 25], [25, 0]])
 
 
-def test_no_negative_distances_for_identical_rows() -> None:
-    # |x|^2 + |x|^2 - 2 x.x rounds to tiny negatives for large norms; they are clamped to 0
+def test_no_negative_distances_and_zero_for_identical_rows() -> None:
+    # |x|^2 + |x|^2 - 2 x.x rounds to tiny negatives for large norms; the canonical value is 0
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((64, 256)) * 30 + 100).astype(np.float32)
     d = pairwise_distance(x, x)
-    assert d.min() >= 0
+    assert d.min() >= 0 and (np.diag(d) == 0).all()
     c = pairwise_distance(x, x, metric="cosine")
     assert c.min() >= 0 and c.max() <= 2
 
@@ -77,6 +161,8 @@ def test_empty_query_gives_empty_matrix() -> None:
         (np.zeros((3, 4)), np.zeros((5, 4)), {"metric": "manhattan"}, "metric='manhattan'"),
         (np.zeros(4), np.zeros((5, 4)), {}, "must be 2-D"),
         (np.zeros((3, 4)), np.zeros((5, 4)), {"chunk_size": 0}, "chunk_size=0"),
+        (np.full((3, 4), np.nan), np.zeros((5, 4)), {}, "x contains NaN or inf"),
+        (np.full((3, 4), 1e30), np.zeros((5, 4)), {}, "too large for float32"),
     ],
 )
 def test_errors_name_the_problem(x: np.ndarray, y: np.ndarray, kwargs: dict, message: str) -> None:

@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from reid.evaluation import evaluate_rank
+from reid.evaluation import ordering as ordering_module
 from reid.evaluation import rank as rank_module
 
 
-def _loop_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
-    """One query at a time, exactly as the protocol reads (stable order by gallery index)."""
+def _loop_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, junk_pid=-1):
+    """One query at a time, exactly as the protocol reads (stable order by gallery index; junk,
+    pid -1, left out of every list)."""
     all_ap, all_trap, all_inp, cmcs = [], [], [], []
     for i in range(distmat.shape[0]):
         order = np.argsort(distmat[i], kind="stable")
-        keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
+        keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])) & (g_pids[order] != junk_pid)
         hits = (g_pids[order] == q_pids[i])[keep].astype(int)
         if hits.sum() == 0:
             all_ap.append(np.nan), all_trap.append(np.nan), all_inp.append(np.nan)
@@ -59,8 +61,8 @@ def _random_case(seed: int, num_q: int = 40, num_g: int = 300):
 @pytest.mark.parametrize("path", ["candidates", "sort-all"])
 def test_matches_loop_reference(seed: int, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # force each of the two counting strategies, and small blocks over several threads
-    monkeypatch.setattr(rank_module, "_SORT_ALL_FRACTION", 2.0 if path == "candidates" else -1.0)
-    monkeypatch.setattr(rank_module, "_BLOCK_ELEMENTS", 7 * 300)
+    monkeypatch.setattr(ordering_module, "_SORT_ALL_FRACTION", 2.0 if path == "candidates" else -1.0)
+    monkeypatch.setattr(ordering_module, "_BLOCK_ELEMENTS", 7 * 300)
     distmat, q_pids, g_pids, q_camids, g_camids = _random_case(seed)
     ap, trap, inp, cmc = _loop_reference(distmat, q_pids, g_pids, q_camids, g_camids, 50)
     valid = ~np.isnan(ap)
@@ -79,7 +81,7 @@ def test_matches_loop_reference(seed: int, path: str, monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("path", ["candidates", "sort-all"])
 def test_ties_broken_by_gallery_index_in_random_integer_distances(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rank_module, "_SORT_ALL_FRACTION", 2.0 if path == "candidates" else -1.0)
+    monkeypatch.setattr(ordering_module, "_SORT_ALL_FRACTION", 2.0 if path == "candidates" else -1.0)
     rng = np.random.default_rng(7)
     distmat, q_pids, g_pids, q_camids, g_camids = _random_case(7)
     distmat = rng.integers(0, 4, distmat.shape).astype(np.float32)  # massive exact ties
@@ -204,8 +206,10 @@ def test_junk_pid_leaves_those_gallery_items_out() -> None:
     np.testing.assert_array_equal(got.all_INP, without.all_INP)
     np.testing.assert_array_equal(got.cmc, without.cmc)
     assert np.isnan(got.all_AP[2]) and got.num_valid_queries == without.num_valid_queries
-    counted = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20)  # default: junk are wrong matches
-    assert counted.mAP != got.mAP
+    default = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20)  # the protocol's junk policy
+    np.testing.assert_array_equal(default.all_AP, got.all_AP)
+    counted = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=20, junk_pid=None)
+    assert counted.mAP != got.mAP  # junk counted as ordinary (wrong) matches
     per_query = rank_module.query_average_precision(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid=-1)
     np.testing.assert_array_equal(per_query, got.all_AP)
 
@@ -221,3 +225,28 @@ def test_query_average_precision_is_all_nan_without_a_true_match() -> None:
 def test_average_precision_of_one_list() -> None:
     assert rank_module.average_precision([False, True, True, False]) == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert np.isnan(rank_module.average_precision([False, False]))
+
+
+def test_first_hit_ranks_equal_a_brute_force_loop() -> None:
+    rng = np.random.default_rng(3)
+    num_q, num_g = 40, 70
+    dist = rng.integers(0, 6, size=(num_q, num_g)).astype(np.float32)  # many exact ties
+    dist[rng.random(dist.shape) < 0.05] = np.inf
+    q_pids, g_pids = rng.integers(-1, 8, num_q), rng.integers(-1, 8, num_g)
+    q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    expected = []
+    for i in range(num_q):
+        order = sorted(range(num_g), key=lambda j: (dist[i, j], j))
+        kept = [j for j in order if not (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i]) and g_pids[j] != -1]
+        hits = [rank for rank, j in enumerate(kept, start=1) if g_pids[j] == q_pids[i]]
+        expected.append(hits[0] if hits else 0)
+    result = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    assert result.first_hit_rank.tolist() == expected
+    as_torch = evaluate_rank(torch.from_numpy(dist), *map(torch.from_numpy, (q_pids, g_pids, q_cams, g_cams)),
+                             max_rank=20)
+    assert as_torch.first_hit_rank.tolist() == expected
+    # the CMC is the distribution of these ranks
+    got = result.first_hit_rank
+    valid = ~np.isnan(result.all_AP)
+    assert np.array_equal(valid, got > 0)
+    assert np.allclose(result.cmc, [(got[valid] <= k).mean() for k in range(1, 21)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.evaluation import rerank, rerank_distances
+from reid.evaluation import pairwise_distance, rerank, rerank_distances
 
 
 def _classic_dense(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
@@ -145,12 +145,58 @@ def test_no_dense_n_by_n_array(monkeypatch: pytest.MonkeyPatch) -> None:
     assert peak < n * n * 4 / 4, f"numpy peak {peak / 2**20:.1f} MiB"
 
 
+def _canonical_inputs(qf: np.ndarray, gf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return pairwise_distance(qf, gf), pairwise_distance(qf, qf), pairwise_distance(gf, gf)
+
+
+def _tied_features(seed: int, q: int = 24, g: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Scaled and repeated integer directions: exact ties and near-ties everywhere."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 3, (40, 6)).astype(np.float32) + np.float32(0.5)
+    pool = np.concatenate([base, base, base * np.float32(1.5), base * np.float32(0.1)])
+    feats = pool[rng.integers(0, len(pool), q + g)]
+    return feats[:q], feats[q:]
+
+
+@pytest.mark.parametrize("case", ["clusters", "ties"])
+def test_features_equal_the_classic_on_canonical_matrices_bit_for_bit(case: str) -> None:
+    qf, gf = _features(10, 20, 150) if case == "clusters" else _tied_features(11)
+    matrices = _canonical_inputs(qf, gf)
+    for k1, k2, lam in [(20, 6, 0.3), (5, 3, 0.5)]:
+        want = rerank_distances(*matrices, k1, k2, lam)
+        np.testing.assert_allclose(want, _classic_dense(*matrices, k1, k2, lam), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(rerank(qf, gf, k1, k2, lam, block_size=64), want)
+
+
+def test_same_bits_whatever_the_block_size_threads_and_rounding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reid.evaluation import distance
+
+    qf, gf = _tied_features(12, q=30, g=260)
+    want = rerank(qf, gf)
+    threads = torch.get_num_threads()
+    try:
+        for block_size, num_threads in [(64, 1), (100, 2), (4096, 1)]:
+            torch.set_num_threads(num_threads)
+            np.testing.assert_array_equal(rerank(qf, gf, block_size=block_size), want)
+    finally:
+        torch.set_num_threads(threads)
+    # another BLAS rounds the float32 products otherwise, within their bound: push them to its ends
+    fast = distance.FeatureDistances.fast
+    for side in (-0.999, 0.999):
+        def pushed(self, rows, cols=slice(None), side=side):
+            values, bound = fast(self, rows, cols)
+            return (values.double() + side * torch.from_numpy(bound)[:, None]).clamp_(min=0).float(), bound
+
+        monkeypatch.setattr(distance.FeatureDistances, "fast", pushed)
+        np.testing.assert_array_equal(rerank(qf, gf, block_size=64), want)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu not installed")
 def test_faiss_backend_matches_torch_backend() -> None:
-    qf, gf = _features(8, 25, 300)
-    a = rerank(qf, gf, knn_backend="torch", block_size=64)
-    b = rerank(qf, gf, knn_backend="faiss")
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    for qf, gf in (_features(8, 25, 300), _tied_features(13)):
+        a = rerank(qf, gf, knn_backend="torch", block_size=64)
+        b = rerank(qf, gf, knn_backend="faiss")
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(

@@ -165,29 +165,70 @@ def test_cuda_input_matches_brute_force() -> None:
     _assert_same(got, _brute_force(feats, labels, ks=(1, 2, 8, 64)))
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-def test_small_blocks_give_identical_results(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    feats, labels = _integer_case(9, n=130)
-    feats = feats + np.float32(0.5)  # no zero vector (cosine)
-    want = evaluate_retrieval(feats, labels, ks=(1, 2, 8, 40), metric=metric)
-    monkeypatch.setattr(retrieval_module, "_MIN_BLOCK_ROWS", 1)
-    monkeypatch.setattr(retrieval_module, "_BLOCK_ELEMENTS", 7 * 130)  # 7 queries per block
-    got = evaluate_retrieval(feats, labels, ks=(1, 2, 8, 40), metric=metric)
-    _assert_same(got, want.__dict__, exact=True)
-    if metric == "euclidean":  # exact integer distances: the loop agrees too
-        _assert_same(got, _brute_force(feats, labels, ks=(1, 2, 8, 40)))
+def _near_tie_case(seed: int, n: int = 160, dim: int = 24):
+    """Integer directions at several scales: many exact ties in real arithmetic (duplicates,
+    scaled copies under cosine) that float32 products round apart, block shape by block shape."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 3, (n // 4, dim)).astype(np.float32) + np.float32(0.5)
+    feats = np.concatenate([base, base, base * 3, base * np.float32(0.1)])
+    labels = rng.integers(0, 12, n)
+    return feats, labels
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_block_distances_are_pairwise_distance(metric: str, dtype: type) -> None:
-    rng = np.random.default_rng(10)
-    q, g = rng.standard_normal((70, 16)).astype(dtype), rng.standard_normal((90, 16)).astype(dtype)
-    block = retrieval_module._BlockDistances(torch.from_numpy(g), metric)
-    got = block(torch.from_numpy(q), torch.empty((70, 90), dtype=torch.from_numpy(q).dtype)).numpy()
-    want = pairwise_distance(q, g, metric=metric)
-    assert got.dtype == want.dtype
-    np.testing.assert_array_equal(got, want)
+def test_same_result_whatever_the_block_size_threads_and_path(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reid.evaluation import ordering
+
+    feats, labels = _near_tie_case(9)
+    ks = (1, 2, 8, 40)
+    want = evaluate_retrieval(feats, labels, ks=ks, metric=metric)
+    _assert_same(want, _brute_force(feats, labels, ks=ks, metric=metric))
+    threads = torch.get_num_threads()
+    try:
+        for block_rows, num_threads, pair_cost, sort_all in [(7, 1, 256, 0.4), (1, 2, 256, 2.0), (64, 2, 1e-9, -1.0),
+                                                             (13, 1, 1e9, 0.4)]:
+            monkeypatch.setattr(ordering, "_BLOCK_ELEMENTS", block_rows * len(feats))
+            monkeypatch.setattr(ordering, "_PAIR_COST_ENTRIES", pair_cost)  # 1e9: the canonical block at once
+            monkeypatch.setattr(ordering, "_SORT_ALL_FRACTION", sort_all)
+            torch.set_num_threads(num_threads)
+            got = evaluate_retrieval(feats, labels, ks=ks, metric=metric)
+            _assert_same(got, want.__dict__, exact=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_any_rounding_within_the_bound_gives_the_same_result(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another BLAS (AVX2 or AVX-512 kernels, another thread split) rounds the products
+    differently, within the bound: the result must not move. Push every fast value to either
+    end of its bound and every dense float64 product by up to its bound."""
+    from reid.evaluation import distance
+
+    feats, labels = _clustered_case(4, n=200)
+    feats = np.concatenate([feats, feats[:40]])  # duplicates: exact ties
+    labels = np.concatenate([labels, labels[:40]])
+    want = evaluate_retrieval(feats, labels, ks=(1, 4, 16), metric=metric)
+    fast, product = distance.FeatureDistances.fast, distance.FeatureDistances._product
+    for side in (-1.0, 1.0, 0.0):
+        rng = np.random.default_rng(int(side) + 5)
+
+        def pushed_fast(self, rows, side=side, rng=rng):
+            values, bound = fast(self, rows)
+            shift = side if side else rng.uniform(-1, 1, values.shape)
+            moved = values.double() + torch.from_numpy(shift * bound[:, None] * 0.999)
+            return moved.clamp_(min=0).to(torch.float32), bound
+
+        def pushed_product(self, rows, dtype, side=side, rng=rng):
+            out = product(self, rows, dtype)
+            if dtype == torch.float64:
+                bound = torch.from_numpy(self._bound(np.asarray(rows), distance._U64)).to(out.device)[:, None]
+                out = (out + torch.from_numpy(rng.uniform(-1, 1, out.shape)) * bound * 0.999).clamp_(min=0)
+            return out
+
+        monkeypatch.setattr(distance.FeatureDistances, "fast", pushed_fast)
+        monkeypatch.setattr(distance.FeatureDistances, "_product", pushed_product)
+        got = evaluate_retrieval(feats, labels, ks=(1, 4, 16), metric=metric)
+        _assert_same(got, want.__dict__, exact=True)
 
 
 def test_r_precision_and_map_at_r_by_hand() -> None:
@@ -335,13 +376,11 @@ def test_kmeans_is_deterministic_for_a_seed(backend: str) -> None:
     assert not np.array_equal(a.assignments, c.assignments)  # the seed matters
 
 
-def test_cluster_backend_auto_and_errors() -> None:
+def test_cluster_backend_auto_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     feats, labels = _blobs(1)
-    try:
-        import faiss  # noqa: F401
-        expected = "faiss"
-    except ImportError:
-        expected = "numpy"
+    assert cluster_metrics(feats, labels).backend == "numpy"  # small: the machine-independent one
+    monkeypatch.setattr(retrieval_module, "_NUMPY_KMEANS_LIMIT", 10)
+    expected = "faiss" if retrieval_module._faiss_available() else "numpy"
     assert cluster_metrics(feats, labels).backend == expected
     with pytest.raises(ValueError, match="backend"):
         cluster_metrics(feats, labels, backend="sklearn")
@@ -349,3 +388,31 @@ def test_cluster_backend_auto_and_errors() -> None:
         cluster_metrics(feats, labels, num_clusters=len(labels) + 1)
     with pytest.raises(ValueError, match="length"):
         cluster_metrics(feats, labels[:-1])
+    with pytest.raises(ValueError, match="restarts=0"):
+        cluster_metrics(feats, labels, restarts=0)
+
+
+def test_restarts_recover_twenty_separated_blobs() -> None:
+    # 20 well separated classes (3,000 x 32, noise 0.05): one k-means++ start can merge two
+    # classes and split another (NMI about 0.95); the lowest-inertia restart recovers them.
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 32))
+    labels = rng.integers(0, 20, 3000)
+    feats = (centres[labels] + 0.05 * rng.standard_normal((3000, 32))).astype(np.float32)
+    got = cluster_metrics(feats, labels, backend="numpy")
+    assert got.nmi >= 0.99
+    single = [cluster_metrics(feats, labels, backend="numpy", restarts=1, seed=s).nmi for s in range(5)]
+    assert got.nmi >= max(single)
+
+
+def test_kmeans_does_not_depend_on_the_block_size_or_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    feats, labels = _near_tie_case(3, n=200, dim=8)
+    want = cluster_metrics(feats, labels, backend="numpy", restarts=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(retrieval_module, "_CLUSTER_BLOCK", 7 * 12)
+        got = cluster_metrics(feats, labels, backend="numpy", restarts=2)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(got.assignments, want.assignments)

@@ -26,22 +26,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...evaluation.protocol import JUNK_PID, PROTOCOLS
+
 Item = tuple[str, int, int]
 """One image: (path, pid, camid)."""
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-JUNK_PID = -1
 SPLITS = ("train", "query", "gallery")
-
-PROTOCOLS = ("reid", "leave_one_out", "query_gallery")
-"""How a dataset's query and gallery are compared (:attr:`ReidDataset.protocol`):
-
-- ``reid``: camera-aware re-ID ranking (Market-1501 protocol): gallery items with the query's
-  pid *and* camid are left out (Market-1501, DukeMTMC-reID, custom, synthetic).
-- ``leave_one_out``: query and gallery are the same list; each query is ranked against all the
-  others, excluding only itself (by index). CUB-200-2011, Cars196, SOP, Fashion-MNIST.
-- ``query_gallery``: queries against a separate gallery, no camera filtering (In-Shop).
-"""
+# How a dataset's query and gallery are compared, and the junk pid its loaders drop, are the
+# evaluation protocol's facts (reid.evaluation.protocol): reid (Market-1501, DukeMTMC-reID, custom,
+# synthetic), leave_one_out (CUB-200-2011, Cars196, SOP, Fashion-MNIST), query_gallery (In-Shop).
 DEFAULT_RECALL_KS = (1, 5, 10)
 """The ranks a re-ID dataset reports (CMC rank-1/5/10); retrieval datasets set their own."""
 

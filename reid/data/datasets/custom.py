@@ -40,6 +40,7 @@ import re
 import warnings
 from pathlib import Path
 
+from ...evaluation.protocol import DISTRACTOR_PID
 from .base import (
     SPLITS,
     SYNTHETIC_HINT,
@@ -72,7 +73,7 @@ def load_custom(
     query: str | os.PathLike | None = None,
     gallery: str | os.PathLike | None = None,
     skip_invalid: bool = False,
-    distractor_pid: int | None = 0,
+    distractor_pid: int | None = DISTRACTOR_PID,
 ) -> ReidDataset:
     """A dataset from a user's folders and/or CSV lists (see the module docstring)."""
     root_path = Path(root).expanduser().absolute()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 
+from ...evaluation.protocol import DISTRACTOR_PID
 from .base import NameFormat, ReidDataset, load_split_folders
 
 MARKET1501_FORMAT = NameFormat(
@@ -21,7 +22,7 @@ MARKET1501_FORMAT = NameFormat(
     example="0002_c1s1_000451_03.jpg",
     first_camera=1,
     num_cameras=6,
-    distractor_pid=0,
+    distractor_pid=DISTRACTOR_PID,
 )
 MARKET1501_SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 MARKET1501_HOW_TO_GET = (

@@ -1,0 +1,354 @@
+"""Where each query's same-label gallery items land in its ranked gallery: the core that the
+camera-aware ranking metrics (``rank.py``) and the retrieval metrics (``retrieval.py``) share.
+
+The order is the canonical one of ``reid.evaluation.distance``: ascending canonical distance,
+exact ties by gallery index. Only the positions of a query's own-label items matter to every
+metric, and the position of item ``t`` is the number of items ``j`` with
+``(d_j, j) < (d_t, t)``, so no row is ever sorted in full: the items at or below the
+farthest position that matters are counted (a sort of those candidates), and a query's
+own-label items are ordered among themselves to take out the ones its protocol leaves out.
+
+A block of distances comes with a bound ``e`` per row (``FeatureDistances.fast``: the float32
+product, ``|fast - canonical| <= e``) or none (canonical values: a dense matrix, or
+``FeatureDistances.exact``). With a bound, an item's position is settled when no other item
+lies within ``2e`` of it (every comparison is then decided by the fast values); otherwise the
+canonical values of the item and of its neighbours within the bound decide. When that would
+take more canonical values than a dense block is worth, the block is recomputed canonically.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..progress import progress_bar
+from .distance import FeatureDistances
+from .protocol import Labels
+
+# Distances per block of queries: ~4M float32 (16 MiB) keeps a block's temporaries in the
+# caches' neighbourhood and gives the threads enough blocks to share.
+_BLOCK_ELEMENTS = 1 << 22
+# Above this fraction of candidates a row sort (SIMD) beats extracting and sorting candidates.
+_SORT_ALL_FRACTION = 0.4
+# A canonical pair value costs about as much as this many entries of a dense canonical block
+# (a gather of two rows against a share of a float64 matrix product, both linear in the width).
+_PAIR_COST_ENTRIES = 256
+BEYOND = np.iinfo(np.int64).max  # rank of a match past the depth that was asked for
+
+
+class DistanceBlocks(Protocol):
+    """What the ordering reads: distances of blocks of query rows against the whole gallery."""
+
+    num_query: int
+    num_gallery: int
+    parallel: bool  # whether blocks may run on several threads (False: the products use them)
+
+    def columns(self, keep: np.ndarray) -> "DistanceBlocks":
+        """The same distances with only the gallery columns ``keep`` (a bool mask)."""
+
+    def block(self, rows: slice) -> tuple[np.ndarray, np.ndarray | None]:
+        """(float32 rows x gallery, per-row bound or None when the values are canonical)."""
+
+    def exact(self, rows: slice) -> np.ndarray:
+        """Canonical float32 rows x gallery."""
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Canonical values of (query row, gallery column) pairs."""
+
+
+class MatrixBlocks:
+    """A given distance matrix: its values are the canonical ones (compared in float32)."""
+
+    parallel = True
+
+    def __init__(self, distmat: np.ndarray) -> None:
+        self.distmat = distmat
+        self.num_query, self.num_gallery = distmat.shape
+
+    def columns(self, keep: np.ndarray) -> "MatrixBlocks":
+        return MatrixBlocks(self.distmat[:, keep])
+
+    def block(self, rows: slice) -> tuple[np.ndarray, None]:
+        return self.exact(rows), None
+
+    def exact(self, rows: slice) -> np.ndarray:
+        return np.ascontiguousarray(self.distmat[rows], dtype=np.float32)
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.distmat[rows, cols].astype(np.float32)
+
+
+class FeatureBlocks:
+    """Blocks computed from features (``FeatureDistances``): float32 products with their bound."""
+
+    parallel = False
+
+    def __init__(self, space: FeatureDistances) -> None:
+        self.space = space
+        self.num_query, self.num_gallery = space.num_query, space.num_gallery
+
+    def columns(self, keep: np.ndarray) -> "FeatureBlocks":
+        return FeatureBlocks(self.space.gallery_subset(keep))
+
+    def block(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        values, bound = self.space.fast(rows)
+        return values.cpu().numpy(), bound
+
+    def exact(self, rows: slice) -> np.ndarray:
+        return self.space.exact(rows).cpu().numpy()
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return self.space.pairs(rows, cols)
+
+
+@dataclass(frozen=True)
+class LabelGroups:
+    """The gallery grouped by label: ``members[starts[i]:starts[i] + sizes[i]]`` (ascending
+    gallery index) carry ``labels[i]``."""
+
+    labels: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+    members: np.ndarray
+
+    @classmethod
+    def of(cls, gallery_labels: np.ndarray) -> "LabelGroups":
+        members = np.argsort(gallery_labels, kind="stable")
+        labels, starts, sizes = np.unique(gallery_labels[members], return_index=True, return_counts=True)
+        return cls(labels, starts, sizes, members)
+
+    def sizes_of(self, query_labels: np.ndarray) -> np.ndarray:
+        """How many gallery items carry each query's label."""
+        if self.labels.size == 0:
+            return np.zeros(query_labels.shape, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.labels, query_labels), self.labels.size - 1)
+        return np.where(self.labels[pos] == query_labels, self.sizes[pos], 0)
+
+    def items_of(self, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(gallery indices of each query's label, padded with 0; which entries are real)."""
+        sizes = self.sizes_of(query_labels)
+        width = max(int(sizes.max(initial=0)), 1)
+        slot = np.arange(width)
+        real = slot[None, :] < sizes[:, None]
+        pos = np.minimum(np.searchsorted(self.labels, query_labels), max(self.labels.size - 1, 0))
+        starts = self.starts[pos] if self.labels.size else np.zeros_like(query_labels)
+        items = self.members[np.where(real, starts[:, None] + slot[None, :], 0)] if self.members.size else \
+            np.zeros(real.shape, dtype=np.int64)
+        return items, real
+
+
+@dataclass(frozen=True)
+class BlockRanks:
+    """Per query of a block: the 1-based ranks of its matches once the left-out items are gone,
+    ascending (``BEYOND`` past the requested depth and in the padding), and their count."""
+
+    ranks: np.ndarray  # rows x width int64
+    num_matches: np.ndarray  # rows int64 (all matches, also those past the depth)
+
+
+class _NeedsExact(Exception):
+    """The bound leaves too much to canonical values: recompute the block canonically."""
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+    """int64 keys in [0, 2^32) ordered like the float32 ``values`` (NaN-free, -0.0 == +0.0)."""
+    bits = (values.astype(np.float32, copy=False) + np.float32(0.0)).view(np.int32)
+    ordered = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+    return ordered.astype(np.int64) + (1 << 31)
+
+
+def _outward(values: np.ndarray, bound: np.ndarray, sign: int) -> np.ndarray:
+    """float32 ``ceil(values - bound)`` (sign -1) or ``floor(values + bound)`` (sign +1): the
+    float32 interval that holds every float32 within ``bound`` of ``values`` (inf stays inf)."""
+    values = np.asarray(values, dtype=np.float32)
+    if not np.any(bound):
+        return values
+    wide = values.astype(np.float64) + sign * bound
+    with np.errstate(invalid="ignore"):  # inf + inf * 2^-50: inf stays as it is
+        wide = np.where(np.isfinite(wide), wide + sign * np.abs(wide) * 2.0 ** -50, wide)  # the line above's rounding
+    out = wide.astype(np.float32)
+    step = out < wide if sign < 0 else out > wide
+    return np.where(step, np.nextafter(out, np.float32(-sign * np.inf)), out)
+
+
+class _Candidates:
+    """The items of every row at or below the row's limit, sorted, for counting below thresholds.
+
+    Kept as one sorted int64 key per item, (row << 32) | order key of its value, so that a count
+    for any (row, threshold) is one binary search. ``with_columns``: also which gallery item
+    sits at each sorted position (an argsort instead of a sort), to read the items between two
+    thresholds.
+    """
+
+    def __init__(self, block: np.ndarray, limit: np.ndarray, with_columns: bool) -> None:
+        rows, width = block.shape
+        flat = np.flatnonzero(block <= limit[:, None])
+        self.columns: np.ndarray | None = None
+        if flat.size > _SORT_ALL_FRACTION * rows * width:  # most of the block: sort whole rows
+            values, index = torch.sort(torch.from_numpy(block), dim=1)
+            self.keys = ((np.arange(rows, dtype=np.int64)[:, None] << 32) | _order_keys(values.numpy())).ravel()
+            self.columns = index.numpy().ravel() if with_columns else None
+            self.starts = np.arange(rows, dtype=np.int64) * width
+            return
+        row = flat // width
+        keys = (row << 32) | _order_keys(block.reshape(-1)[flat])
+        if with_columns:
+            order = np.argsort(keys)
+            self.keys, self.columns = keys[order], (flat % width)[order]
+        else:
+            keys.sort()
+            self.keys = keys
+        counts = np.bincount(row, minlength=rows)
+        self.starts = np.cumsum(counts) - counts
+
+    def count(self, rows: np.ndarray, thresholds: np.ndarray, side: str) -> np.ndarray:
+        """Items of ``rows[i]`` below (side 'left': <, 'right': <=) the float32 ``thresholds[i]``
+        (``rows`` broadcasts against ``thresholds``)."""
+        t_keys = (rows.astype(np.int64) << 32) | _order_keys(thresholds)
+        return np.searchsorted(self.keys, t_keys, side=side) - self.starts[rows]
+
+    def between(self, rows: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gallery items at sorted positions [low[i], high[i]) of ``rows[i]``: (i, column)."""
+        sizes = high - low
+        owner = np.repeat(np.arange(rows.size), sizes)
+        offset = np.arange(owner.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return owner, self.columns[self.starts[rows[owner]] + low[owner] + offset]
+
+
+def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, targets: np.ndarray,
+               pairs, budget: float) -> np.ndarray:
+    """The canonical position (number of items before it) of every target item; -1 elsewhere.
+
+    ``items``: gallery indices per row (padded); ``targets``: which of them to place; ``pairs``:
+    canonical values of (block row, column) pairs. Raises _NeedsExact past ``budget`` pairs.
+    """
+    num_rows = block.shape[0]
+    values = np.take_along_axis(block, items, axis=1)
+    spread = (np.zeros(num_rows) if bound is None else 2 * bound)[:, None]
+    low = np.where(targets, _outward(values, spread, -1), np.inf).astype(np.float32)
+    high = np.where(targets, _outward(values, spread, +1), -np.inf).astype(np.float32)
+    cands = _Candidates(block, high.max(axis=1), with_columns=bound is not None)
+    row_of = np.arange(num_rows)[:, None]
+    before, upto = cands.count(row_of, low, "left"), cands.count(row_of, high, "right")
+    position = np.where(targets, before, -1)
+    # A target alone in its window: every comparison with it is decided by the values at hand.
+    tr, tc = np.nonzero(targets & (upto - before > 1))
+    if tr.size == 0:
+        return position
+    target_cols = items[tr, tc]
+    if bound is None:  # canonical values with exact ties: lower gallery indices come first
+        for r, g in zip(tr.tolist(), target_cols.tolist()):
+            position[r, np.flatnonzero(items[r] == g)[0]] += int(np.count_nonzero(block[r, :g] == block[r, g]))
+        return position
+    if tr.size + int((upto - before)[tr, tc].sum()) > budget:
+        raise _NeedsExact
+    canon_t = pairs(tr, target_cols)
+    # the items that can still precede the target: fast values within e of its canonical value
+    start = cands.count(tr, _outward(canon_t, bound[tr], -1), "left")
+    stop = cands.count(tr, _outward(canon_t, bound[tr], +1), "right")
+    owner, cols = cands.between(tr, start, stop)
+    other = cols != target_cols[owner]
+    owner, cols = owner[other], cols[other]
+    canon = pairs(tr[owner], cols)
+    earlier = (canon < canon_t[owner]) | ((canon == canon_t[owner]) & (cols < target_cols[owner]))
+    position[tr, tc] = start + np.bincount(owner, weights=earlier, minlength=tr.size).astype(np.int64)
+    return position
+
+
+def block_ranks(source: DistanceBlocks, rows: slice, q_labels: np.ndarray, q_camids: np.ndarray,
+                groups: LabelGroups, g_camids: np.ndarray, *, depth: np.ndarray | None = None) -> BlockRanks:
+    """The ranks of the matches of queries ``rows`` (``q_labels``/``q_camids`` are theirs).
+
+    Gallery items of the query's label are its matches, except those of the query's camera
+    too, which are left out of its list (the camera rule of ``reid.evaluation.protocol``: give
+    camids that make it the protocol's). ``depth``: per query, only ranks up to it are needed
+    (larger ones come back as ``BEYOND``); None: every rank.
+    """
+    block, bound = source.block(rows)
+    if np.isnan(block.max(initial=0.0)):  # max propagates NaN: one pass finds any
+        first = np.arange(source.num_query)[rows][0]
+        raise ValueError(f"distmat contains NaN (in rows {first}..{first + block.shape[0] - 1}); "
+                         "expected numbers (inf is allowed)")
+    items, real = groups.items_of(q_labels)
+    left_out = real & (g_camids[items] == q_camids[:, None])
+    match = real & ~left_out
+    row_index = np.arange(source.num_query)[rows]
+
+    def pairs(local_rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return source.pairs(row_index[local_rows], cols)
+
+    budget = block.size / _PAIR_COST_ENTRIES
+    try:
+        position = _place(block, bound, items, real, left_out, depth, pairs, budget)
+    except _NeedsExact:
+        position = _place(source.exact(rows), None, items, real, left_out, depth, pairs, budget)
+    # rank after removal: the position minus the left-out items placed before the match
+    placed = position >= 0
+    order = np.argsort(np.where(placed, position, BEYOND), axis=1, kind="stable")
+    sorted_pos = np.take_along_axis(np.where(placed, position, BEYOND), order, axis=1)
+    sorted_left = np.take_along_axis(left_out & placed, order, axis=1)
+    sorted_match = np.take_along_axis(match, order, axis=1)
+    rank = sorted_pos - (np.cumsum(sorted_left, axis=1) - sorted_left) + 1
+    keep = sorted_match & (sorted_pos != BEYOND)
+    if depth is not None:
+        keep &= rank <= depth[:, None]
+    ranks = np.where(keep, rank, BEYOND)
+    ranks.sort(axis=1)
+    return BlockRanks(ranks=ranks, num_matches=match.sum(axis=1))
+
+
+def _place(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, real: np.ndarray,
+           left_out: np.ndarray, depth: np.ndarray | None, pairs, budget: float) -> np.ndarray:
+    """Positions of the items that can matter: all of them, or those that can reach ``depth``."""
+    targets = real
+    width = block.shape[1]
+    if depth is not None:
+        # At least kth items lie at or below the kth smallest value: a match of rank <= depth
+        # (at most depth - 1 matches and every left-out item before it) cannot lie above it.
+        kth = min(width, int(depth.max(initial=1)) + int(left_out.sum(axis=1).max(initial=0)))
+        if kth < width:
+            cut = np.partition(block, kth - 1, axis=1)[:, kth - 1]
+            spread = np.zeros(block.shape[0]) if bound is None else 2 * bound
+            values = np.take_along_axis(block, items, axis=1)
+            targets = real & (values <= _outward(cut, spread, +1)[:, None])
+    return _positions(block, bound, items, targets, pairs, budget)
+
+
+def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | None = None,
+                num_threads: int | None = None, progress: bool | None = None,
+                description: str = "ranking") -> tuple[np.ndarray, np.ndarray]:
+    """(ranks, num_matches) of every query: ``block_ranks`` over blocks of queries, padded to
+    one width with ``BEYOND``. ``depth``: per query, as there. ``num_threads``: worker threads over the blocks of a source that
+    allows it (default: torch's thread count)."""
+    num_q, num_g = source.num_query, source.num_gallery
+    groups = LabelGroups.of(labels.g_pids)
+    rows = max(1, min(num_q, _BLOCK_ELEMENTS // max(num_g, 1)))
+    blocks = [slice(s, min(s + rows, num_q)) for s in range(0, num_q, rows)]
+
+    def run(block: slice) -> BlockRanks:
+        return block_ranks(source, block, labels.q_pids[block], labels.q_camids[block], groups, labels.g_camids,
+                           depth=None if depth is None else depth[block])
+
+    workers = num_threads if num_threads is not None else torch.get_num_threads()
+    workers = max(1, min(int(workers), len(blocks), os.cpu_count() or 1)) if source.parallel else 1
+    parts: list[BlockRanks] = []
+    with progress_bar(total=num_q, desc=description, unit="query", progress=progress) as bar:
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        try:
+            for block, part in zip(blocks, pool.map(run, blocks) if pool else map(run, blocks)):
+                parts.append(part)
+                bar.update(block.stop - block.start)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+    width = max([p.ranks.shape[1] for p in parts], default=1)
+    ranks = np.full((num_q, width), BEYOND, dtype=np.int64)
+    for block, part in zip(blocks, parts):
+        ranks[block, :part.ranks.shape[1]] = part.ranks
+    num_matches = np.concatenate([p.num_matches for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    return ranks, num_matches
