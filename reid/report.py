@@ -1,28 +1,28 @@
 """One self-contained HTML evaluation report: metrics, curves, a per-query table and rank lists.
 
 :func:`write_report` is a pure function of the evaluation's arrays (labels, paths, the distance
-matrix the metrics used, the metrics themselves): no config, no model. It writes into one folder
+matrix the metrics used, the metrics themselves): no config, no model. It computes everything
+the report shows once, into one :class:`ReportData` (:func:`evaluate_for_report`), then writes
+each part from that object alone, every file atomically (``reid.io``), into one folder:
 
-* ``index.html``: plain HTML with inline CSS and a few lines of inline JavaScript, no network
-  (no CDN, no external font): it opens from ``file://``. Every text taken from the data (file
-  names, titles, run names) is escaped.
-* ``metrics.json``: the metrics given plus a ``"verification"`` block (AUC, EER, TPR and
-  threshold at fixed FPRs over the query x gallery pairs).
+* ``index.html`` (:func:`write_page`): plain HTML with inline CSS and a few lines of inline
+  JavaScript, no network (no CDN, no external font): it opens from ``file://``. Every text taken
+  from the data (file names, titles, run names) is escaped.
+* ``metrics.json`` (:func:`write_metrics`): the metrics given plus a ``"verification"`` block
+  (AUC, EER, TPR and threshold at fixed FPRs over the query x gallery pairs).
 * the PNGs the page shows, beside it (relative ``src``): ``cmc.png``, ``roc.png``,
-  ``distances.png``, ``training_curves.png`` and ``rank_list_<query>.png``.
+  ``distances.png``, ``training_curves.png`` (:func:`write_figures`) and
+  ``rank_list_<query>.png`` (:func:`write_rank_lists`).
 
-Protocols, by the camera trick (the camera-aware protocol of ``reid.evaluation.rank`` leaves out
-the gallery items with the query's pid *and* camera, so the camera ids choose what is left out):
-
-* ``"reid"``: the cameras as given (Market-1501 protocol).
-* ``"leave_one_out"``: query and gallery are one list; camera ids ``0..N-1`` on both sides, so
-  "same pid and same camera" is exactly the query itself.
-* ``"query_gallery"``: query camera 0, gallery camera 1: nothing is left out.
+Protocols (``"reid"``, ``"leave_one_out"``, ``"query_gallery"``) and what each leaves out of a
+query's list are ``reid.evaluation.protocol``'s: every number and every rank list is computed
+with its ``protocol_camids``. Rank lists of the retrieval protocols name the class and no
+camera (their camera ids only encode what is left out).
 
 Per query (table and rank lists): AP, INP and the rank of the first true match are
 ``evaluate_rank``'s ``all_AP`` / ``all_INP`` / ``first_hit_rank`` (the rank lists draw the same
-stable (distance, gallery index) order and exclusions). Queries without a true match after the exclusions are left out of
-the table, as from every metric, and counted in a note.
+stable (distance, gallery index) order and exclusions). Queries without a true match after the
+exclusions are left out of the table, as from every metric, and counted in a note.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from __future__ import annotations
 import html
 import math
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +43,8 @@ from . import visualization as vis
 from .evaluation.arrays import ArrayLike, as_labels, as_numpy
 from .evaluation.evaluator import metric_columns, verification_summary
 from .evaluation.protocol import check_protocol, protocol_camids
-from .evaluation.rank import evaluate_rank
-from .evaluation.verification import DEFAULT_FPRS, verification_metrics
+from .evaluation.rank import RankResult, evaluate_rank
+from .evaluation.verification import DEFAULT_FPRS, VerificationResult, verification_metrics
 from .io import atomic_write_json, atomic_write_text
 
 
@@ -54,12 +56,87 @@ _PROTOCOL_TEXT = {
     "query_gallery": "query-gallery retrieval: every gallery image is ranked, nothing is left out",
 }
 _CMC_RANKS = 50  # length of the CMC curves computed (20 are plotted)
+_FIGURE_CAPTIONS = {
+    "cmc.png": "CMC: share of queries with a true match within the first k ranks.",
+    "roc.png": "ROC of the query x gallery pairs (a pair is accepted when its distance is at most the threshold), "
+               "with the operating points of the table.",
+    "distances.png": "Distances of matching and non-matching pairs, each normalised to unit area.",
+    "training_curves.png": "Training: losses, learning rate and evaluations per epoch.",
+}
+
+
+# --------------------------------------------------------------------------- the data
+
+
+@dataclass(frozen=True, eq=False)  # arrays inside: compared by identity
+class ReportData:
+    """Everything the report shows, computed once by :func:`evaluate_for_report`; each file of the
+    report is written from it alone (the page is ``_page(data)``).
+
+    q_paths, q_pids, q_cams: the queries as given (the table shows the given camera).
+    q_camids, g_camids: the protocol's camera ids (``protocol_camids``): every number and rank list
+        is computed with them.
+    distmat: the float32 query x gallery distances the metrics used.
+    result, reranked: ``evaluate_rank`` of ``distmat`` and of the re-ranked distances (None without).
+    metrics: the metrics given plus their ``"verification"`` block: ``metrics.json``.
+    sections: the rank-list sections, (heading, query indices), in page order; a query is in one.
+    figures: (file name, caption) of the plots, in page order; ``notes``: why one is missing.
+    training_log: the ``log.jsonl`` drawn as ``training_curves.png`` (None: not drawn).
+    """
+
+    title: str
+    protocol: str
+    metric_name: str
+    top_k: int
+    q_paths: tuple[str, ...] = field(repr=False)
+    q_pids: np.ndarray = field(repr=False)
+    q_cams: np.ndarray = field(repr=False)
+    q_camids: np.ndarray = field(repr=False)
+    g_paths: tuple[str, ...] = field(repr=False)
+    g_pids: np.ndarray = field(repr=False)
+    g_camids: np.ndarray = field(repr=False)
+    distmat: np.ndarray = field(repr=False)
+    result: RankResult
+    reranked: RankResult | None
+    verification: VerificationResult = field(repr=False)
+    metrics: Mapping[str, Any]
+    ablation: Mapping[str, Mapping[str, Any]] | None
+    sections: tuple[tuple[str, tuple[int, ...]], ...]
+    figures: tuple[tuple[str, str], ...]
+    notes: tuple[str, ...]
+    training_log: Path | None
+
+    @property
+    def labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(q_pids, g_pids, q_camids, g_camids) under the protocol, as the metrics take them."""
+        return self.q_pids, self.g_pids, self.q_camids, self.g_camids
+
+    @property
+    def cameras(self) -> bool:
+        """Whether camera ids mean cameras (re-ID) rather than only what a query leaves out."""
+        return self.protocol == "reid"
+
+    @property
+    def fprs(self) -> tuple[float, ...]:
+        return tuple(self.verification.tpr_at_fpr)  # checked, as floats
+
+    @property
+    def drawn(self) -> dict[int, str]:
+        """Query index -> its rank-list PNG, for every query of the sections."""
+        return {i: f"rank_list_{i:05d}.png" for _, picks in self.sections for i in picks}
+
+    @property
+    def cmc_curves(self) -> dict[str, np.ndarray]:
+        curves = {self.metric_name: self.result.cmc}
+        if self.reranked is not None:
+            curves[f"{self.metric_name} + re-ranking"] = self.reranked.cmc
+        return curves
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def _labelled(items: Any, name: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _labelled(items: Any, name: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """(paths, pids, camids) of a FeatureSet-like object or of a (paths, pids, camids) tuple."""
     if all(hasattr(items, attr) for attr in ("paths", "pids", "camids")):
         paths, pids, camids = items.paths, items.pids, items.camids
@@ -68,9 +145,23 @@ def _labelled(items: Any, name: str) -> tuple[list[str], np.ndarray, np.ndarray]
             paths, pids, camids = items
         except (TypeError, ValueError):
             raise TypeError(f"{name}: expected a FeatureSet or a (paths, pids, camids) tuple") from None
-    paths = [os.fspath(p) for p in paths]
+    paths = tuple(os.fspath(p) for p in paths)
     return (paths, as_labels(pids, f"{name} pids", len(paths), "one per path"),
             as_labels(camids, f"{name} camids", len(paths), "one per path"))
+
+
+def _distances(distmat: ArrayLike, name: str, shape: tuple[int, int], expected: str) -> np.ndarray:
+    dist = np.ascontiguousarray(as_numpy(distmat, name), dtype=np.float32)
+    if dist.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} ({expected}), got {dist.shape}")
+    return dist
+
+
+def _check_counts(**counts: Any) -> None:
+    """top_k >= 1; the numbers of rank lists >= 0."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (name == "top_k"):
+            raise ValueError(f"{name}={value!r}: expected an integer >= {int(name == 'top_k')}")
 
 
 def _plain(value: Any) -> Any:
@@ -86,13 +177,118 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _check_consistent(metrics: Mapping[str, Any], result, what: str) -> None:
+def _outside_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, from the caller of this function, of the first frame
+    outside this module: a warning names the user's call, whichever public function it made."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _check_consistent(metrics: Mapping[str, Any], result: RankResult, what: str) -> None:
     """Warn when the metrics given are not those of the distances given (a wrong matrix)."""
     for key, value in (("mAP", result.mAP), ("rank1", float(result.cmc[0]))):
         given = metrics.get(key)
         if isinstance(given, (int, float)) and not math.isclose(float(given), value, rel_tol=1e-4, abs_tol=1e-5):
             warnings.warn(f"write_report: metrics{what}[{key!r}] = {given:.6f} but {'re-ranked ' if what else ''}"
-                          f"distmat gives {value:.6f}; are these the distances the metrics used?", stacklevel=3)
+                          f"distmat gives {value:.6f}; are these the distances the metrics used?",
+                          stacklevel=_outside_stacklevel())
+
+
+def _reranked_result(reranked_distmat: ArrayLike | None, shape: tuple[int, int], labels: tuple, max_rank: int,
+                     metrics: Mapping[str, Any]) -> RankResult | None:
+    """``evaluate_rank`` of the re-ranked distances (the matrix itself is not kept)."""
+    if reranked_distmat is None:
+        return None
+    reranked = _distances(reranked_distmat, "reranked_distmat", shape, "as distmat")
+    result = evaluate_rank(reranked, *labels, max_rank=max_rank)
+    if isinstance(metrics.get("rerank"), Mapping):
+        _check_consistent(metrics["rerank"], result, "['rerank']")
+    return result
+
+
+def _sections(all_ap: np.ndarray, num_worst: int, num_best: int, num_random: int,
+              seed: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The lowest-AP, highest-AP and random (``seed``) valid queries; a query is drawn once."""
+    valid_idx = np.flatnonzero(~np.isnan(all_ap))
+    ap_valid = all_ap[valid_idx]
+    worst = valid_idx[np.argsort(ap_valid, kind="stable")][:num_worst].tolist()
+    taken = set(worst)
+    best = [i for i in valid_idx[np.lexsort((valid_idx, -ap_valid))][:num_worst + num_best].tolist()
+            if i not in taken][:num_best]
+    pool = np.setdiff1d(valid_idx, np.array(worst + best, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(pool, size=min(num_random, pool.size), replace=False) if pool.size else pool
+    random_picks = np.sort(chosen).tolist()
+    return ((f"Lowest AP ({len(worst)})", tuple(worst)), (f"Highest AP ({len(best)})", tuple(best)),
+            (f"Random ({len(random_picks)}, seed {seed})", tuple(random_picks)))
+
+
+def _figures(training_log: str | os.PathLike | None) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...],
+                                                             Path | None]:
+    """(figures, notes, the training log to draw): the training curves only from a readable log."""
+    names, notes, log_path = ["cmc.png", "roc.png", "distances.png"], [], None
+    if training_log is not None:
+        path = Path(training_log)
+        if not path.is_file():
+            notes.append(f"training curves not drawn: {path} not found")
+        else:
+            try:
+                vis.read_training_log(path)
+                names.append("training_curves.png")
+                log_path = path
+            except ValueError as err:
+                notes.append(f"training curves not drawn: {err}")
+    return tuple((name, _FIGURE_CAPTIONS[name]) for name in names), tuple(notes), log_path
+
+
+def evaluate_for_report(
+    *,
+    query: Any,
+    gallery: Any,
+    distmat: ArrayLike,
+    metrics: Mapping[str, Any],
+    reranked_distmat: ArrayLike | None = None,
+    ablation: Mapping[str, Mapping[str, Any]] | None = None,
+    training_log: str | os.PathLike | None = None,
+    verification_fprs: Sequence[float] = DEFAULT_FPRS,
+    title: str = "Re-identification evaluation report",
+    top_k: int = 10,
+    num_worst: int = 8,
+    num_best: int = 4,
+    num_random: int = 4,
+    seed: int = 0,
+    metric_name: str = "squared Euclidean",
+    protocol: str = "reid",
+) -> ReportData:
+    """Everything the report shows, computed once; writes nothing. Arguments and errors: as
+    :func:`write_report`."""
+    check_protocol(protocol)
+    _check_counts(top_k=top_k, num_worst=num_worst, num_best=num_best, num_random=num_random)
+    if gallery is None:
+        if protocol != "leave_one_out":
+            raise ValueError(f"gallery=None is only for protocol leave_one_out (got {protocol!r})")
+        gallery = query
+    q_paths, q_pids, q_cams = _labelled(query, "query")
+    g_paths, g_pids, g_cams = _labelled(gallery, "gallery")
+    dist = _distances(distmat, "distmat", (len(q_paths), len(g_paths)), "queries x gallery")
+    q_camids, g_camids = protocol_camids(protocol, q_cams, g_cams)
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    max_rank = min(_CMC_RANKS, dist.shape[1])
+    result = evaluate_rank(dist, *labels, max_rank=max_rank)
+    if protocol == "reid":
+        _check_consistent(metrics, result, "")
+    reranked = _reranked_result(reranked_distmat, dist.shape, labels, max_rank, metrics)
+    verification = verification_metrics(dist, *labels, fprs=verification_fprs, with_roc=True)
+    figures, notes, log_path = _figures(training_log)
+    return ReportData(
+        title=title, protocol=protocol, metric_name=metric_name, top_k=int(top_k), q_paths=q_paths, q_pids=q_pids,
+        q_cams=q_cams, q_camids=q_camids, g_paths=g_paths, g_pids=g_pids, g_camids=g_camids, distmat=dist,
+        result=result, reranked=reranked, verification=verification,
+        metrics={**metrics, "verification": verification_summary(verification)}, ablation=ablation,
+        sections=_sections(result.all_AP, num_worst, num_best, num_random, seed), figures=figures, notes=notes,
+        training_log=log_path)
 
 
 # --------------------------------------------------------------------------- the report
@@ -127,8 +323,8 @@ def write_report(
             (or ``gallery=None``).
         distmat: num_query x num_gallery distances, the ones the metrics were computed from
             (numpy or torch). The per-query table, rank lists, histogram and verification use it.
-        metrics: the test metrics as reid produces them (``reid.evaluation.evaluator.metrics_from_features``), with
-            ``"rerank"`` when re-ranking was evaluated; copied into ``metrics.json``.
+        metrics: the test metrics as reid produces them (``reid.evaluation.evaluator.metrics_from_features``),
+            with ``"rerank"`` when re-ranking was evaluated; copied into ``metrics.json``.
         reranked_distmat: the re-ranked distances, for a second CMC curve.
         ablation: extra metrics-table rows (name -> metrics), e.g. ``ablate_inference``'s result.
         training_log: a ``log.jsonl``; its curves are drawn when the file exists.
@@ -138,113 +334,79 @@ def write_report(
         num_worst, num_best, num_random: rank lists of that many lowest-AP, highest-AP and random
             (``seed``) valid queries; a query is drawn once.
         metric_name: the distance's name, for legends and the table.
-        protocol: ``"reid"``, ``"leave_one_out"`` or ``"query_gallery"`` (module docstring).
+        protocol: ``"reid"``, ``"leave_one_out"`` or ``"query_gallery"`` (``reid.evaluation.protocol``).
 
     Raises:
         ValueError: a bad protocol, mismatched sizes, no valid query, no positive or negative pair.
     """
-    check_protocol(protocol)
-    for name, value in (("top_k", top_k), ("num_worst", num_worst), ("num_best", num_best),
-                        ("num_random", num_random)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (name == "top_k"):
-            raise ValueError(f"{name}={value!r}: expected an integer >= {int(name == 'top_k')}")
-    if gallery is None:
-        if protocol != "leave_one_out":
-            raise ValueError(f"gallery=None is only for protocol leave_one_out (got {protocol!r})")
-        gallery = query
-    q_paths, q_pids, q_cams_given = _labelled(query, "query")
-    g_paths, g_pids, g_cams_given = _labelled(gallery, "gallery")
-    dist = np.ascontiguousarray(as_numpy(distmat, "distmat"), dtype=np.float32)
-    if dist.shape != (len(q_paths), len(g_paths)):
-        raise ValueError(f"distmat: expected shape ({len(q_paths)}, {len(g_paths)}) (queries x gallery), got "
-                         f"{dist.shape}")
-    q_camids, g_camids = protocol_camids(protocol, q_cams_given, g_cams_given)
-    labels = (q_pids, g_pids, q_camids, g_camids)
+    data = evaluate_for_report(
+        query=query, gallery=gallery, distmat=distmat, metrics=metrics, reranked_distmat=reranked_distmat,
+        ablation=ablation, training_log=training_log, verification_fprs=verification_fprs, title=title, top_k=top_k,
+        num_worst=num_worst, num_best=num_best, num_random=num_random, seed=seed, metric_name=metric_name,
+        protocol=protocol)
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = dict(metrics)
+    write_figures(data, out)
+    write_rank_lists(data, out)
+    write_metrics(data, out)
+    return write_page(data, out)
 
-    # Numbers.
-    max_rank = min(_CMC_RANKS, dist.shape[1])
-    result = evaluate_rank(dist, *labels, max_rank=max_rank)
-    if protocol == "reid":
-        _check_consistent(metrics, result, "")
-    first_rank = result.first_hit_rank
-    verification = verification_metrics(dist, *labels, fprs=verification_fprs, with_roc=True)
-    fprs = tuple(verification.tpr_at_fpr)  # checked, as floats
-    curves = {metric_name: result.cmc}
-    if reranked_distmat is not None:
-        reranked = np.ascontiguousarray(as_numpy(reranked_distmat, "reranked_distmat"), dtype=np.float32)
-        if reranked.shape != dist.shape:
-            raise ValueError(f"reranked_distmat: expected shape {dist.shape} (as distmat), got {reranked.shape}")
-        reranked_result = evaluate_rank(reranked, *labels, max_rank=max_rank)
-        if isinstance(metrics.get("rerank"), Mapping):
-            _check_consistent(metrics["rerank"], reranked_result, "['rerank']")
-        curves[f"{metric_name} + re-ranking"] = reranked_result.cmc
-        del reranked
 
-    # Figures.
-    figures: list[tuple[str, str]] = []  # (file name, caption)
-    vis.plot_cmc(curves, out / "cmc.png", max_rank=min(20, max_rank),
-                 title=f"CMC ({result.num_valid_queries} queries)")
-    figures.append(("cmc.png", "CMC: share of queries with a true match within the first k ranks."))
+def _draw_cmc(data: ReportData, path: Path) -> None:
+    vis.plot_cmc(data.cmc_curves, path, max_rank=min(20, len(data.result.cmc)),
+                 title=f"CMC ({data.result.num_valid_queries} queries)")
+
+
+def _draw_roc(data: ReportData, path: Path) -> None:
+    verification = data.verification
     fpr, tpr, _ = verification.roc
-    points = {f"FPR {f:g}: TPR {verification.tpr_at_fpr[f]:.3f}": (f, verification.tpr_at_fpr[f]) for f in fprs}
+    points = {f"FPR {f:g}: TPR {verification.tpr_at_fpr[f]:.3f}": (f, verification.tpr_at_fpr[f]) for f in data.fprs}
     points[f"EER {verification.eer:.3f}"] = (verification.eer, 1.0 - verification.eer)
     # The axis starts a decade below the smallest FPR asked for; the curve left of it sits on the edge.
-    vis.plot_roc(fpr, tpr, out / "roc.png", points=points, min_fpr=min(fprs, default=1e-3) / 10)
-    del fpr, tpr
-    figures.append(("roc.png", "ROC of the query x gallery pairs (a pair is accepted when its distance is at "
-                               "most the threshold), with the operating points of the table."))
-    vis.plot_distance_histogram(dist, *labels, out / "distances.png", title=f"query-gallery distances ({metric_name})")
-    figures.append(("distances.png", "Distances of matching and non-matching pairs, each normalised to unit area."))
-    notes: list[str] = []
-    if training_log is not None:
-        log_path = Path(training_log)
-        if log_path.is_file():
-            try:
-                vis.plot_training_curves(log_path, out / "training_curves.png")
-                figures.append(("training_curves.png", "Training: losses, learning rate and evaluations per epoch."))
-            except ValueError as err:
-                notes.append(f"training curves not drawn: {err}")
-        else:
-            notes.append(f"training curves not drawn: {log_path} not found")
+    vis.plot_roc(fpr, tpr, path, points=points, min_fpr=min(data.fprs, default=1e-3) / 10)
 
-    # Rank lists.
-    valid = ~np.isnan(result.all_AP)
-    valid_idx = np.flatnonzero(valid)
-    ap_valid = result.all_AP[valid_idx]
-    worst = valid_idx[np.argsort(ap_valid, kind="stable")][:num_worst].tolist()
-    taken = set(worst)
-    best = [i for i in valid_idx[np.lexsort((valid_idx, -ap_valid))][:num_worst + num_best].tolist()
-            if i not in taken][:num_best]
-    pool = np.setdiff1d(valid_idx, np.array(worst + best, dtype=np.int64))
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(pool, size=min(num_random, pool.size), replace=False) if pool.size else pool
-    random_picks = np.sort(chosen).tolist()
-    sections = [(f"Lowest AP ({len(worst)})", worst), (f"Highest AP ({len(best)})", best),
-                (f"Random ({len(random_picks)}, seed {seed})", random_picks)]
-    drawn = {}
-    for _, picks in sections:
-        for i in picks:
-            name = f"rank_list_{i:05d}.png"
-            image = vis.compose_rank_list(dist[i], (q_paths[i], q_pids[i], q_camids[i]),
-                                          (g_paths, g_pids, g_camids), top_k=top_k, cameras=protocol == "reid")
-            vis.save_image(image, out / name)
-            drawn[i] = name
 
-    metrics["verification"] = verification_summary(verification)
-    atomic_write_json(out / "metrics.json", _plain(metrics))
-    page = _page(title=title, protocol=protocol, metric_name=metric_name, metrics=metrics,
-                 ablation=ablation, verification=verification, fprs=fprs, figures=figures, notes=notes,
-                 q_paths=q_paths, q_pids=q_pids, q_cams=q_cams_given, num_gallery=len(g_paths), result=result,
-                 first_rank=first_rank, sections=sections, drawn=drawn, top_k=top_k)
-    index = atomic_write_text(out / "index.html", page)
-    # atomic_write's temporary file is private (0600); the page is for sharing: the images' mode.
-    mode = (out / "cmc.png").stat().st_mode & 0o777
-    for path in (index, out / "metrics.json"):
-        os.chmod(path, mode)
-    return index
+def _draw_distances(data: ReportData, path: Path) -> None:
+    vis.plot_distance_histogram(data.distmat, *data.labels, path,
+                                title=f"query-gallery distances ({data.metric_name})")
+
+
+def _draw_training_curves(data: ReportData, path: Path) -> None:
+    vis.plot_training_curves(data.training_log, path)
+
+
+_FIGURE_WRITERS = {"cmc.png": _draw_cmc, "roc.png": _draw_roc, "distances.png": _draw_distances,
+                   "training_curves.png": _draw_training_curves}
+
+
+def write_figures(data: ReportData, output_dir: str | os.PathLike) -> list[Path]:
+    """The plots of ``data.figures``, as PNGs in ``output_dir``; returns their paths."""
+    out = Path(output_dir)
+    for name, _ in data.figures:
+        _FIGURE_WRITERS[name](data, out / name)
+    return [out / name for name, _ in data.figures]
+
+
+def write_rank_lists(data: ReportData, output_dir: str | os.PathLike) -> list[Path]:
+    """One ``rank_list_<query>.png`` per query of ``data.sections``, drawn with the protocol's
+    camera ids (so with its exclusions) and the AP of the table; returns their paths."""
+    out = Path(output_dir)
+    gallery = (data.g_paths, data.g_pids, data.g_camids)
+    written = []
+    for i, name in data.drawn.items():
+        image = vis.compose_rank_list(data.distmat[i], (data.q_paths[i], data.q_pids[i], data.q_camids[i]), gallery,
+                                      top_k=data.top_k, ap=float(data.result.all_AP[i]), cameras=data.cameras)
+        written.append(vis.save_image(image, out / name))
+    return written
+
+
+def write_metrics(data: ReportData, output_dir: str | os.PathLike) -> Path:
+    """``metrics.json``: the metrics given plus the verification block."""
+    return atomic_write_json(Path(output_dir) / "metrics.json", _plain(data.metrics))
+
+
+def write_page(data: ReportData, output_dir: str | os.PathLike) -> Path:
+    """``index.html``, built from ``data`` alone (see :func:`_page`)."""
+    return atomic_write_text(Path(output_dir) / "index.html", _page(data))
 
 
 # --------------------------------------------------------------------------- HTML
@@ -358,88 +520,110 @@ def _verification_table(verification, fprs: Sequence[float]) -> str:
             "protocol.</p>")
 
 
-_QUERY_COLUMNS = [("index", "#", "num"), ("file", "file", "text"), ("pid", "identity", "num"),
-                  ("camera", "camera", "text"), ("ap", "AP (%)", "num"), ("inp", "INP (%)", "num"),
-                  ("rank", "first hit", "num")]
+
+def _query_columns(cameras: bool) -> list[tuple[str, str, str]]:
+    """(key, title, kind) of the per-query table; retrieval protocols show the class, no camera."""
+    return [("index", "#", "num"), ("file", "file", "text"), ("pid", "identity" if cameras else "class", "num"),
+            *([("camera", "camera", "text")] if cameras else []), ("ap", "AP (%)", "num"),
+            ("inp", "INP (%)", "num"), ("rank", "first hit", "num")]
 
 
-def _query_table(q_paths: list[str], q_pids: np.ndarray, q_cams: np.ndarray, result, first_rank: np.ndarray,
-                 drawn: Mapping[int, str]) -> str:
+def _query_row(data: ReportData, i: int, drawn: Mapping[int, str]) -> str:
+    path, first_rank = data.q_paths[i], data.result.first_hit_rank[i]
+    index = f'<a href="#q{i}">{i}</a>' if i in drawn else str(i)
+    cells = [f"<td>{index}</td>",
+             f'<td class="l" title="{_e(path)}">{_e(os.path.basename(path))}</td>', f"<td>{data.q_pids[i]}</td>"]
+    if data.cameras:
+        camera = data.q_cams[i]
+        cells.append(f'<td class="l">{f"c{camera + 1}" if camera >= 0 else "-"}</td>')
+    cells += [f"<td>{100 * data.result.all_AP[i]:.2f}</td>", f"<td>{100 * data.result.all_INP[i]:.2f}</td>",
+              f"<td>{first_rank}</td>"]
+    return f'<tr{" class=miss" if first_rank != 1 else ""}>{"".join(cells)}</tr>'
+
+
+def _query_table(data: ReportData) -> str:
     head = "".join(f'<th data-key="{key}" data-type="{kind}"{" class=l" if kind == "text" else ""}>{_e(title)}</th>'
-                   for key, title, kind in _QUERY_COLUMNS)
-    lines = [f'<table id="queries"><thead><tr>{head}</tr></thead><tbody>']
-    for i in np.flatnonzero(~np.isnan(result.all_AP)).tolist():
-        path = q_paths[i]
-        index = f'<a href="#q{i}">{i}</a>' if i in drawn else str(i)
-        camera = f"c{q_cams[i] + 1}" if q_cams[i] >= 0 else "-"
-        lines.append(f'<tr{" class=miss" if first_rank[i] != 1 else ""}><td>{index}</td>'
-                     f'<td class="l" title="{_e(path)}">{_e(os.path.basename(path))}</td><td>{q_pids[i]}</td>'
-                     f'<td class="l">{camera}</td><td>{100 * result.all_AP[i]:.2f}</td>'
-                     f"<td>{100 * result.all_INP[i]:.2f}</td><td>{first_rank[i]}</td></tr>")
-    lines.append("</tbody></table>")
-    return "\n".join(lines)
+                   for key, title, kind in _query_columns(data.cameras))
+    drawn = data.drawn
+    rows = [_query_row(data, i, drawn) for i in np.flatnonzero(~np.isnan(data.result.all_AP)).tolist()]
+    return "\n".join([f'<table id="queries"><thead><tr>{head}</tr></thead><tbody>', *rows, "</tbody></table>"])
 
 
-def _page(*, title: str, protocol: str, metric_name: str, metrics: Mapping[str, Any],
-          ablation: Mapping[str, Mapping[str, Any]] | None, verification, fprs: Sequence[float],
-          figures: list[tuple[str, str]], notes: list[str], q_paths: list[str], q_pids: np.ndarray,
-          q_cams: np.ndarray, num_gallery: int, result, first_rank: np.ndarray,
-          sections: list[tuple[str, list[int]]], drawn: Mapping[int, str], top_k: int) -> str:
-    rows = {metric_name: {k: v for k, v in metrics.items() if k not in ("rerank", "verification")}}
+def _head(title: str) -> list[str]:
+    return ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_e(title)}</title>",
+            f"<style>{_CSS}</style>", f"<script>{_SCRIPT}</script>", "</head><body>", f"<h1>{_e(title)}</h1>"]
+
+
+def _summary(data: ReportData) -> list[str]:
+    """The introduction, the metrics (and ablation) tables, verification, the figures and notes."""
+    metrics, name = data.metrics, data.metric_name
+    rows = {name: {k: v for k, v in metrics.items() if k not in ("rerank", "verification")}}
     if isinstance(metrics.get("rerank"), Mapping):
-        rows[f"{metric_name} + re-ranking"] = metrics["rerank"]
-    skipped = result.num_skipped_queries
-    misses = int(np.count_nonzero(first_rank[~np.isnan(result.all_AP)] != 1))
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title>",
-        f"<style>{_CSS}</style>",
-        f"<script>{_SCRIPT}</script>",
-        "</head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<p>{len(q_paths):,} queries, {num_gallery:,} gallery images; distance: {_e(metric_name)}; protocol: '
-        f"{_e(_PROTOCOL_TEXT[protocol])}. Numbers in percent; all of them in "
-        '<a href="metrics.json">metrics.json</a>.</p>',
-        "<h2>Metrics</h2>",
-        _metrics_table(rows, "metrics"),
-    ]
-    if ablation:
-        parts += ["<h2>Ablation</h2>", _metrics_table(ablation, "ablation")]
-    parts += ["<h2>Verification</h2>", _verification_table(verification, fprs), "<h2>Curves</h2>", '<div class="figs">']
-    for name, caption in figures:
-        parts.append(f'<figure><img src="{_e(name)}" alt="{_e(name)}"><figcaption>{_e(caption)}</figcaption></figure>')
+        rows[f"{name} + re-ranking"] = metrics["rerank"]
+    parts = [f'<p>{len(data.q_paths):,} queries, {len(data.g_paths):,} gallery images; distance: {_e(name)}; '
+             f"protocol: {_e(_PROTOCOL_TEXT[data.protocol])}. Numbers in percent; all of them in "
+             '<a href="metrics.json">metrics.json</a>.</p>',
+             "<h2>Metrics</h2>", _metrics_table(rows, "metrics")]
+    if data.ablation:
+        parts += ["<h2>Ablation</h2>", _metrics_table(data.ablation, "ablation")]
+    parts += ["<h2>Verification</h2>", _verification_table(data.verification, data.fprs), "<h2>Curves</h2>",
+              '<div class="figs">']
+    parts += [f'<figure><img src="{_e(file)}" alt="{_e(file)}"><figcaption>{_e(caption)}</figcaption></figure>'
+              for file, caption in data.figures]
     parts.append("</div>")
-    parts += [f'<p class="note">{_e(note)}</p>' for note in notes]
-    parts += [
-        "<h2>Queries</h2>",
-        f'<p class="note">One row per query with a true match in the gallery ({result.num_valid_queries:,}); '
-        f"{skipped:,} {'query' if skipped == 1 else 'queries'} without one "
-        f"{'is' if skipped == 1 else 'are'} left out, as from every metric. First hit: the rank of the first true "
-        f"match; {misses:,} rank-1 misses (shaded). Click a column header to sort (again to reverse).</p>",
-        f'<p><label><input type="checkbox" id="failures"> failures only (rank-1 miss)</label> '
-        f'<span id="shown" class="note">{result.num_valid_queries:,} of {result.num_valid_queries:,} queries '
-        "shown</span></p>",
-        '<div class="scroll">',
-        _query_table(q_paths, q_pids, q_cams, result, first_rank, drawn),
-        "</div>",
-    ]
-    if drawn:
-        exclusion = {"reid": "gallery images of the query's identity and camera are left out, as the metrics do",
-                     "leave_one_out": "only the query itself is left out; c1 marks the query, c2 the others",
-                     "query_gallery": "nothing is left out; c1 marks the query, c2 the gallery"}[protocol]
-        parts += ["<h2>Rank lists</h2>",
-                  f'<p class="note">The query (blue) and its {top_k} nearest gallery images: green = same identity, '
-                  f"red = another identity; {_e(exclusion)}.</p>"]
-        for heading, picks in sections:
-            if not picks:
-                continue
-            parts.append(f"<h3>{_e(heading)}</h3>")
-            for i in picks:
-                caption = (f"query {i}: {os.path.basename(q_paths[i])}, identity {q_pids[i]}, "
-                           f"AP {100 * result.all_AP[i]:.2f}%, first hit at rank {first_rank[i]}")
-                parts.append(f'<figure id="q{i}"><img src="{_e(drawn[i])}" alt="{_e(caption)}">'
-                             f"<figcaption>{_e(caption)}</figcaption></figure>")
-    parts += ['<pre id="status">page script did not run</pre>', "</body></html>", ""]
+    return parts + [f'<p class="note">{_e(note)}</p>' for note in data.notes]
+
+
+def _queries(data: ReportData) -> list[str]:
+    result = data.result
+    valid = ~np.isnan(result.all_AP)
+    skipped, shown = result.num_skipped_queries, result.num_valid_queries
+    misses = int(np.count_nonzero(result.first_hit_rank[valid] != 1))
+    return ["<h2>Queries</h2>",
+            f'<p class="note">One row per query with a true match in the gallery ({shown:,}); '
+            f"{skipped:,} {'query' if skipped == 1 else 'queries'} without one "
+            f"{'is' if skipped == 1 else 'are'} left out, as from every metric. First hit: the rank of the first true "
+            f"match; {misses:,} rank-1 misses (shaded). Click a column header to sort (again to reverse).</p>",
+            f'<p><label><input type="checkbox" id="failures"> failures only (rank-1 miss)</label> '
+            f'<span id="shown" class="note">{shown:,} of {shown:,} queries shown</span></p>',
+            '<div class="scroll">', _query_table(data), "</div>"]
+
+
+# What a rank list leaves out (as the metrics do) and what the text under each image says.
+_RANK_LIST_TEXT = {
+    "reid": "gallery images of the query's identity taken by the query's camera are left out, as the metrics do. "
+            "Under each gallery image: its rank, its distance, its identity and camera (\"pid 12 c3\", cameras "
+            "numbered from 1 as in the file names)",
+    "leave_one_out": "only the query itself is left out, as the metrics do: every other image is ranked. "
+                     "Under each image: its rank, its distance and its class (the protocol has no cameras)",
+    "query_gallery": "nothing is left out: every gallery image is ranked. Under each gallery image: its rank, its "
+                     "distance and its class (the protocol has no cameras)",
+}
+
+
+def _rank_lists(data: ReportData) -> list[str]:
+    drawn = data.drawn
+    if not drawn:
+        return []
+    kind = "identity" if data.cameras else "class"
+    parts = ["<h2>Rank lists</h2>",
+             f'<p class="note">The query (blue) and its {data.top_k} nearest gallery images: green = same {kind}, '
+             f"red = another {kind}; {_e(_RANK_LIST_TEXT[data.protocol])}.</p>"]
+    for heading, picks in data.sections:
+        if not picks:
+            continue
+        parts.append(f"<h3>{_e(heading)}</h3>")
+        for i in picks:
+            caption = (f"query {i}: {os.path.basename(data.q_paths[i])}, {kind} {data.q_pids[i]}, "
+                       f"AP {100 * data.result.all_AP[i]:.2f}%, first hit at rank {data.result.first_hit_rank[i]}")
+            parts.append(f'<figure id="q{i}"><img src="{_e(drawn[i])}" alt="{_e(caption)}">'
+                         f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return parts
+
+
+def _page(data: ReportData) -> str:
+    """The whole ``index.html`` of ``data``: nothing else is read."""
+    parts = [*_head(data.title), *_summary(data), *_queries(data), *_rank_lists(data),
+             '<pre id="status">page script did not run</pre>', "</body></html>", ""]
     return "\n".join(parts)

@@ -9,12 +9,16 @@ unknown (-1, e.g. features of a user's own crops) is drawn with neutral borders 
 
 Images are composed with OpenCV/numpy so that every pixel is where the layout says (the tests
 check border colours pixel by pixel); plots use matplotlib's object-oriented API on the Agg
-canvas, so nothing here touches pyplot's global state or needs a display.
+canvas, so nothing here touches pyplot's global state or needs a display. Every file is encoded
+in memory first and written with ``reid.io.atomic_write``: a reader (a browser showing the
+report, a docs build) sees the old file or the new one, never half an image, and a failure
+leaves neither a partial file nor a temporary one.
 """
 
 from __future__ import annotations
 
 import html as html_lib
+import io
 import json
 import math
 import os
@@ -32,6 +36,7 @@ from .data.transforms import read_image
 from .evaluation.arrays import ArrayLike, as_labels, as_numpy
 from .evaluation.protocol import JUNK_PID, Labels, block_pair_masks, check_distmat, list_mask
 from .evaluation.rank import average_precision, query_average_precision
+from .io import atomic_write, atomic_write_text
 
 # (paths, pids, camids), row-aligned: one entry per query or gallery image.
 Labelled = tuple[Sequence[str], ArrayLike, ArrayLike]
@@ -258,25 +263,34 @@ def _label(pid: int, camid: int, cameras: bool) -> str:
 
 
 def save_image(image: np.ndarray, path: str | Path, *, colors: int | None = None) -> Path:
-    """Write an RGB uint8 image (format by extension); OSError naming the file if it fails.
+    """Write an RGB uint8 image (format by extension) atomically; OSError naming the file if it
+    cannot be encoded.
 
     ``colors``: write a palette PNG of at most that many colours (2..256, median cut, no
     dithering) instead of a lossless one, about a third of the size: for images in docs.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{path}: expected an H x W x 3 uint8 RGB image, got {image.dtype} {image.shape}")
-    if colors is not None:
-        return _save_palette_png(image, path, colors)
+    data = _encode_image(image, path) if colors is None else _encode_palette_png(image, path, colors)
+    return _write_bytes(path, data)
+
+
+def _encode_image(image: np.ndarray, path: Path) -> bytes:
+    """The file's bytes in the format of ``path``'s extension (OpenCV's encoders)."""
     # Maximum PNG compression: lossless either way, and these files end up in docs and reports.
     params = [cv2.IMWRITE_PNG_COMPRESSION, 9] if path.suffix.lower() == ".png" else []
-    if not cv2.imwrite(os.fspath(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
-        raise OSError(f"cannot write image {path} (OpenCV refused the path or extension; use .png)")
-    return path
+    try:
+        ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    except cv2.error:  # no encoder for the extension
+        ok = False
+    if not ok:
+        raise OSError(f"cannot write image {path} (OpenCV cannot encode {path.suffix or 'a name without extension'!r};"
+                      " use .png)")
+    return encoded.tobytes()
 
 
-def _save_palette_png(image: np.ndarray, path: Path, colors: int) -> Path:
+def _encode_palette_png(image: np.ndarray, path: Path, colors: int) -> bytes:
     from PIL import Image  # Pillow comes with matplotlib
 
     if not 2 <= colors <= 256:
@@ -285,11 +299,14 @@ def _save_palette_png(image: np.ndarray, path: Path, colors: int) -> Path:
         raise ValueError(f"{path}: a palette image is written as PNG; expected a .png path")
     quantized = Image.fromarray(image).quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
                                                 dither=Image.Dither.NONE)
-    try:
-        quantized.save(path, optimize=True)
-    except OSError as err:
-        raise OSError(f"cannot write image {path}: {err}") from None
-    return path
+    buffer = io.BytesIO()
+    quantized.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    """``data`` into ``path`` through ``reid.io.atomic_write`` (the folder is created if missing)."""
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
 def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_dir: str | Path, *,
@@ -345,8 +362,8 @@ def save_rank_lists(distmat: ArrayLike, query: Labelled, gallery: Labelled, out_
 
 def _write_html(path: Path, entries: list[tuple[Path, int]], q_paths: list[str], q_pids: np.ndarray,
                 q_camids: np.ndarray | None, ap: np.ndarray, *, grid: bool) -> None:
-    """A static page: a table of queries (index, pid, camera, AP, file) and the images; without
-    ``q_camids`` (a retrieval protocol) a class column and no camera."""
+    """A static page, written atomically: a table of queries (index, pid, camera, AP, file) and the
+    images; without ``q_camids`` (a retrieval protocol) a class column and no camera."""
     rows = []
     for png, i in entries:
         camera = "" if q_camids is None else f"<td>c{q_camids[i] + 1}</td>"
@@ -358,7 +375,8 @@ def _write_html(path: Path, entries: list[tuple[Path, int]], q_paths: list[str],
                 else "a query leaves out only what its protocol excludes (leave-one-out: itself)")
     header = "<th>pid</th><th>camera</th>" if q_camids is not None else "<th>class</th>"
     body = "\n".join(f'<p><img src="{html_lib.escape(name)}" alt="{html_lib.escape(name)}"></p>' for name in images)
-    path.write_text(
+    atomic_write_text(
+        path,
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>rank lists</title>\n"
         "<style>body{font-family:sans-serif} td,th{padding:2px 8px} img{image-rendering:pixelated}</style>"
         "</head><body>\n<h1>Rank lists</h1>\n"
@@ -373,11 +391,12 @@ def _write_html(path: Path, entries: list[tuple[Path, int]], q_paths: list[str],
 
 
 def _save_figure(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` in memory (format by extension, PNG without one) and write it atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches itself to the figure: rendering without pyplot or a display
-    fig.savefig(path)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix[1:].lower() or "png")
+    return _write_bytes(path, buffer.getvalue())
 
 
 def plot_cmc(curves: Mapping[str, ArrayLike], path: str | Path, *, max_rank: int = 20,

@@ -9,8 +9,10 @@ fragment (``#sort=ap``, ``#sort=-rank``, ``#failures``) through the same handler
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from reid import io as reid_io
 from reid import report as rp
 from reid import visualization as vis
 from reid.data import build_dataset
@@ -140,7 +143,12 @@ def test_writes_the_page_metrics_and_images_into_a_new_folder(reid_case):
     assert {"index.html", "metrics.json", "cmc.png", "roc.png", "distances.png", "training_curves.png"} <= names
     assert len([n for n in names if n.startswith("rank_list_")]) == 3 + 2 + 2
     assert not [n for n in names if n.endswith(".tmp")]
-    assert (out / "index.html").stat().st_mode & 0o777 == (out / "cmc.png").stat().st_mode & 0o777
+    # Every file has the mode a plain open() gives (atomic_write's, no chmod afterwards): shareable.
+    plain = out.parent / "plain.txt"
+    with open(plain, "w"):
+        pass
+    mode = plain.stat().st_mode & 0o777
+    assert {(out / name).stat().st_mode & 0o777 for name in names} == {mode}
 
 
 def test_metrics_json_is_the_metrics_plus_verification(reid_case):
@@ -251,6 +259,10 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     assert len(_Page(text).rows) == num_valid
     assert f"{n - num_valid:,} quer" in text
     assert "<th>R@1</th>" in text and "<th>MAP@R</th>" in text and "only the query itself" in text
+    # retrieval: the rank lists and the table name the class; the protocol's camera ids are no cameras
+    assert [h.get("data-key") for h in _Page(text).heads] == ["index", "file", "pid", "ap", "inp", "rank"]
+    assert ">class</th>" in text and "green = same class" in text and "its class" in text
+    assert not re.search(r"\bc[12]\b", text)
     # the camera trick: CMC = Recall@K of the retrieval protocol; only the diagonal is left out
     q_cams, g_cams = protocol_camids("leave_one_out", data.camids, data.camids)
     result = evaluate_rank(distmat, data.pids, data.pids, q_cams, g_cams, max_rank=8)
@@ -280,6 +292,88 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
                                                 np.ones(len(gallery), dtype=np.int64)).auc
 
 
+def test_reid_page_names_identities_and_cameras(reid_case):
+    text = reid_case["html"]
+    page = _Page(text)
+    assert [h.get("data-key") for h in page.heads] == ["index", "file", "pid", "camera", "ap", "inp", "rank"]
+    cams = reid_case["query"].camids
+    valid = [int(i) for i in page.column("index")]
+    assert page.column("camera") == [f"c{cams[i] + 1}" for i in valid]
+    assert "green = same identity" in text and "identity and camera (&quot;pid 12 c3&quot;" in text
+
+
+def _case_data(case, **overrides) -> rp.ReportData:
+    args = {"query": case["query"], "gallery": case["gallery"], "distmat": case["distmat"],
+            "metrics": case["metrics"], "top_k": 3, "num_worst": 2, "num_best": 1, "num_random": 1, "seed": 3}
+    return rp.evaluate_for_report(**{**args, **overrides})
+
+
+def test_the_page_is_built_from_one_report_data(reid_case, tmp_path):
+    case = reid_case
+    data = _case_data(case, title="one <object>")
+    # the object holds the evaluation's numbers, computed once
+    result = evaluate_rank(case["distmat"], *case["labels"], max_rank=10)
+    np.testing.assert_array_equal(data.result.first_hit_rank, result.first_hit_rank)
+    np.testing.assert_array_equal(data.result.all_AP, result.all_AP)
+    assert data.metrics["verification"] == json.loads((case["out"] / "metrics.json").read_text())["verification"]
+    assert [name for name, _ in data.figures] == ["cmc.png", "roc.png", "distances.png"] and data.notes == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.title = "changed"  # type: ignore[misc]
+    # write_report writes exactly what its object says: the same page, the same files
+    index = rp.write_report(tmp_path / "full", query=case["query"], gallery=case["gallery"], distmat=case["distmat"],
+                            metrics=case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1, seed=3,
+                            title="one <object>")
+    assert index.read_text(encoding="utf-8") == rp._page(data)
+    assert sorted(p.name for p in index.parent.glob("rank_list_*.png")) == sorted(data.drawn.values())
+    # the page reads the object and nothing else: a value changed in it is the value shown
+    valid = np.flatnonzero(~np.isnan(data.result.all_AP))
+    all_ap = data.result.all_AP.copy()
+    all_ap[valid[0]] = 0.123456
+    changed = dataclasses.replace(data, title="another <title>", result=dataclasses.replace(data.result, all_AP=all_ap))
+    page = rp.write_page(changed, tmp_path / "page")
+    text = page.read_text(encoding="utf-8")
+    assert "<title>another &lt;title&gt;</title>" in text
+    assert _Page(text).column("ap")[0] == "12.35"
+    assert os.listdir(tmp_path / "page") == ["index.html"]
+
+
+def _fail_writes_midway(monkeypatch, fail):
+    """``reid.io.atomic_write`` (and visualization's name for it) writes half of the bytes of the
+    files ``fail`` picks into their temporary file, then fails."""
+    real = reid_io.atomic_write
+
+    def atomic_write(path, write):
+        if not fail(Path(path)):
+            return real(path, write)
+
+        def half_then_fail(handle):
+            write(handle)
+            handle.truncate(max(handle.tell() // 2, 1))
+            raise OSError(f"disk full while writing {path} (test)")
+
+        return real(path, half_then_fail)
+
+    monkeypatch.setattr(reid_io, "atomic_write", atomic_write)
+    monkeypatch.setattr(vis, "atomic_write", atomic_write)
+
+
+@pytest.mark.parametrize("failing", ["roc.png", "rank_list_", "index.html"])
+def test_a_write_failing_midway_leaves_no_partial_file(reid_case, tmp_path, monkeypatch, failing):
+    _fail_writes_midway(monkeypatch, lambda path: path.name.startswith(failing))
+    out = tmp_path / "report"
+    with pytest.raises(OSError, match="disk full"):
+        rp.write_report(out, query=reid_case["query"], gallery=reid_case["gallery"], distmat=reid_case["distmat"],
+                        metrics=reid_case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1)
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(failing) or n.endswith(".tmp") or n.startswith(".")]
+    assert "index.html" not in names  # the page comes last: no page pointing at a missing file
+    for name in names:  # whatever was written is whole
+        if name.endswith(".png"):
+            assert cv2.imread(str(out / name)) is not None, name
+    if failing == "index.html":
+        assert json.loads((out / "metrics.json").read_text())["verification"]
+
+
 def test_bad_inputs_and_inconsistent_metrics(reid_case, tmp_path):
     case = reid_case
     args = {"query": case["query"], "gallery": case["gallery"], "metrics": case["metrics"],
@@ -292,9 +386,10 @@ def test_bad_inputs_and_inconsistent_metrics(reid_case, tmp_path):
         rp.write_report(tmp_path / "c", distmat=case["distmat"], **{**args, "gallery": None})
     with pytest.raises(ValueError, match="top_k=0"):
         rp.write_report(tmp_path / "d", distmat=case["distmat"], top_k=0, **args)
-    with pytest.warns(UserWarning, match="are these the distances the metrics used"):
+    with pytest.warns(UserWarning, match="are these the distances the metrics used") as caught:
         index = rp.write_report(tmp_path / "e", distmat=case["distmat"][:, ::-1].copy() + 1.0,
                                 training_log=tmp_path / "missing.jsonl", **args)
+    assert {w.filename for w in caught} == {__file__}  # the warning names the caller's line
     assert "training curves not drawn" in index.read_text() and not (tmp_path / "e" / "training_curves.png").exists()
     # tuples work as well as FeatureSets
     q, g = case["query"], case["gallery"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from reid import io as reid_io
 from reid import visualization as vis
 from reid.evaluation import evaluate_rank
 from reid.evaluation.rank import average_precision, query_average_precision
@@ -372,3 +376,89 @@ def test_rank_lists_show_the_first_hit_the_metrics_count() -> None:
         order, matches = vis.ranked_gallery(dist[i], q_pids[i], q_cams[i], g_pids, g_cams)
         assert (g_pids[order] != -1).all()
         assert got[i] == (int(np.argmax(matches)) + 1 if matches.any() else 0)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _fail_writes_midway(monkeypatch, fail=lambda path: True):
+    """Make ``reid.io.atomic_write`` (and visualization's name for it) write half of a file's bytes
+    into its temporary file and then fail, for the paths ``fail`` picks. Returns the names of the
+    temporary files seen half-written (the failure really happened mid-write)."""
+    real = reid_io.atomic_write
+    seen = []
+
+    def atomic_write(path, write):
+        if not fail(Path(path)):
+            return real(path, write)
+
+        def half_then_fail(handle):
+            buffer = io.BytesIO()
+            write(buffer)
+            data = buffer.getvalue()
+            handle.write(data[:len(data) // 2])
+            handle.flush()
+            seen.extend(p.name for p in Path(path).parent.glob(f".{Path(path).name}.*.tmp") if p.stat().st_size)
+            raise OSError(f"disk full while writing {path} (test)")
+
+        return real(path, half_then_fail)
+
+    monkeypatch.setattr(reid_io, "atomic_write", atomic_write)
+    monkeypatch.setattr(vis, "atomic_write", atomic_write)
+    return seen
+
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_write_failing_midway_leaves_no_partial_file(case, tmp_path, monkeypatch):
+    image = vis.compose_rank_list(case["distances"], case["query"], case["gallery"], top_k=3)
+    old = vis.save_image(image[:, ::-1].copy(), tmp_path / "keep" / "old.png")
+    old_bytes = old.read_bytes()
+    seen = _fail_writes_midway(monkeypatch)
+    out = tmp_path / "out"
+    for write, name in ((lambda p: vis.save_image(image, p), "row.png"),
+                        (lambda p: vis.save_image(image, p, colors=32), "palette.png"),
+                        (lambda p: vis.plot_cmc({"d": np.linspace(0.5, 1, 10)}, p), "cmc.png")):
+        with pytest.raises(OSError, match="disk full"):
+            write(out / name)
+        assert not (out / name).exists()
+    assert len(seen) == 3 and all(name.endswith(".tmp") for name in seen)
+    assert _leftovers(out) == []  # neither the files nor their temporaries
+    with pytest.raises(OSError, match="disk full"):  # replacing a file: the old one stays whole
+        vis.save_image(image, old)
+    assert old.read_bytes() == old_bytes and _leftovers(old.parent) == ["old.png"]
+
+
+def test_rank_list_page_failing_midway_leaves_the_pngs_and_no_page(tmp_path, monkeypatch):
+    distmat, query, gallery = _problem_with_images(tmp_path)
+    _fail_writes_midway(monkeypatch, fail=lambda path: path.suffix == ".html")
+    out = tmp_path / "lists"
+    with pytest.raises(OSError, match="disk full"):
+        vis.save_rank_lists(distmat, query, gallery, out, query_indices=[0, 2], top_k=2, html=True)
+    assert _leftovers(out) == ["query_00000.png", "query_00002.png"]
+    assert cv2.imread(str(out / "query_00002.png")).shape[:2] == expected_size(2)
+
+
+def test_an_image_the_encoder_refuses_is_not_written(case, tmp_path, monkeypatch):
+    image = vis.compose_rank_list(case["distances"], case["query"], case["gallery"], top_k=2)
+    monkeypatch.setattr(vis.cv2, "imencode", lambda *args: (False, None))
+    with pytest.raises(OSError, match=r"cannot write image .*row\.png"):
+        vis.save_image(image, tmp_path / "out" / "row.png")
+    assert _leftovers(tmp_path / "out") == []
+    monkeypatch.undo()
+    with pytest.raises(OSError, match=r"cannot encode '\.xyz'"):
+        vis.save_image(image, tmp_path / "out" / "row.xyz")
+    assert _leftovers(tmp_path / "out") == []
+
+
+def test_saved_files_get_a_plain_open_mode(case, tmp_path):
+    """atomic_write's files are readable like any other (not mkstemp's private 0600)."""
+    with open(tmp_path / "plain.txt", "w"):
+        pass
+    expected = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    image = vis.compose_rank_list(case["distances"], case["query"], case["gallery"], top_k=2)
+    for path in (vis.save_image(image, tmp_path / "a.png"), vis.save_image(image, tmp_path / "b.png", colors=16),
+                 vis.plot_cmc({"d": np.linspace(0.5, 1, 5)}, tmp_path / "c.png")):
+        assert os.stat(path).st_mode & 0o777 == expected
