@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, seconds = {}, {}
         start = time.perf_counter()
         test = raw_pixels(dataset.query)
-        options = {k: v for k, v in builders.eval_options(cfg, dataset).items() if k not in ("feature", "flip")}
+        options = builders.metric_options(cfg, dataset)
         rows["raw pixels (784-d)"] = metrics_from_features(test, test, **options)
         seconds["raw pixels (784-d)"] = time.perf_counter() - start
         for name, pretrained in (("random init", False), ("ImageNet, not trained", True)):

@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import unwrap
 from .evaluation.evaluator import metrics_from_features
-from .inference import extract_features
+from .inference import extract_query_gallery
 from .progress import progress_bar
 
 INFERENCE_SWITCHES = ("flip", "mix", "leaky", "beta", "rerank")
@@ -88,12 +88,8 @@ def ablate_inference(
             bar.set_description(f"ablation {row_name(on)}")
             with model.inference_options(pooling="mix" if mix else None, pool_lambda=pool_lambda,
                                          leaky_relu=leaky_slope if leaky else None):
-                query = extract_features(model, query_loader, device, feature=feature, flip=flip, progress=progress,
-                                         description="extracting query")
-                # Leave-one-out datasets pass one loader for both: extract once.
-                gallery = query if gallery_loader is query_loader else extract_features(
-                    model, gallery_loader, device, feature=feature, flip=flip, progress=progress,
-                    description="extracting gallery")
+                query, gallery = extract_query_gallery(model, query_loader, gallery_loader, device, feature=feature,
+                                                       flip=flip, progress=progress)
             for use_beta in states("beta"):
                 name = row_name(on + ["beta"] * use_beta)
                 bar.set_description(f"ablation {name}")

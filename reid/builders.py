@@ -22,6 +22,7 @@ from .data.loaders import build_test_loader, build_train_loader
 from .losses import build_loss
 from .losses.weighted import WeightedLosses
 from .models import ReidModel, build_model
+from .models.model import check_feature
 from .optim import Optimization, amp_settings, build_optimizer, build_scheduler
 
 log = logging.getLogger("reid")
@@ -152,15 +153,28 @@ def steps_per_epoch(cfg: Config, train_loader) -> int:
     return min(steps, cfg.train.iters_per_epoch) if cfg.train.iters_per_epoch > 0 else steps
 
 
-def eval_options(cfg: Config, dataset: ReidDataset | None = None, *, rerank: bool | None = None) -> dict[str, Any]:
-    """Keyword arguments of reid.engine.evaluate: the ``test`` section, and the dataset's
-    protocol and Recall@K when a dataset is given."""
-    options = dataclasses.asdict(cfg.test)
+def embedding_options(cfg: Config, *, feature: str | None = None, flip: bool | None = None) -> dict[str, Any]:
+    """``feature`` and ``flip`` for ``ReidModel.embed`` / ``extract_features``: the given ones, else
+    the config's ``test.feature`` / ``test.flip`` (a checkpoint's: the embeddings its evaluation
+    ranked with)."""
+    return {"feature": check_feature(cfg.test.feature if feature is None else feature),
+            "flip": bool(cfg.test.flip if flip is None else flip)}
+
+
+def metric_options(cfg: Config, dataset: ReidDataset | None = None, *, rerank: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``metrics_from_features``: the ``test`` section without the embedding
+    keys, and the dataset's protocol and Recall@K when a dataset is given."""
+    options = {k: v for k, v in dataclasses.asdict(cfg.test).items() if k not in embedding_options(cfg)}
     if rerank is not None:
         options["rerank"] = rerank
     if dataset is not None:
         options.update(protocol=dataset.protocol, recall_ks=tuple(dataset.recall_ks))
     return options
+
+
+def eval_options(cfg: Config, dataset: ReidDataset | None = None, *, rerank: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``reid.engine.evaluate``: :func:`embedding_options` and :func:`metric_options`."""
+    return {**embedding_options(cfg), **metric_options(cfg, dataset, rerank=rerank)}
 
 
 def checkpoint_config(state: dict[str, Any], path: str | Path) -> Config:

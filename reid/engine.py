@@ -24,7 +24,7 @@ from torch import nn
 
 from .checkpoint import Checkpointer, Progress, unwrap
 from .evaluation.evaluator import metrics_from_features, primary_score
-from .inference import extract_features
+from .inference import extract_query_gallery
 from .optim import Optimization
 from .progress import progress_bar
 
@@ -158,13 +158,8 @@ def evaluate(
     ``progress``: bars over the extraction, distances, ranking and re-ranking (see
     :mod:`reid.progress`; None: on a terminal only).
     """
-    model = unwrap(model)
-    query = extract_features(model, query_loader, device, feature=feature, flip=flip, progress=progress,
-                             description="extracting query")
-    # Leave-one-out datasets pass one loader for both: extract once.
-    same = gallery_loader is query_loader
-    gallery = query if same else extract_features(model, gallery_loader, device, feature=feature, flip=flip,
-                                                  progress=progress, description="extracting gallery")
+    query, gallery = extract_query_gallery(unwrap(model), query_loader, gallery_loader, device, feature=feature,
+                                           flip=flip, progress=progress)
     return metrics_from_features(query, gallery, progress=progress, **metric_options)
 
 

@@ -9,7 +9,9 @@ the ONNX graph (:class:`reid.models.EmbeddingModule`) takes too.
 (resize to the training size, ImageNet normalisation) and runs it in batches through
 :func:`extract_features`, so flip test-time augmentation and the choice of feature are exactly
 those of the evaluation, L2-normalised by default. Its checkpoint defaults (the stored
-``test.feature`` / ``test.flip``) are :func:`embedding_options`, which ``reid export`` uses too.
+``test.feature`` / ``test.flip``) are ``reid.builders.embedding_options``, which ``reid export``
+uses too. :func:`extract_query_gallery` is the one way a test split's features are extracted
+(training's evaluation, the ablation, ``reid test`` / ``report`` / ``visualize``).
 Images may have any file name; only folders of Market-style names carry identity and camera
 labels (:func:`labels_from_names`).
 
@@ -101,11 +103,18 @@ def extract_features(
     )
 
 
-def embedding_options(cfg: "Config", *, feature: str | None = None, flip: bool | None = None) -> dict[str, Any]:
-    """``feature`` and ``flip`` for ``embed`` with a checkpoint's config: the given ones, else its
-    ``test.feature`` / ``test.flip``, so the embeddings are those its evaluation ranked with."""
-    return {"feature": check_feature(cfg.test.feature if feature is None else feature),
-            "flip": bool(cfg.test.flip if flip is None else flip)}
+def extract_query_gallery(model: nn.Module, query_loader, gallery_loader, device: torch.device | str = "cpu", *,
+                          feature: str = "bn", flip: bool = False,
+                          progress: bool | None = None) -> tuple[FeatureSet, FeatureSet]:
+    """(query, gallery) feature sets of a test split: :func:`extract_features` over each loader
+    (not normalised: the evaluation post-processes). A leave-one-out set passes one loader for
+    both and is extracted once (the same FeatureSet twice)."""
+    query = extract_features(model, query_loader, device, feature=feature, flip=flip, progress=progress,
+                             description="extracting query")
+    if gallery_loader is query_loader:
+        return query, query
+    return query, extract_features(model, gallery_loader, device, feature=feature, flip=flip, progress=progress,
+                                   description="extracting gallery")
 
 
 class _ImageList(Dataset):
@@ -229,11 +238,11 @@ class FeatureExtractor:
         """The model of a checkpoint written by `reid train`, with its stored input size.
 
         ``flip`` and ``feature`` default to the checkpoint's ``test.flip`` / ``test.feature``
-        (:func:`embedding_options`), so the embeddings are those its evaluation ranked with. A
+        (``reid.builders.embedding_options``), so the embeddings are those its evaluation ranked with. A
         checkpoint whose weights do not fit its stored architecture or class count is a
         ValueError naming the file.
         """
-        from .builders import load_model_from_checkpoint  # the config layer, above this module (docs/ARCHITECTURE.md)
+        from .builders import embedding_options, load_model_from_checkpoint  # the config layer, above this module
 
         model, cfg = load_model_from_checkpoint(path, device)
         return cls(

@@ -70,7 +70,9 @@ def test_ablation_switches_through_the_model_api_and_restores_it_after_an_error(
     monkeypatch.setattr(ReidModel, "inference_options", recording_options)
     monkeypatch.setattr(ReidModel, "__setattr__", spying_setattr)
     calls = []
-    real_extract = reid.ablation.extract_features
+    import reid.inference
+
+    real_extract = reid.inference.extract_features  # what extract_query_gallery calls, per loader
 
     def extract_then_fail(*args, **kwargs):
         calls.append((type(model.pool).__name__, type(model.backbone.layer4[-1].act2).__name__))
@@ -78,7 +80,7 @@ def test_ablation_switches_through_the_model_api_and_restores_it_after_an_error(
             raise RuntimeError("extraction failed")
         return real_extract(*args, **kwargs)
 
-    monkeypatch.setattr(reid.ablation, "extract_features", extract_then_fail)
+    monkeypatch.setattr(reid.inference, "extract_features", extract_then_fail)
     with pytest.raises(RuntimeError, match="extraction failed"):
         ablate_inference(model, query_loader, gallery_loader, switches=("mix", "leaky"), pool_lambda=0.3,
                          leaky_slope=0.2, max_rank=10)

@@ -150,15 +150,8 @@ def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_s
         if check_sizes is not None:
             check_sizes(len(dataset.query), len(dataset.gallery))
 
-        from reid import builders
-        from reid.inference import embedding_options, extract_features
-
-        query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
-        model = load_model(state, args.weights, device)
-        options = {**embedding_options(cfg), "progress": progress_setting(args)}
-        query = extract_features(model, query_loader, device, description="extracting query", **options)
-        gallery = query if gallery_loader is query_loader else extract_features(
-            model, gallery_loader, device, description="extracting gallery", **options)
+        query, gallery = test_features(cfg, dataset, load_model(state, args.weights, device), device,
+                                       progress=progress_setting(args))
         log_file = getattr(args, "log", None) or args.weights.parent / "log.jsonl"
         return cfg, query, gallery, dataset.protocol, dataset.recall_ks, args.weights.parent, log_file
     from reid.config import load_config
@@ -173,22 +166,25 @@ def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_s
     return cfg, query, gallery, "reid", (1, 5, 10), args.query_features.parent, getattr(args, "log", None)
 
 
+def test_features(cfg: "Config", dataset: "ReidDataset", model: Any, device: Any, *, progress: bool | None):
+    """(query, gallery) features of the dataset's test split, embedded as ``cfg.test`` says."""
+    from reid import builders
+    from reid.inference import extract_query_gallery
+
+    query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
+    return extract_query_gallery(model, query_loader, gallery_loader, device, progress=progress,
+                                 **builders.embedding_options(cfg))
+
+
 def distances(query, gallery, cfg: "Config", *, rerank: bool = True, progress: bool | None = None):
     """(distances, re-ranked distances or None), features post-processed and compared as
     ``cfg.test`` says: the matrices the evaluation ranks with."""
-    import numpy as np
+    from reid import builders
+    from reid.evaluation.evaluator import query_gallery_distances
 
-    from reid.evaluation import pairwise_distance
-    from reid.evaluation import rerank as rerank_features
-    from reid.evaluation.features import postprocess_features
-
-    t = cfg.test
-    qf = postprocess_features(query.features, normalize=t.normalize, beta=t.beta)
-    gf = qf if gallery is query else postprocess_features(gallery.features, normalize=t.normalize, beta=t.beta)
-    plain = np.asarray(pairwise_distance(qf, gf, metric=t.metric, progress=progress))
-    if not rerank:
-        return plain, None
-    return plain, rerank_features(qf, gf, k1=t.k1, k2=t.k2, lambda_value=t.lambda_value, progress=progress)
+    options = builders.metric_options(cfg, rerank=rerank)
+    keys = ("normalize", "beta", "metric", "rerank", "k1", "k2", "lambda_value")
+    return query_gallery_distances(query, gallery, progress=progress, **{k: options[k] for k in keys})
 
 
 def load_model(state: dict, weights: Path, device: Any):

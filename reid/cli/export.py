@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from reid import builders, export
-    from reid.inference import embedding_options
+    from reid.builders import embedding_options
 
     # Exported on the CPU: the graph is device-independent and the check runs onnxruntime's CPU provider.
     model, cfg = builders.load_model_from_checkpoint(args.weights, "cpu")

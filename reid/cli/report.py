@@ -97,7 +97,7 @@ def write(args: argparse.Namespace, folder: Path, cfg, query, gallery, *, protoc
     rerank = bool(args.rerank) and protocol == "reid"
     plain, reranked = distances(query, gallery, cfg, rerank=rerank, progress=progress)
     if metrics is None:
-        options = {k: v for k, v in builders.eval_options(cfg, rerank=rerank).items() if k not in ("feature", "flip")}
+        options = builders.metric_options(cfg, rerank=rerank)
         metrics = metrics_from_features(query, gallery, protocol=protocol, recall_ks=tuple(recall_ks),
                                         verification=protocol == "reid", progress=progress, **options)
     title = f"{args.weights}" if getattr(args, "weights", None) else f"{query.paths[0] if len(query) else 'features'}"

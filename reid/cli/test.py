@@ -17,6 +17,7 @@ from .common import (
     evaluation_setup,
     load_model,
     progress_setting,
+    test_features,
     setup_logging,
 )
 
@@ -101,10 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from reid import builders
     from reid.ablation import ablate_inference, unsupported_switches
     from reid.evaluation.evaluator import metrics_from_features, metrics_table
-    from reid.inference import embedding_options, extract_features
     from reid.io import atomic_write_json
 
-    query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
     model = load_model(state, args.weights, device)
     progress = progress_setting(args)
     ablation = None
@@ -114,9 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.warning("--ablate all: leaving out %s: %s", switch, reason)
             switches = tuple(s for s in switches if s != switch)
     if switches is not None:
-        options = builders.eval_options(cfg, dataset)
-        for key in ("flip", "beta", "rerank"):
-            options.pop(key)
+        options = {k: v for k, v in builders.eval_options(cfg, dataset).items() if k not in ("flip", "beta", "rerank")}
+        query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
         ablation = ablate_inference(
             model, query_loader, gallery_loader, device, switches=switches,
             pool_lambda=args.mix_lambda, leaky_slope=args.leaky_slope, beta=args.beta, progress=progress, **options,
@@ -125,12 +123,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         atomic_write_json(output, ablation)
         log.info("wrote %s", output)
     if switches is None or args.report is not None:
-        extract = {**embedding_options(cfg), "progress": progress}
-        query = extract_features(model, query_loader, device, description="extracting query", **extract)
-        gallery = query if gallery_loader is query_loader else extract_features(
-            model, gallery_loader, device, description="extracting gallery", **extract)
-        options = {k: v for k, v in builders.eval_options(cfg, dataset, rerank=args.rerank).items()
-                   if k not in ("feature", "flip")}
+        query, gallery = test_features(cfg, dataset, model, device, progress=progress)
+        options = builders.metric_options(cfg, dataset, rerank=args.rerank)
         # The verification block (thresholds at FPRs) is what `reid extract --same-person-fpr` reads.
         metrics = metrics_from_features(query, gallery, verification=dataset.protocol == "reid", progress=progress,
                                         **options)

@@ -91,16 +91,41 @@ def tree_sum(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0] if x.shape[1] else torch.zeros(x.shape[0], dtype=x.dtype)
 
 
+# torch's per-backend float32 matmul settings ("none": inherit, "ieee": full float32, "tf32"/"bf16":
+# reduced); set_float32_matmul_precision rewrites them, so they are saved and put back one by one.
+_MATMUL_SETTINGS = (("mkldnn", "matmul"), ("cuda", "matmul"))
+
+
+def _matmul_settings() -> list[tuple[object, str]]:
+    found = []
+    for backend, part in _MATMUL_SETTINGS:
+        holder = getattr(getattr(torch.backends, backend, None), part, None)
+        if holder is not None and hasattr(holder, "fp32_precision"):
+            found.append((holder, holder.fp32_precision))
+    return found
+
+
 @contextmanager
 def full_float32_matmul() -> Iterator[None]:
     """Matrix products in true float32 (no TF32 or bfloat16 shortcuts), which the error
-    bounds assume; the caller's setting comes back afterwards."""
+    bounds assume. Nothing is touched when that is already the setting (torch's default), so a
+    training run around an evaluation computes exactly as it would without one; otherwise the
+    caller's settings come back afterwards, every backend's own included."""
+    saved = _matmul_settings()
+    reduced = any(value not in ("none", "ieee") for _, value in saved)
+    if torch.get_float32_matmul_precision() == "highest" and not reduced:
+        yield
+        return
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
+    for holder, _ in saved:
+        holder.fp32_precision = "ieee"
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
+        for holder, value in saved:
+            holder.fp32_precision = value
 
 
 def _check_metric(metric: str) -> None:

@@ -66,6 +66,36 @@ def _retrieval_summary(result) -> dict[str, Any]:
     }
 
 
+def query_gallery_distances(query: FeatureSet, gallery: FeatureSet, *, normalize: bool = True, beta: float = 0.0,
+                            metric: str = "euclidean", rerank: bool = False, k1: int = 20, k2: int = 6,
+                            lambda_value: float = 0.3,
+                            progress: bool | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(distances, re-ranked distances or None) of post-processed features: the q x g matrices
+    the re-ID evaluation ranks, and that the report, rank lists and ``reid extract`` use. A
+    leave-one-out set passes the same FeatureSet twice."""
+    qf = postprocess_features(query.features, normalize=normalize, beta=beta)
+    gf = qf if gallery is query else postprocess_features(gallery.features, normalize=normalize, beta=beta)
+    plain = np.asarray(pairwise_distance(qf, gf, metric=metric, progress=progress))
+    if not rerank:
+        return plain, None
+    return plain, rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, progress=progress)
+
+
+def _retrieval_metrics(query: FeatureSet, gallery: FeatureSet, protocol: str, recall_ks: tuple[int, ...], nmi: bool,
+                       normalize: bool, beta: float, metric: str) -> dict[str, Any]:
+    from .retrieval import cluster_metrics, evaluate_retrieval
+
+    qf = postprocess_features(query.features, normalize=normalize, beta=beta)
+    if protocol == "leave_one_out":
+        metrics = _retrieval_summary(evaluate_retrieval(qf, query.pids, ks=recall_ks, metric=metric))
+        if nmi:
+            clusters = cluster_metrics(qf, query.pids)
+            metrics.update(nmi=float(clusters.nmi), f1=float(clusters.f1))
+        return metrics
+    gf = postprocess_features(gallery.features, normalize=normalize, beta=beta)
+    return _retrieval_summary(evaluate_retrieval(qf, query.pids, gf, gallery.pids, ks=recall_ks, metric=metric))
+
+
 def metrics_from_features(
     query: FeatureSet,
     gallery: FeatureSet,
@@ -92,36 +122,26 @@ def metrics_from_features(
     ``"query_gallery"``: Recall@K for ``recall_ks``, precision@1, R-precision and MAP@R
     (:func:`reid.evaluation.retrieval.evaluate_retrieval`); leave-one-out sets also get the
     k-means NMI and clustering F1 of the test set when ``nmi`` (the Group Loss papers' clustering
-    metrics; minutes at SOP size). Re-ranking belongs to the re-ID protocol and is ignored here.
+    metrics). Re-ranking belongs to the re-ID protocol and is ignored here.
     ``verification`` (re-ID): also the ``"verification"`` block (ROC AUC, EER, TPR and distance
     threshold at FPR 1e-4/1e-3/1e-2 over the protocol's query-gallery pairs,
     :func:`reid.evaluation.verification.verification_metrics`), about a second at Market size.
     ``progress``: bars over the distances, the ranking and the re-ranking (see
     :mod:`reid.progress`; None: on a terminal only).
     """
-    qf = postprocess_features(query.features, normalize=normalize, beta=beta)
-    if protocol in ("leave_one_out", "query_gallery"):
-        from .retrieval import cluster_metrics, evaluate_retrieval
-
-        if protocol == "leave_one_out":
-            metrics = _retrieval_summary(evaluate_retrieval(qf, query.pids, ks=recall_ks, metric=metric))
-            if nmi:
-                clusters = cluster_metrics(qf, query.pids)
-                metrics.update(nmi=float(clusters.nmi), f1=float(clusters.f1))
-            return metrics
-        gf = postprocess_features(gallery.features, normalize=normalize, beta=beta)
-        return _retrieval_summary(evaluate_retrieval(qf, query.pids, gf, gallery.pids, ks=recall_ks, metric=metric))
     check_protocol(protocol)
-    gf = postprocess_features(gallery.features, normalize=normalize, beta=beta)
+    if protocol != "reid":
+        return _retrieval_metrics(query, gallery, protocol, recall_ks, nmi, normalize, beta, metric)
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    distmat = pairwise_distance(qf, gf, metric=metric, progress=progress)
+    distmat, reranked = query_gallery_distances(query, gallery, normalize=normalize, beta=beta, metric=metric,
+                                                rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value,
+                                                progress=progress)
     metrics: dict[str, Any] = _summary(evaluate_rank(distmat, *labels, max_rank=max_rank, progress=progress))
     if verification:
         from .verification import verification_metrics
 
         metrics["verification"] = verification_summary(verification_metrics(distmat, *labels))
-    if rerank:
-        reranked = rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, progress=progress)
+    if reranked is not None:
         metrics["rerank"] = _summary(evaluate_rank(reranked, *labels, max_rank=max_rank, progress=progress))
     return metrics
 

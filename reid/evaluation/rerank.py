@@ -217,6 +217,17 @@ def _blocks(q: int, n: int, size: int) -> list[tuple[int, int]]:
 class _Joint:
     """Query and gallery as one N x d set with its canonical distances to itself."""
 
+    @classmethod
+    def of(cls, query_features: ArrayLike, gallery_features: ArrayLike) -> "_Joint":
+        """From the user's features, checked: 2-D, equally wide, non-empty, finite."""
+        qf, gf = as_feature_pair(query_features, gallery_features, "query_features", "gallery_features")
+        if qf.shape[0] == 0 or gf.shape[0] == 0:
+            raise ValueError(f"empty query or gallery: query {tuple(qf.shape)}, gallery {tuple(gf.shape)}")
+        _check_finite(qf, "query_features")
+        _check_finite(gf, "gallery_features")
+        dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
+        return cls(qf.to(dtype), gf.to(device=qf.device, dtype=dtype))
+
     def __init__(self, query: torch.Tensor, gallery: torch.Tensor) -> None:
         joint = torch.cat([query, gallery])
         self.space = FeatureDistances(joint, joint, "euclidean", names=("features", "features"))
@@ -503,13 +514,7 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
         raise ValueError(f"knn_backend={knn_backend!r}: expected one of {', '.join(KNN_BACKENDS)}")
     if block_size < _MIN_BLOCK_ROWS:
         raise ValueError(f"block_size={block_size}: expected at least {_MIN_BLOCK_ROWS} rows")
-    qf, gf = as_feature_pair(query_features, gallery_features, "query_features", "gallery_features")
-    if qf.shape[0] == 0 or gf.shape[0] == 0:
-        raise ValueError(f"empty query or gallery: query {tuple(qf.shape)}, gallery {tuple(gf.shape)}")
-    _check_finite(qf, "query_features")
-    _check_finite(gf, "gallery_features")
-    dtype = torch.float64 if torch.float64 in (qf.dtype, gf.dtype) else torch.float32
-    joint = _Joint(qf.to(dtype), gf.to(device=qf.device, dtype=dtype))
+    joint = _Joint.of(query_features, gallery_features)
     q, n = joint.q, joint.n
     k, h, k2_eff = _neighbour_counts(k1, k2, n)
     near = _Candidates(n, min(k + _MARGIN, n))
@@ -579,19 +584,7 @@ def rerank_distances(q_g: ArrayLike, q_q: ArrayLike, g_g: ArrayLike, k1: int = 2
         out[~is_query, q:] = _sq32(gg[:, gr].T)
         return out
 
-    knn = np.empty((n, k), dtype=np.int64)
-    row_max2 = np.empty(n, dtype=np.float32)
-    rows_per_block = max(1, (1 << 24) // n)
-    for start in range(0, n, rows_per_block):
-        rows = np.arange(start, min(n, start + rows_per_block))
-        sq = joint_rows(rows)
-        row_max2[rows] = sq.max(axis=1)
-        if not np.isfinite(row_max2[rows]).all():  # max propagates NaN and inf: every input value is read here
-            for x, name in ((qg, "q_g"), (qq, "q_q"), (gg, "g_g")):
-                _check_finite(x, name)
-            raise ValueError("the squared distances overflow float32; expected smaller distances")
-        _check_row_max(row_max2[rows], rows)
-        knn[rows] = _smallest_per_row(_normalise(sq, row_max2[rows]), k)
+    knn, row_max2 = _dense_neighbours(joint_rows, (qg, qq, gg), n, k)
 
     def pair_keys(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         raw = np.empty(rows.size, dtype=np.float32)
@@ -610,6 +603,26 @@ def rerank_distances(q_g: ArrayLike, q_q: ArrayLike, g_g: ArrayLike, k1: int = 2
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _dense_neighbours(joint_rows: Callable[[np.ndarray], np.ndarray], inputs: tuple[np.ndarray, ...], n: int,
+                      k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the k nearest of every row, the squared row maxima) of the classic's joint matrix, a
+    block of rows at a time (``joint_rows(rows)``: those rows squared, float32)."""
+    knn = np.empty((n, k), dtype=np.int64)
+    row_max2 = np.empty(n, dtype=np.float32)
+    rows_per_block = max(1, (1 << 24) // n)
+    for start in range(0, n, rows_per_block):
+        rows = np.arange(start, min(n, start + rows_per_block))
+        sq = joint_rows(rows)
+        row_max2[rows] = sq.max(axis=1)
+        if not np.isfinite(row_max2[rows]).all():  # max propagates NaN and inf: every input value is read here
+            for x, name in zip(inputs, ("q_g", "q_q", "g_g")):
+                _check_finite(x, name)
+            raise ValueError("the squared distances overflow float32; expected smaller distances")
+        _check_row_max(row_max2[rows], rows)
+        knn[rows] = _smallest_per_row(_normalise(sq, row_max2[rows]), k)
+    return knn, row_max2
+
 
 def _dense(x: ArrayLike, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):

@@ -173,3 +173,23 @@ def test_errors_name_the_problem(x: np.ndarray, y: np.ndarray, kwargs: dict, mes
 def test_rejects_non_arrays() -> None:
     with pytest.raises(TypeError, match="x: expected a numpy array or torch tensor"):
         pairwise_distance([[1.0, 2.0]], np.zeros((1, 2)))
+
+
+def test_computing_distances_leaves_torch_matmul_settings_alone() -> None:
+    # torch.set_float32_matmul_precision rewrites backend settings (mkldnn's "none" -> "ieee"),
+    # which changed how the training around an evaluation computed: the default is left alone
+    from reid.evaluation.distance import _matmul_settings, full_float32_matmul
+
+    before = [value for _, value in _matmul_settings()], torch.get_float32_matmul_precision()
+    pairwise_distance(np.ones((3, 4), np.float32), np.zeros((5, 4), np.float32))
+    assert ([value for _, value in _matmul_settings()], torch.get_float32_matmul_precision()) == before
+    torch.set_float32_matmul_precision("medium")
+    reduced = [value for _, value in _matmul_settings()], "medium"
+    try:
+        with full_float32_matmul():
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert ([value for _, value in _matmul_settings()], torch.get_float32_matmul_precision()) == reduced
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        for holder, value in zip([h for h, _ in _matmul_settings()], before[0]):
+            holder.fp32_precision = value
