@@ -262,8 +262,30 @@ def evaluate_for_report(
     metric_name: str = "squared Euclidean",
     protocol: str = "reid",
 ) -> ReportData:
-    """Everything the report shows, computed once; writes nothing. Arguments and errors: as
-    :func:`write_report`."""
+    """Everything the report shows, computed once; writes nothing (:func:`write_report` writes it).
+
+    Args:
+        query, gallery: a ``FeatureSet`` (only ``paths``, ``pids``, ``camids`` are read) or a
+            ``(paths, pids, camids)`` tuple each. For ``leave_one_out`` pass the same list twice
+            (or ``gallery=None``).
+        distmat: num_query x num_gallery distances, the ones the metrics were computed from
+            (numpy or torch). The per-query table, rank lists, histogram and verification use it.
+        metrics: the test metrics as reid produces them (``reid.evaluation.evaluator.metrics_from_features``),
+            with ``"rerank"`` when re-ranking was evaluated; copied into ``metrics.json``.
+        reranked_distmat: the re-ranked distances, for a second CMC curve.
+        ablation: extra metrics-table rows (name -> metrics), e.g. ``ablate_inference``'s result.
+        training_log: a ``log.jsonl``; its curves are drawn when the file exists.
+        verification_fprs: the FPRs of ``tpr_at_fpr`` / ``threshold_at_fpr`` (marked on the ROC).
+        title: the page's title.
+        top_k: gallery columns per rank list.
+        num_worst, num_best, num_random: rank lists of that many lowest-AP, highest-AP and random
+            (``seed``) valid queries; a query is drawn once.
+        metric_name: the distance's name, for legends and the table.
+        protocol: ``"reid"``, ``"leave_one_out"`` or ``"query_gallery"`` (``reid.evaluation.protocol``).
+
+    Raises:
+        ValueError: a bad protocol, mismatched sizes, no valid query, no positive or negative pair.
+    """
     check_protocol(protocol)
     _check_counts(top_k=top_k, num_worst=num_worst, num_best=num_best, num_random=num_random)
     if gallery is None:
@@ -294,56 +316,11 @@ def evaluate_for_report(
 # --------------------------------------------------------------------------- the report
 
 
-def write_report(
-    output_dir: str | os.PathLike,
-    *,
-    query: Any,
-    gallery: Any,
-    distmat: ArrayLike,
-    metrics: Mapping[str, Any],
-    reranked_distmat: ArrayLike | None = None,
-    ablation: Mapping[str, Mapping[str, Any]] | None = None,
-    training_log: str | os.PathLike | None = None,
-    verification_fprs: Sequence[float] = DEFAULT_FPRS,
-    title: str = "Re-identification evaluation report",
-    top_k: int = 10,
-    num_worst: int = 8,
-    num_best: int = 4,
-    num_random: int = 4,
-    seed: int = 0,
-    metric_name: str = "squared Euclidean",
-    protocol: str = "reid",
-) -> Path:
-    """Write the HTML report (and ``metrics.json`` and its PNGs) into ``output_dir``; returns ``index.html``.
-
-    Args:
-        output_dir: folder to write into (created if missing; files of the same names are replaced).
-        query, gallery: a ``FeatureSet`` (only ``paths``, ``pids``, ``camids`` are read) or a
-            ``(paths, pids, camids)`` tuple each. For ``leave_one_out`` pass the same list twice
-            (or ``gallery=None``).
-        distmat: num_query x num_gallery distances, the ones the metrics were computed from
-            (numpy or torch). The per-query table, rank lists, histogram and verification use it.
-        metrics: the test metrics as reid produces them (``reid.evaluation.evaluator.metrics_from_features``),
-            with ``"rerank"`` when re-ranking was evaluated; copied into ``metrics.json``.
-        reranked_distmat: the re-ranked distances, for a second CMC curve.
-        ablation: extra metrics-table rows (name -> metrics), e.g. ``ablate_inference``'s result.
-        training_log: a ``log.jsonl``; its curves are drawn when the file exists.
-        verification_fprs: the FPRs of ``tpr_at_fpr`` / ``threshold_at_fpr`` (marked on the ROC).
-        title: the page's title.
-        top_k: gallery columns per rank list.
-        num_worst, num_best, num_random: rank lists of that many lowest-AP, highest-AP and random
-            (``seed``) valid queries; a query is drawn once.
-        metric_name: the distance's name, for legends and the table.
-        protocol: ``"reid"``, ``"leave_one_out"`` or ``"query_gallery"`` (``reid.evaluation.protocol``).
-
-    Raises:
-        ValueError: a bad protocol, mismatched sizes, no valid query, no positive or negative pair.
-    """
-    data = evaluate_for_report(
-        query=query, gallery=gallery, distmat=distmat, metrics=metrics, reranked_distmat=reranked_distmat,
-        ablation=ablation, training_log=training_log, verification_fprs=verification_fprs, title=title, top_k=top_k,
-        num_worst=num_worst, num_best=num_best, num_random=num_random, seed=seed, metric_name=metric_name,
-        protocol=protocol)
+def write_report(output_dir: str | os.PathLike, **arguments: Any) -> Path:
+    """Write the HTML report (and ``metrics.json`` and its PNGs) into ``output_dir`` (created if
+    missing; files of the same names are replaced); returns ``index.html``. ``arguments``: the
+    keyword arguments of :func:`evaluate_for_report`, which computes what the page shows."""
+    data = evaluate_for_report(**arguments)
     out = Path(output_dir)
     write_figures(data, out)
     write_rank_lists(data, out)
