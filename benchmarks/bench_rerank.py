@@ -4,8 +4,11 @@ Both paths start from the same query/gallery features (Market-1501 size: 3,368 x
 6 cameras, clustered by identity; see bench_evaluation.make_features) and end at the q x g
 re-ranked distances (k1=20, k2=6, lambda=0.3):
 
-* classic: torchreid's ``compute_distance_matrix`` for q_g, q_q and g_g (squared Euclidean),
-  then ``re_ranking(q_g, q_q, g_g)`` (registry package pyppbox-torchreid, benchmarks/.venv);
+* classic: torchreid's ``compute_distance_matrix`` for q_g, q_q and g_g (squared Euclidean,
+  a float32 product: its last bits depend on the CPU's kernels), then ``re_ranking(q_g, q_q,
+  g_g)`` (registry package pyppbox-torchreid, benchmarks/.venv);
+* classic-canonical: the same ``re_ranking`` fed ``reid.evaluation.pairwise_distance``'s
+  canonical matrices (the same bits on every machine): ours must equal it exactly;
 * ours: ``reid.evaluation.rerank(query_features, gallery_features)``, distances included.
 
 Each contender runs in a fresh subprocess; peak memory is that process's high-water RSS (VmHWM;
@@ -61,9 +64,14 @@ def worker(contender: str, data: Path, out: Path | None, k1: int, k2: int, lambd
 
     inputs = load_arrays(data)
     qf, gf = inputs["query_features"], inputs["gallery_features"]
-    if contender == "classic":
+    if contender.startswith("classic"):
         peer = load_classic()
         distance, re_ranking = peer["compute_distance_matrix"], peer["re_ranking"]
+        if contender == "classic-canonical":
+            from reid.evaluation import pairwise_distance
+
+            def distance(a, b):  # noqa: F811 (the canonical matrices instead of torchreid's)
+                return torch.from_numpy(pairwise_distance(a.numpy(), b.numpy()))
 
         def call() -> np.ndarray:
             q, g = torch.from_numpy(qf), torch.from_numpy(gf)
@@ -105,7 +113,7 @@ def compare(args: argparse.Namespace) -> None:
 
     load_classic()  # fail early if the peer is missing
     data = make_features(dim=args.dim, seed=args.seed, **MARKET)
-    contenders = ["classic", "ours"] + (["ours-faiss"] if args.with_faiss else [])
+    contenders = ["classic", "classic-canonical", "ours"] + (["ours-faiss"] if args.with_faiss else [])
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_arrays(Path(tmp) / "inputs", **data)
@@ -117,7 +125,7 @@ def compare(args: argparse.Namespace) -> None:
             info["output"] = np.load(out)
             results[name] = info
             print(f"{name}: {info['seconds']:.1f} s, peak {info['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
-    classic = results["classic"]
+    classic, canonical = results["classic"], results["classic-canonical"]["output"]
     before = score(pairwise_distance(data["query_features"], data["gallery_features"]), data)
     rows = []
     for name in contenders:
@@ -126,13 +134,15 @@ def compare(args: argparse.Namespace) -> None:
         rows.append([name, f"{r['seconds']:.2f}", f"{r['cpu_seconds']:.1f}", f"{classic['seconds'] / r['seconds']:.1f}x",
                      f"{r['peak_mib']:.0f} / {extra:.0f}",
                      f"{classic['peak_mib'] / r['peak_mib']:.1f}x / {classic_extra / max(extra, 1):.1f}x",
-                     f"{np.abs(r['output'] - classic['output']).max():.1e}", score(r["output"], data)])
+                     f"{np.abs(r['output'] - classic['output']).max():.1e}",
+                     f"{np.abs(r['output'] - canonical).max():.1e} ({int((r['output'] != canonical).sum()):,})",
+                     score(r["output"], data)])
     print(f"\nRe-ranking from features, Market-1501 size: {MARKET['num_query']} x {MARKET['num_gallery']}, "
           f"{args.dim}-d, k1={args.k1} k2={args.k2} lambda={args.lambda_value}, {os.cpu_count()} CPU cores. "
           f"Without re-ranking: mAP / Rank-1 = {before}\n")
     print(markdown_table(["contender", "seconds", "CPU seconds", "speed-up vs classic", "peak RSS / above baseline (MiB)",
                           "classic's peak / this (whole / above baseline)", "max |diff| vs classic",
-                          "mAP / Rank-1 after re-ranking"], rows))
+                          "max |diff| vs classic-canonical (entries that differ)", "mAP / Rank-1 after re-ranking"], rows))
 
 
 def msmt(args: argparse.Namespace) -> None:

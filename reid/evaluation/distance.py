@@ -45,6 +45,8 @@ METRICS = ("euclidean", "cosine")
 # Elements per dense block (float64 temporaries: 32 MiB) and per batch of canonical pairs.
 _BLOCK_ELEMENTS = 1 << 22
 _PAIR_ELEMENTS = 1 << 18
+# Gallery columns per tile of a product (see FeatureDistances._product).
+_COLUMN_TILE = 2048
 # The cosine's denominator floor, as torch.nn.functional.normalize's eps.
 _NORM_EPS = 1e-12
 _U32 = 2.0 ** -24  # unit roundoff of float32
@@ -216,16 +218,32 @@ class FeatureDistances:
         return (self._cache[key + "q"], self._cache[key + "g"], self._cache.get(key + "qs"), self._cache.get(key + "gs"))
 
     def _product(self, rows: np.ndarray, dtype: torch.dtype, cols: slice = slice(None)) -> torch.Tensor:
-        """rows x gallery[cols] distances by a matrix product in ``dtype`` (clamped like the canonical)."""
+        """rows x gallery[cols] distances by a matrix product in ``dtype`` (clamped like the canonical).
+
+        Wide galleries are computed in tiles of columns: a tile of the gallery stays in the
+        caches while the product runs (about 1.8x the throughput of one product against 60k
+        columns at 512-d here)."""
         q, g, q_sq, g_sq = self._operands(dtype)
         index = torch.as_tensor(rows, device=self.device)
+        queries = q.index_select(0, index)
+        queries_sq = q_sq.index_select(0, index) if q_sq is not None else None
+        columns = range(self.num_gallery)[cols]
+        g, g_sq = g[cols], (g_sq[cols] if g_sq is not None else None)
+        out = torch.empty((index.numel(), len(columns)), dtype=dtype, device=self.device)
         with full_float32_matmul():
-            if self.metric == "euclidean":
-                out = q_sq.index_select(0, index)[:, None] + g_sq[None, cols]
-                out.addmm_(q.index_select(0, index), g[cols].t(), beta=1, alpha=-2)
-                return out.clamp_(min=0)
-            out = torch.mm(q.index_select(0, index), g[cols].t())
-            return out.neg_().add_(1).clamp_(min=0, max=2)
+            for start in range(0, len(columns), _COLUMN_TILE):
+                tile = slice(start, start + _COLUMN_TILE)
+                part = out[:, tile]
+                # into a contiguous temporary, then copied: a product written into a column
+                # tile of ``out`` (a strided view) runs at about half the speed
+                if self.metric == "euclidean":
+                    part.copy_(torch.addmm(queries_sq[:, None] + g_sq[None, tile], queries, g[tile].t(),
+                                           beta=1, alpha=-2))
+                else:
+                    part.copy_(torch.mm(queries, g[tile].t()))
+        if self.metric == "euclidean":
+            return out.clamp_(min=0)
+        return out.neg_().add_(1).clamp_(min=0, max=2)
 
     def fast_bound(self, rows: Rows = slice(None)) -> np.ndarray:
         """The bound of :meth:`fast` for query ``rows``."""

@@ -47,6 +47,7 @@ class DistanceBlocks(Protocol):
     num_query: int
     num_gallery: int
     parallel: bool  # whether blocks may run on several threads (False: the products use them)
+    min_rows: int  # fewest query rows per block (products run far below peak on fewer)
 
     def columns(self, keep: np.ndarray) -> "DistanceBlocks":
         """The same distances with only the gallery columns ``keep`` (a bool mask)."""
@@ -65,6 +66,7 @@ class MatrixBlocks:
     """A given distance matrix: its values are the canonical ones (compared in float32)."""
 
     parallel = True
+    min_rows = 1
 
     def __init__(self, distmat: np.ndarray) -> None:
         self.distmat = distmat
@@ -87,6 +89,7 @@ class FeatureBlocks:
     """Blocks computed from features (``FeatureDistances``): float32 products with their bound."""
 
     parallel = False
+    min_rows = 256
 
     def __init__(self, space: FeatureDistances) -> None:
         self.space = space
@@ -221,8 +224,9 @@ class _Candidates:
 
 
 def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, targets: np.ndarray,
-               pairs, budget: float) -> np.ndarray:
-    """The canonical position (number of items before it) of every target item; -1 elsewhere.
+               pairs, budget: float, floor: np.ndarray) -> tuple[np.ndarray, _Candidates]:
+    """(The canonical position (number of items before it) of every target item, -1 elsewhere;
+    the candidates counted, every item up to the targets' windows and to ``floor``).
 
     ``items``: gallery indices per row (padded); ``targets``: which of them to place; ``pairs``:
     canonical values of (block row, column) pairs. Raises _NeedsExact past ``budget`` pairs.
@@ -232,19 +236,19 @@ def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, t
     spread = (np.zeros(num_rows) if bound is None else 2 * bound)[:, None]
     low = np.where(targets, _outward(values, spread, -1), np.inf).astype(np.float32)
     high = np.where(targets, _outward(values, spread, +1), -np.inf).astype(np.float32)
-    cands = _Candidates(block, high.max(axis=1), with_columns=bound is not None)
+    cands = _Candidates(block, np.maximum(high.max(axis=1), floor), with_columns=bound is not None)
     row_of = np.arange(num_rows)[:, None]
     before, upto = cands.count(row_of, low, "left"), cands.count(row_of, high, "right")
     position = np.where(targets, before, -1)
     # A target alone in its window: every comparison with it is decided by the values at hand.
     tr, tc = np.nonzero(targets & (upto - before > 1))
     if tr.size == 0:
-        return position
+        return position, cands
     target_cols = items[tr, tc]
     if bound is None:  # canonical values with exact ties: lower gallery indices come first
-        for r, g in zip(tr.tolist(), target_cols.tolist()):
-            position[r, np.flatnonzero(items[r] == g)[0]] += int(np.count_nonzero(block[r, :g] == block[r, g]))
-        return position
+        for r, c, g in zip(tr.tolist(), tc.tolist(), target_cols.tolist()):
+            position[r, c] += int(np.count_nonzero(block[r, :g] == block[r, g]))
+        return position, cands
     if tr.size + int((upto - before)[tr, tc].sum()) > budget:
         raise _NeedsExact
     canon_t = pairs(tr, target_cols)
@@ -257,7 +261,7 @@ def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, t
     canon = pairs(tr[owner], cols)
     earlier = (canon < canon_t[owner]) | ((canon == canon_t[owner]) & (cols < target_cols[owner]))
     position[tr, tc] = start + np.bincount(owner, weights=earlier, minlength=tr.size).astype(np.int64)
-    return position
+    return position, cands
 
 
 def block_ranks(source: DistanceBlocks, rows: slice, q_labels: np.ndarray, q_camids: np.ndarray,
@@ -302,21 +306,56 @@ def block_ranks(source: DistanceBlocks, rows: slice, q_labels: np.ndarray, q_cam
     return BlockRanks(ranks=ranks, num_matches=match.sum(axis=1))
 
 
+def _sampled_cut(block: np.ndarray, kth: int) -> np.ndarray:
+    """Per row, an estimate a little above the kth smallest value, from a sample of the columns.
+
+    An exact selection over every column costs more than the products at SOP size (the
+    1,000th of 60,502), so the cut comes from an evenly spaced sample, at the quantile that
+    should hold kth items plus a margin. ``_place`` checks the count it relies on."""
+    rows, width = block.shape
+    size = min(width, max(4 * kth, 2048))
+    if size * 2 >= width:
+        return _exact_kth(block, kth)
+    step = width // size
+    sample = torch.from_numpy(np.ascontiguousarray(block[:, ::step]))
+    rank = min(sample.shape[1], int(kth * sample.shape[1] / width * 1.25) + 8)
+    return torch.topk(sample, rank, dim=1, largest=False, sorted=True).values[:, -1].numpy().copy()
+
+
+def _exact_kth(block: np.ndarray, kth: int) -> np.ndarray:
+    return np.partition(block, kth - 1, axis=1)[:, kth - 1]
+
+
 def _place(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, real: np.ndarray,
            left_out: np.ndarray, depth: np.ndarray | None, pairs, budget: float) -> np.ndarray:
-    """Positions of the items that can matter: all of them, or those that can reach ``depth``."""
-    targets = real
+    """Positions of the items that can matter: all of them, or those that can reach ``depth``.
+
+    With a depth: if at least kth items lie at or below a value ``cut``, a match of rank <= depth
+    (at most depth - 1 matches and every left-out item before it) lies at or below it too, so
+    items above ``cut`` (+ the bound) need no position. The rows that leave items out this way
+    are checked to hold kth items at or below their cut (the candidates reach it); a row whose
+    sampled cut falls short takes the exact kth smallest and the block is placed again.
+    """
     width = block.shape[1]
-    if depth is not None:
-        # At least kth items lie at or below the kth smallest value: a match of rank <= depth
-        # (at most depth - 1 matches and every left-out item before it) cannot lie above it.
-        kth = min(width, int(depth.max(initial=1)) + int(left_out.sum(axis=1).max(initial=0)))
-        if kth < width:
-            cut = np.partition(block, kth - 1, axis=1)[:, kth - 1]
-            spread = np.zeros(block.shape[0]) if bound is None else 2 * bound
-            values = np.take_along_axis(block, items, axis=1)
-            targets = real & (values <= _outward(cut, spread, +1)[:, None])
-    return _positions(block, bound, items, targets, pairs, budget)
+    no_floor = np.full(block.shape[0], -np.inf, dtype=np.float32)
+    if depth is None:
+        return _positions(block, bound, items, real, pairs, budget, no_floor)[0]
+    kth = min(width, int(depth.max(initial=1)) + int(left_out.sum(axis=1).max(initial=0)))
+    if kth >= width:
+        return _positions(block, bound, items, real, pairs, budget, no_floor)[0]
+    cut = _sampled_cut(block, kth)
+    spread = np.zeros(block.shape[0]) if bound is None else 2 * bound
+    values = np.take_along_axis(block, items, axis=1)
+    while True:
+        targets = real & (values <= _outward(cut, spread, +1)[:, None])
+        pruned = np.flatnonzero((real & ~targets).any(axis=1))
+        floor = no_floor.copy()
+        floor[pruned] = cut[pruned]
+        position, cands = _positions(block, bound, items, targets, pairs, budget, floor)
+        short = pruned[cands.count(pruned, cut[pruned], "right") < kth]
+        if short.size == 0:
+            return position
+        cut[short] = _exact_kth(block[short], kth)
 
 
 def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | None = None,
@@ -327,7 +366,7 @@ def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | N
     allows it (default: torch's thread count)."""
     num_q, num_g = source.num_query, source.num_gallery
     groups = LabelGroups.of(labels.g_pids)
-    rows = max(1, min(num_q, _BLOCK_ELEMENTS // max(num_g, 1)))
+    rows = max(1, min(num_q, max(source.min_rows, _BLOCK_ELEMENTS // max(num_g, 1))))
     blocks = [slice(s, min(s + rows, num_q)) for s in range(0, num_q, rows)]
 
     def run(block: slice) -> BlockRanks:

@@ -231,6 +231,35 @@ def test_any_rounding_within_the_bound_gives_the_same_result(metric: str, monkey
         _assert_same(got, want.__dict__, exact=True)
 
 
+@pytest.mark.parametrize("cut", ["sampled", "too_low", "too_high", "exact"])
+def test_any_depth_cut_gives_the_same_result(cut: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a gallery wide enough for the sampled cut (5,000 items, R <= 4, Recall@{1,2,4}); a cut that
+    # holds too few items must be caught and redone, one that holds too many only prunes less
+    from reid.evaluation import ordering
+
+    rng = np.random.default_rng(21)
+    labels = np.repeat(np.arange(1250), 4)
+    feats = (rng.standard_normal((1250, 6))[labels] + 0.7 * rng.standard_normal((5000, 6))).astype(np.float32)
+    want = evaluate_retrieval(feats, labels, ks=(1, 2, 4))
+    sampled = ordering._sampled_cut
+    choices = {"sampled": sampled, "exact": ordering._exact_kth,
+               "too_low": lambda block, kth: block.min(axis=1), "too_high": lambda block, kth: block.max(axis=1)}
+    calls = []
+    monkeypatch.setattr(ordering, "_sampled_cut", lambda block, kth: calls.append(kth) or choices[cut](block, kth))
+    got = evaluate_retrieval(feats, labels, ks=(1, 2, 4))
+    assert calls and max(calls) < 5000 // 2  # the cut was used
+    _assert_same(got, want.__dict__, exact=True)
+    if cut == "exact":  # against full stable sorts of the canonical distances
+        dist = pairwise_distance(feats, feats)
+        np.fill_diagonal(dist, np.inf)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :4]
+        hits = labels[order] == labels[:, None]
+        assert got.recall[1] == pytest.approx(hits[:, 0].mean(), abs=1e-15)
+        assert got.recall[4] == pytest.approx(hits.any(axis=1).mean(), abs=1e-15)
+        precision = np.cumsum(hits, axis=1) / np.arange(1, 5)
+        np.testing.assert_allclose(got.all_map_at_r, (precision * hits)[:, :3].sum(axis=1) / 3, rtol=0, atol=1e-15)
+
+
 def test_r_precision_and_map_at_r_by_hand() -> None:
     # 5 gallery items on a line, ranked 1..5 from both queries (at 0): labels A B A A B.
     #   query A (R = 3): hit miss hit hit miss
