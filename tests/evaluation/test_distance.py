@@ -193,3 +193,47 @@ def test_computing_distances_leaves_torch_matmul_settings_alone() -> None:
         torch.set_float32_matmul_precision("highest")
         for holder, value in zip([h for h, _ in _matmul_settings()], before[0]):
             holder.fp32_precision = value
+
+
+_KERNEL_PROBE = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from reid.evaluation import cluster_metrics, evaluate_rank, evaluate_retrieval, pairwise_distance, rerank
+rng = np.random.default_rng(3)
+labels = rng.integers(0, 40, 600)
+feats = (rng.standard_normal((40, 96))[labels] + 0.9 * rng.standard_normal((600, 96))).astype(np.float32)
+feats = np.concatenate([feats, feats[:30] * np.float32(2)])  # scaled copies: cosine ties
+labels = np.concatenate([labels, labels[:30]])
+cams = rng.integers(0, 4, len(labels))
+parts = [pairwise_distance(feats, feats).tobytes(), pairwise_distance(feats, feats, metric="cosine").tobytes(),
+         rerank(feats[:100], feats[100:]).tobytes(),
+         repr(evaluate_retrieval(feats, labels, ks=(1, 5, 50), metric="cosine").__dict__).encode(),
+         repr(evaluate_rank(pairwise_distance(feats[:100], feats[100:]), labels[:100], labels[100:], cams[:100],
+                            cams[100:]).all_AP.tolist()).encode(),
+         cluster_metrics(feats, labels, restarts=2).assignments.tobytes()]
+print(hashlib.sha256(b"".join(parts)).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_other_cpu_kernels_and_thread_counts_give_the_same_bits() -> None:
+    """The same evaluation in processes that may pick other kernels: MKL and ATen held to AVX2
+    (on an Intel AVX-512 machine other product kernels; MKL on AMD CPUs dispatches AVX2 either
+    way) and one thread instead of two. Every hash must agree."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    script = _KERNEL_PROBE.format(root=root)
+    settings = [{"OMP_NUM_THREADS": "2"},
+                {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1"}]
+    hashes = set()
+    for extra in settings:
+        env = {**os.environ, **extra}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-2000:]
+        hashes.add(done.stdout.strip().splitlines()[-1])
+    assert len(hashes) == 1, hashes
