@@ -26,7 +26,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -40,9 +40,6 @@ from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageReadError, build_
 from .evaluation.features import FeatureSet
 from .models.model import check_feature
 from .progress import progress_bar
-
-if TYPE_CHECKING:  # annotations only
-    from .config import Config
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
 """An image file path, or an H x W x 3 uint8 RGB array."""

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import reid.ablation
 from reid.ablation import ablate_inference
 from reid.engine import evaluate
 from reid.models import ReidModel

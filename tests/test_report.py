@@ -23,7 +23,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from reid import io as reid_io
 from reid import report as rp

@@ -209,7 +209,8 @@ class FeatureDistances:
         if key + "q" not in self._cache:
             sets = [self.query] if self.same_set else [self.query, self.gallery]
             if self.metric == "euclidean":
-                made = [(x.to(dtype), x.to(dtype).pow(2).sum(dim=1)) for x in sets]
+                converted = [x.to(dtype) for x in sets]
+                made = [(x, x.pow(2).sum(dim=1)) for x in converted]
                 (q, q_sq), (g, g_sq) = made[0], made[-1]
                 self._cache.update({key + "q": q, key + "g": g, key + "qs": q_sq, key + "gs": g_sq})
             else:

@@ -14,7 +14,6 @@ import numpy as np
 
 from .distance import pairwise_distance
 from .features import FeatureSet, postprocess_features
-from .arrays import ArrayLike, as_numpy
 from .protocol import check_protocol
 from .rank import evaluate_rank
 from .rerank import rerank as rerank_features

@@ -125,24 +125,25 @@ class LabelGroups:
         labels, starts, sizes = np.unique(gallery_labels[members], return_index=True, return_counts=True)
         return cls(labels, starts, sizes, members)
 
+    def _lookup(self, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(each query label's group index, clipped; how many gallery items carry it)."""
+        pos = np.minimum(np.searchsorted(self.labels, query_labels), max(self.labels.size - 1, 0))
+        if self.labels.size == 0:
+            return pos, np.zeros(query_labels.shape, dtype=np.int64)
+        return pos, np.where(self.labels[pos] == query_labels, self.sizes[pos], 0)
+
     def sizes_of(self, query_labels: np.ndarray) -> np.ndarray:
         """How many gallery items carry each query's label."""
-        if self.labels.size == 0:
-            return np.zeros(query_labels.shape, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.labels, query_labels), self.labels.size - 1)
-        return np.where(self.labels[pos] == query_labels, self.sizes[pos], 0)
+        return self._lookup(query_labels)[1]
 
     def items_of(self, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(gallery indices of each query's label, padded with 0; which entries are real)."""
-        sizes = self.sizes_of(query_labels)
-        width = max(int(sizes.max(initial=0)), 1)
-        slot = np.arange(width)
+        pos, sizes = self._lookup(query_labels)
+        slot = np.arange(max(int(sizes.max(initial=0)), 1))
         real = slot[None, :] < sizes[:, None]
-        pos = np.minimum(np.searchsorted(self.labels, query_labels), max(self.labels.size - 1, 0))
-        starts = self.starts[pos] if self.labels.size else np.zeros_like(query_labels)
-        items = self.members[np.where(real, starts[:, None] + slot[None, :], 0)] if self.members.size else \
-            np.zeros(real.shape, dtype=np.int64)
-        return items, real
+        if self.labels.size == 0:
+            return np.zeros(real.shape, dtype=np.int64), real
+        return self.members[np.where(real, self.starts[pos][:, None] + slot[None, :], 0)], real
 
 
 @dataclass(frozen=True)
@@ -223,16 +224,16 @@ class _Candidates:
         return owner, self.columns[self.starts[rows[owner]] + low[owner] + offset]
 
 
-def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, targets: np.ndarray,
-               pairs, budget: float, floor: np.ndarray) -> tuple[np.ndarray, _Candidates]:
+def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, values: np.ndarray,
+               targets: np.ndarray, pairs, budget: float, floor: np.ndarray) -> tuple[np.ndarray, _Candidates]:
     """(The canonical position (number of items before it) of every target item, -1 elsewhere;
     the candidates counted, every item up to the targets' windows and to ``floor``).
 
-    ``items``: gallery indices per row (padded); ``targets``: which of them to place; ``pairs``:
-    canonical values of (block row, column) pairs. Raises _NeedsExact past ``budget`` pairs.
+    ``items``: gallery indices per row (padded), ``values`` their block values; ``targets``: which
+    of them to place; ``pairs``: canonical values of (block row, column) pairs. Raises
+    _NeedsExact past ``budget`` pairs.
     """
     num_rows = block.shape[0]
-    values = np.take_along_axis(block, items, axis=1)
     spread = (np.zeros(num_rows) if bound is None else 2 * bound)[:, None]
     low = np.where(targets, _outward(values, spread, -1), np.inf).astype(np.float32)
     high = np.where(targets, _outward(values, spread, +1), -np.inf).astype(np.float32)
@@ -337,21 +338,19 @@ def _place(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, real:
     sampled cut falls short takes the exact kth smallest and the block is placed again.
     """
     width = block.shape[1]
+    values = np.take_along_axis(block, items, axis=1)
     no_floor = np.full(block.shape[0], -np.inf, dtype=np.float32)
-    if depth is None:
-        return _positions(block, bound, items, real, pairs, budget, no_floor)[0]
-    kth = min(width, int(depth.max(initial=1)) + int(left_out.sum(axis=1).max(initial=0)))
+    kth = width if depth is None else min(width, int(depth.max(initial=1)) + int(left_out.sum(axis=1).max(initial=0)))
     if kth >= width:
-        return _positions(block, bound, items, real, pairs, budget, no_floor)[0]
+        return _positions(block, bound, items, values, real, pairs, budget, no_floor)[0]
     cut = _sampled_cut(block, kth)
     spread = np.zeros(block.shape[0]) if bound is None else 2 * bound
-    values = np.take_along_axis(block, items, axis=1)
     while True:
         targets = real & (values <= _outward(cut, spread, +1)[:, None])
         pruned = np.flatnonzero((real & ~targets).any(axis=1))
         floor = no_floor.copy()
         floor[pruned] = cut[pruned]
-        position, cands = _positions(block, bound, items, targets, pairs, budget, floor)
+        position, cands = _positions(block, bound, items, values, targets, pairs, budget, floor)
         short = pruned[cands.count(pruned, cut[pruned], "right") < kth]
         if short.size == 0:
             return position
@@ -362,8 +361,8 @@ def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | N
                 num_threads: int | None = None, progress: bool | None = None,
                 description: str = "ranking") -> tuple[np.ndarray, np.ndarray]:
     """(ranks, num_matches) of every query: ``block_ranks`` over blocks of queries, padded to
-    one width with ``BEYOND``. ``depth``: per query, as there. ``num_threads``: worker threads over the blocks of a source that
-    allows it (default: torch's thread count)."""
+    one width with ``BEYOND``. ``depth``: per query, as there. ``num_threads``: worker threads
+    over the blocks of a source that allows it (default: torch's thread count)."""
     num_q, num_g = source.num_query, source.num_gallery
     groups = LabelGroups.of(labels.g_pids)
     rows = max(1, min(num_q, max(source.min_rows, _BLOCK_ELEMENTS // max(num_g, 1))))

@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from typing import Iterable, Union
 
 import numpy as np
-import torch
 
 from .arrays import ArrayLike, as_labels, as_numpy
 from .distance import FeatureDistances
-from .ordering import BEYOND, FeatureBlocks, match_ranks
+from .ordering import FeatureBlocks, LabelGroups, match_ranks
 from .protocol import Labels, protocol_camids
 
 KMEANS_BACKENDS = ("auto", "faiss", "numpy")
@@ -128,6 +127,8 @@ def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
         gallery_features, gallery_labels: the gallery; both or neither. Without them the
             queries are their own gallery (leave-one-out): each query's own row is excluded by
             index, nothing else (duplicate images stay), so the gallery size is num_query - 1.
+            Label -1 is the protocol's junk (``reid.evaluation.protocol``): such gallery items
+            are in no list, and such queries are skipped.
         ks: the k of Recall@k. A k larger than the gallery size is clipped to it (Recall at
             the gallery size is 1.0 for every valid query); the result keeps the requested k.
         metric: ``"euclidean"`` (squared Euclidean) or ``"cosine"`` (``1 - cos``): the
@@ -155,9 +156,13 @@ def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
     g_labels = q_labels if leave_one_out else as_labels(gallery_labels, "gallery_labels", num_g, "one per gallery row")
     protocol = "leave_one_out" if leave_one_out else "query_gallery"
     labels = Labels(q_labels, g_labels, *protocol_camids(protocol, np.zeros(num_q), np.zeros(num_g)))
+    keep = labels.kept_gallery()
+    if not keep.all():  # the protocol's junk (label -1) is in no list
+        space, labels = space.gallery_subset(keep), labels.gallery_subset(keep)
+        num_g = int(keep.sum())
 
     searchable = num_g - int(leave_one_out)  # gallery size seen by each query
-    same = _same_label_counts(q_labels, g_labels) - int(leave_one_out)
+    same = LabelGroups.of(labels.g_pids).sizes_of(q_labels) - int(leave_one_out)
     valid = same > 0
     if not valid.any():
         raise ValueError("no query has a same-label item in the gallery (leave-one-out excludes the query itself); "
@@ -172,15 +177,6 @@ def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
     return RetrievalResult(recall=recall, precision_at_1=precision_at_1, r_precision=float(r_prec.mean()),
                            map_at_r=float(map_r.mean()), num_valid_queries=int(valid.sum()),
                            num_skipped_queries=int(num_q - valid.sum()), all_r_precision=all_rp, all_map_at_r=all_map)
-
-
-def _same_label_counts(q_labels: np.ndarray, g_labels: np.ndarray) -> np.ndarray:
-    """Number of gallery items carrying each query's label."""
-    values, counts = np.unique(g_labels, return_counts=True)
-    if values.size == 0:
-        return np.zeros(q_labels.shape, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(values, q_labels), len(values) - 1)
-    return np.where(values[pos] == q_labels, counts[pos], 0)
 
 
 # --------------------------------------------------------------------------- clustering scores

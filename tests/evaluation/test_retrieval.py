@@ -260,6 +260,22 @@ def test_any_depth_cut_gives_the_same_result(cut: str, monkeypatch: pytest.Monke
         np.testing.assert_allclose(got.all_map_at_r, (precision * hits)[:, :3].sum(axis=1) / 3, rtol=0, atol=1e-15)
 
 
+def test_junk_labels_are_in_no_list() -> None:
+    feats, labels = _clustered_case(5, n=220)
+    labels = labels.copy()
+    labels[::7] = -1  # junk: left out of every list, as evaluate_rank does
+    qf, ql, gf, gl = feats[:60], labels[:60], feats[60:], labels[60:]
+    keep = gl != -1
+    got = evaluate_retrieval(qf, ql, gf, gl, ks=(1, 5))
+    _assert_same(got, evaluate_retrieval(qf, ql, gf[keep], gl[keep], ks=(1, 5)).__dict__, exact=True)
+    assert np.isnan(got.all_map_at_r[ql == -1]).all()
+    loo = evaluate_retrieval(feats, labels, ks=(1, 5))
+    kept = labels != -1
+    clean = evaluate_retrieval(feats[kept], labels[kept], ks=(1, 5))
+    assert loo.num_valid_queries == clean.num_valid_queries and loo.map_at_r == clean.map_at_r
+    np.testing.assert_array_equal(loo.all_map_at_r[kept], clean.all_map_at_r)
+
+
 def test_r_precision_and_map_at_r_by_hand() -> None:
     # 5 gallery items on a line, ranked 1..5 from both queries (at 0): labels A B A A B.
     #   query A (R = 3): hit miss hit hit miss
