@@ -66,6 +66,10 @@ class FeatureSet:
             raise ValueError(f"{path}: features must be N x D with N pids, camids and paths; got "
                              f"features {out.features.shape}, {len(out.pids)} pids, {len(out.camids)} camids, "
                              f"{len(out.paths)} paths")
+        if not np.isfinite(out.features).all():  # half-broken features would rank silently wrong
+            row = int(np.flatnonzero(~np.isfinite(out.features).all(axis=1))[0])
+            raise ValueError(f"{path}: features contain NaN or inf (first in row {row}: {out.paths[row]}); "
+                             "expected finite numbers")
         return out
 
 

@@ -75,3 +75,11 @@ def test_metrics_from_features_match_the_building_blocks():
     reranked = evaluate_rank(rerank(qf, gf, k1=5, k2=2), *labels, max_rank=10)
     assert m["mAP"] == pytest.approx(direct.mAP) and m["rank5"] == pytest.approx(direct.cmc[4])
     assert m["rerank"]["mAP"] == pytest.approx(reranked.mAP) and m["rerank"]["mINP"] == pytest.approx(reranked.mINP)
+
+
+def test_load_refuses_non_finite_features_naming_the_file_and_row(tmp_path) -> None:
+    feats = np.ones((4, 3), dtype=np.float32)
+    feats[2, 1] = np.nan
+    FeatureSet(feats, np.zeros(4, np.int64), np.zeros(4, np.int64), ["a", "b", "c.jpg", "d"]).save(tmp_path / "f.npz")
+    with pytest.raises(ValueError, match=r"f\.npz: features contain NaN or inf \(first in row 2: c\.jpg\)"):
+        FeatureSet.load(tmp_path / "f.npz")
