@@ -10,14 +10,14 @@ from .distance import FeatureDistances, pairwise_distance
 from .evaluator import metrics_from_features, metrics_line, metrics_table, primary_score, query_gallery_distances
 from .features import FeatureSet, postprocess_features
 from .protocol import JUNK_PID, PROTOCOLS, protocol_camids
-from .rank import RankResult, average_precision, evaluate_rank, query_average_precision
+from .rank import RankResult, average_precision, evaluate_features, evaluate_rank, query_average_precision
 from .rerank import rerank, rerank_distances
 from .retrieval import ClusterResult, RetrievalResult, cluster_metrics, evaluate_retrieval
 from .retrieval import normalized_mutual_info
 from .verification import VerificationResult, roc_curve, verification_metrics
 
 __all__ = ["FeatureDistances", "JUNK_PID", "PROTOCOLS", "protocol_camids", "pairwise_distance",
-           "RankResult", "average_precision", "evaluate_rank", "query_average_precision",
+           "RankResult", "average_precision", "evaluate_features", "evaluate_rank", "query_average_precision",
            "rerank", "rerank_distances", "FeatureSet", "postprocess_features",
            "metrics_from_features", "query_gallery_distances", "metrics_line", "metrics_table", "primary_score",
            "VerificationResult", "roc_curve", "verification_metrics",

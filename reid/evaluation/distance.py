@@ -161,10 +161,10 @@ class FeatureDistances:
         self.device = q.device
         self.num_query, self.num_gallery, self.dim = q.shape[0], g.shape[0], q.shape[1]
         for name, feats in zip(names, (self.query, self.gallery)):
-            if feats.numel() and not bool(torch.isfinite(feats).all()):
+            if not _all_finite(feats):
                 raise ValueError(f"{name} contains NaN or inf; expected finite features")
-        q_norm = self.query.double().pow(2).sum(dim=1).sqrt()
-        g_norm = self.gallery.double().pow(2).sum(dim=1).sqrt()
+        q_norm = _float64_norms(self.query)
+        g_norm = q_norm if self.same_set else _float64_norms(self.gallery)
         # (|q| + max |g|)^2 bounds sum_k |x_k y_k| terms of every entry of the row (euclidean)
         largest = float(g_norm.max()) if self.num_gallery else 0.0
         self._scale = ((q_norm.cpu().numpy() + largest) ** 2) * (1 + 1e-6)
@@ -210,7 +210,7 @@ class FeatureDistances:
             sets = [self.query] if self.same_set else [self.query, self.gallery]
             if self.metric == "euclidean":
                 converted = [x.to(dtype) for x in sets]
-                made = [(x, x.pow(2).sum(dim=1)) for x in converted]
+                made = [(x, _squared_norms(x)) for x in converted]
                 (q, q_sq), (g, g_sq) = made[0], made[-1]
                 self._cache.update({key + "q": q, key + "g": g, key + "qs": q_sq, key + "gs": g_sq})
             else:
@@ -288,11 +288,12 @@ class FeatureDistances:
 
     # ------------------------------------------------------------------ canonical values
 
-    def _cpu64(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """CPU float64 features (and canonical norms for cosine), made once."""
+    def _cpu(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The features on the CPU (and canonical norms for cosine), made once. Rows are taken
+        to float64 as they are needed (exactly), so no float64 copy of a set is ever held."""
         if "cpu_q" not in self._cache:
-            q = self.query.detach().cpu().to(torch.float64)
-            g = q if self.same_set else self.gallery.detach().cpu().to(torch.float64)
+            q = self.query.detach().cpu()
+            g = q if self.same_set else self.gallery.detach().cpu()
             self._cache.update(cpu_q=q, cpu_g=g)
             if self.metric == "cosine":
                 qn = _canonical_norms(q)
@@ -305,12 +306,12 @@ class FeatureDistances:
         out = np.empty(rows.size, dtype=np.float32)
         if rows.size == 0:
             return out
-        q, g, qn, gn = self._cpu64()
+        q, g, qn, gn = self._cpu()
         step = max(1, _PAIR_ELEMENTS // max(self.dim, 1))
         for start in range(0, rows.size, step):
             r = torch.from_numpy(rows[start:start + step])
             c = torch.from_numpy(cols[start:start + step])
-            a, b = q.index_select(0, r), g.index_select(0, c)
+            a, b = q.index_select(0, r).double(), g.index_select(0, c).double()
             if self.metric == "euclidean":
                 diff = a - b
                 value = tree_sum(diff * diff)
@@ -321,14 +322,41 @@ class FeatureDistances:
         return out
 
 
-def _canonical_norms(x: torch.Tensor) -> torch.Tensor:
-    """max(sqrt(tree_sum(x^2)), eps) per row of a CPU float64 tensor."""
-    out = torch.empty(x.shape[0], dtype=torch.float64)
+def _row_chunks(x: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, those rows in ``dtype``) over ``x`` in chunks of about 256k elements (the
+    temporaries of a whole-set operation would be several times the set)."""
     step = max(1, _PAIR_ELEMENTS // max(x.shape[1], 1))
     for start in range(0, x.shape[0], step):
         part = x[start:start + step]
-        out[start:start + step] = tree_sum(part * part).sqrt_()
+        yield slice(start, start + step), part if dtype is None else part.to(dtype)
+
+
+def _squared_norms(x: torch.Tensor) -> torch.Tensor:
+    """Row sums of squares in ``x``'s dtype (any order: the products' operands)."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for rows, part in _row_chunks(x, None):
+        out[rows] = part.pow(2).sum(dim=1)
+    return out
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(part).all()) for _, part in _row_chunks(x, None))
+
+
+def _canonical_norms(x: torch.Tensor) -> torch.Tensor:
+    """max(sqrt(tree_sum(x^2)), eps) per row of a CPU tensor, in float64."""
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    for rows, part in _row_chunks(x):
+        out[rows] = tree_sum(part * part).sqrt_()
     return out.clamp_(min=_NORM_EPS)
+
+
+def _float64_norms(x: torch.Tensor) -> torch.Tensor:
+    """Row norms in float64 (for the error bounds; any summation order), on ``x``'s device."""
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for rows, part in _row_chunks(x):
+        out[rows] = part.pow(2).sum(dim=1).sqrt()
+    return out
 
 
 def pairwise_distance(x: ArrayLike, y: ArrayLike, metric: str = "euclidean",

@@ -39,6 +39,32 @@ _SORT_ALL_FRACTION = 0.4
 # (a gather of two rows against a share of a float64 matrix product, both linear in the width).
 _PAIR_COST_ENTRIES = 256
 BEYOND = np.iinfo(np.int64).max  # rank of a match past the depth that was asked for
+# Peak bytes per entry of a block while it is ranked (the float32 block, the candidate mask,
+# their indices, sort keys and the sort's output; measured by benchmarks/bench_streaming.py).
+BLOCK_BYTES_PER_ENTRY = 48
+
+
+def available_memory_mb() -> float:
+    """Memory the system can give without swapping now (MemAvailable; 4 GiB where unknown)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 4096.0
+
+
+def block_rows_for(num_gallery: int, memory_mb: float | None) -> int:
+    """Query rows per block so that a block's ranking stays within ``memory_mb`` (at least one
+    row; default budget: a quarter of the available memory)."""
+    if memory_mb is None:
+        memory_mb = available_memory_mb() / 4
+    if not memory_mb > 0:
+        raise ValueError(f"memory_mb={memory_mb!r}: expected a positive number of MiB or None")
+    per_row = max(num_gallery, 1) * BLOCK_BYTES_PER_ENTRY
+    return max(1, int(memory_mb * 2 ** 20 // per_row))
 
 
 class DistanceBlocks(Protocol):
@@ -47,7 +73,8 @@ class DistanceBlocks(Protocol):
     num_query: int
     num_gallery: int
     parallel: bool  # whether blocks may run on several threads (False: the products use them)
-    min_rows: int  # fewest query rows per block (products run far below peak on fewer)
+    min_rows: int  # query rows per block at least (products run far below peak on fewer)
+    max_rows: int  # query rows per block at most (a memory budget)
 
     def columns(self, keep: np.ndarray) -> "DistanceBlocks":
         """The same distances with only the gallery columns ``keep`` (a bool mask)."""
@@ -67,6 +94,7 @@ class MatrixBlocks:
 
     parallel = True
     min_rows = 1
+    max_rows = np.iinfo(np.int64).max  # the matrix is in memory already
 
     def __init__(self, distmat: np.ndarray) -> None:
         self.distmat = distmat
@@ -86,17 +114,24 @@ class MatrixBlocks:
 
 
 class FeatureBlocks:
-    """Blocks computed from features (``FeatureDistances``): float32 products with their bound."""
+    """Blocks computed from features (``FeatureDistances``): float32 products with their bound.
+
+    ``memory_mb``: the most a block and its ranking temporaries may take (default: a quarter of
+    the memory available now); blocks hold fewer query rows when a full-width block would not fit.
+    """
 
     parallel = False
-    min_rows = 256
 
-    def __init__(self, space: FeatureDistances) -> None:
+    def __init__(self, space: FeatureDistances, memory_mb: float | None = None) -> None:
         self.space = space
+        self.memory_mb = memory_mb
         self.num_query, self.num_gallery = space.num_query, space.num_gallery
+        self.max_rows = block_rows_for(self.num_gallery, memory_mb)
+        # products run far below peak on fewer than 256 rows; fewer only when memory says so
+        self.min_rows = min(256, self.max_rows)
 
     def columns(self, keep: np.ndarray) -> "FeatureBlocks":
-        return FeatureBlocks(self.space.gallery_subset(keep))
+        return FeatureBlocks(self.space.gallery_subset(keep), self.memory_mb)
 
     def block(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         values, bound = self.space.fast(rows)
@@ -191,14 +226,17 @@ class _Candidates:
 
     def __init__(self, block: np.ndarray, limit: np.ndarray, with_columns: bool) -> None:
         rows, width = block.shape
-        flat = np.flatnonzero(block <= limit[:, None])
+        below = block <= limit[:, None]
         self.columns: np.ndarray | None = None
-        if flat.size > _SORT_ALL_FRACTION * rows * width:  # most of the block: sort whole rows
+        if np.count_nonzero(below) > _SORT_ALL_FRACTION * rows * width:  # most of the block: sort whole rows
+            del below
             values, index = torch.sort(torch.from_numpy(block), dim=1)
             self.keys = ((np.arange(rows, dtype=np.int64)[:, None] << 32) | _order_keys(values.numpy())).ravel()
             self.columns = index.numpy().ravel() if with_columns else None
             self.starts = np.arange(rows, dtype=np.int64) * width
             return
+        flat = np.flatnonzero(below)
+        del below
         row = flat // width
         keys = (row << 32) | _order_keys(block.reshape(-1)[flat])
         if with_columns:
@@ -365,7 +403,7 @@ def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | N
     over the blocks of a source that allows it (default: torch's thread count)."""
     num_q, num_g = source.num_query, source.num_gallery
     groups = LabelGroups.of(labels.g_pids)
-    rows = max(1, min(num_q, max(source.min_rows, _BLOCK_ELEMENTS // max(num_g, 1))))
+    rows = max(1, min(num_q, source.max_rows, max(source.min_rows, _BLOCK_ELEMENTS // max(num_g, 1))))
     blocks = [slice(s, min(s + rows, num_q)) for s in range(0, num_q, rows)]
 
     def run(block: slice) -> BlockRanks:

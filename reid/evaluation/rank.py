@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .arrays import ArrayLike
-from .ordering import BEYOND, DistanceBlocks, MatrixBlocks, match_ranks
+from .distance import FeatureDistances
+from .ordering import BEYOND, DistanceBlocks, FeatureBlocks, MatrixBlocks, match_ranks
 from .protocol import JUNK_PID, Labels, check_distmat
 
 AP_KINDS = ("standard", "trapezoid")
@@ -160,11 +161,45 @@ def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_ca
         (their ``all_AP``/``all_INP`` are NaN). Raises ValueError if none is left.
     """
     _check_ap(ap)
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise ValueError(f"max_rank={max_rank!r}: expected a positive integer")
+    _check_max_rank(max_rank)
     source, labels = _matrix_source(distmat, q_pids, g_pids, q_camids, g_camids)
     if source.num_query == 0 or source.num_gallery == 0:
         raise ValueError(f"distmat: empty query or gallery (shape {source.distmat.shape})")
+    return _rank_result(source, labels, max_rank=max_rank, ap=ap, junk_pid=junk_pid, num_threads=num_threads,
+                        progress=progress)
+
+
+def evaluate_features(query_features: ArrayLike, gallery_features: ArrayLike, q_pids: ArrayLike,
+                      g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike, metric: str = "euclidean",
+                      max_rank: int = 50, ap: str = "standard", *, memory_mb: float | None = None,
+                      junk_pid: int | None = JUNK_PID, progress: bool | None = None) -> RankResult:
+    """:func:`evaluate_rank` of the canonical distances of two feature sets, without ever holding
+    the query x gallery matrix: equal to ``evaluate_rank(pairwise_distance(query_features,
+    gallery_features, metric), ...)`` to the last bit (CMC, mAP, mINP, per-query AP and INP).
+
+    The gallery is ranked for blocks of queries at a time from float32 products and their error
+    bounds (``reid.evaluation.ordering``); a block and its temporaries take at most ``memory_mb``
+    MiB (default: a quarter of the memory available now), so Market-1501+500k (3,368 x 519,732)
+    needs the features and about that much more. The other arguments: as :func:`evaluate_rank`.
+    """
+    _check_ap(ap)
+    _check_max_rank(max_rank)
+    space = FeatureDistances(query_features, gallery_features, metric)
+    if space.num_query == 0 or space.num_gallery == 0:
+        raise ValueError(f"empty query or gallery features ({space.num_query} x {space.num_gallery})")
+    labels = Labels.of(space.num_query, space.num_gallery, q_pids, g_pids, q_camids, g_camids)
+    return _rank_result(FeatureBlocks(space, memory_mb), labels, max_rank=max_rank, ap=ap, junk_pid=junk_pid,
+                        num_threads=None, progress=progress)
+
+
+def _check_max_rank(max_rank: int) -> None:
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise ValueError(f"max_rank={max_rank!r}: expected a positive integer")
+
+
+def _rank_result(source: DistanceBlocks, labels: Labels, *, max_rank: int, ap: str, junk_pid: int | None,
+                 num_threads: int | None, progress: bool | None) -> RankResult:
+    """The RankResult of a non-empty distance source (the tail of both evaluate functions)."""
     num_g = int(labels.kept_gallery(junk_pid).sum())
     no_valid_query = ("no query has a true match in the gallery after removing same-pid same-camera items"
                       + (f" and junk (pid {junk_pid})" if junk_pid is not None else "") + "; expected at least one "
@@ -173,7 +208,7 @@ def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_ca
         raise ValueError(no_valid_query)
     if num_g < max_rank:
         warnings.warn(f"gallery has {num_g} items, fewer than max_rank={max_rank}: CMC entries past rank "
-                      f"{num_g} equal 1.0", stacklevel=2)
+                      f"{num_g} equal 1.0", stacklevel=3)
     ap_std, ap_trap, inp, first_rank = rank_metrics(source, labels, junk_pid=junk_pid, num_threads=num_threads,
                                                     progress=progress)
     valid = ~np.isnan(ap_std)

@@ -1,0 +1,89 @@
+"""Streaming evaluation (``evaluate_features``): equal to the dense path to the last bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reid.evaluation.distance import pairwise_distance
+from reid.evaluation.ordering import BLOCK_BYTES_PER_ENTRY, FeatureBlocks, block_rows_for, match_ranks
+from reid.evaluation.distance import FeatureDistances
+from reid.evaluation.protocol import Labels
+from reid.evaluation.rank import evaluate_features, evaluate_rank
+
+
+def _case(seed: int, num_q: int = 40, num_g: int = 300, dim: int = 16, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((12, dim)).astype(np.float32)
+    q_pids = rng.integers(1, 12, num_q)
+    g_pids = rng.integers(0, 12, num_g)  # 0: distractors, never a match
+    g_pids[rng.random(num_g) < 0.1] = -1  # junk: left out of every list
+    qf = centres[np.maximum(q_pids, 0)] + 0.8 * rng.standard_normal((num_q, dim)).astype(np.float32)
+    gf = centres[np.maximum(g_pids, 0)] + 0.8 * rng.standard_normal((num_g, dim)).astype(np.float32)
+    if ties:  # exact ties: duplicated gallery rows and queries equal to gallery rows
+        gf[1::3] = gf[0::3][: gf[1::3].shape[0]]
+        qf[::4] = gf[: qf[::4].shape[0]]
+        gf = np.round(gf * 4) / 4
+        qf = np.round(qf * 4) / 4
+    return (qf, gf, q_pids, g_pids, rng.integers(0, 3, num_q), rng.integers(0, 3, num_g))
+
+
+def _assert_same(streamed, dense) -> None:
+    np.testing.assert_array_equal(streamed.cmc, dense.cmc)
+    assert streamed.mAP == dense.mAP and streamed.mINP == dense.mINP
+    assert streamed.num_valid_queries == dense.num_valid_queries
+    np.testing.assert_array_equal(streamed.all_AP, dense.all_AP)  # NaN where skipped, both
+    np.testing.assert_array_equal(streamed.all_INP, dense.all_INP)
+    np.testing.assert_array_equal(streamed.first_hit_rank, dense.first_hit_rank)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("memory_mb", [1e-9, 0.05, None])  # one query row per block, a few rows, default
+def test_streaming_equals_dense_bit_for_bit(metric: str, ties: bool, memory_mb) -> None:
+    qf, gf, *labels = _case(seed=3, ties=ties)
+    dense = evaluate_rank(pairwise_distance(qf, gf, metric), *labels, max_rank=20)
+    streamed = evaluate_features(qf, gf, *labels, metric=metric, max_rank=20, memory_mb=memory_mb)
+    _assert_same(streamed, dense)
+
+
+def test_streaming_equals_dense_trapezoid_float64_and_no_junk_rule() -> None:
+    qf, gf, *labels = _case(seed=5, num_q=30, num_g=200)
+    qf, gf = qf.astype(np.float64), gf.astype(np.float64)
+    for kwargs in ({"ap": "trapezoid"}, {"junk_pid": None}):
+        dense = evaluate_rank(pairwise_distance(qf, gf), *labels, max_rank=5, **kwargs)
+        _assert_same(evaluate_features(qf, gf, *labels, max_rank=5, memory_mb=1e-9, **kwargs), dense)
+
+
+def test_streaming_takes_torch_tensors() -> None:
+    qf, gf, *labels = _case(seed=7)
+    dense = evaluate_rank(pairwise_distance(qf, gf), *labels)
+    _assert_same(evaluate_features(torch.from_numpy(qf), torch.from_numpy(gf), *map(torch.from_numpy, labels)), dense)
+
+
+def test_memory_budget_sets_the_block_rows() -> None:
+    assert block_rows_for(1000, 1e-9) == 1
+    assert block_rows_for(1000, 1.0) == 2 ** 20 // (1000 * BLOCK_BYTES_PER_ENTRY)
+    space = FeatureDistances(np.zeros((600, 4), np.float32), np.ones((1000, 4), np.float32))
+    blocks = FeatureBlocks(space, memory_mb=1.0)
+    assert blocks.max_rows == blocks.min_rows == 21
+    assert FeatureBlocks(space, memory_mb=10_000).min_rows == 256
+    seen = []
+    original = blocks.block
+    blocks.block = lambda rows: (seen.append(rows.stop - rows.start), original(rows))[1]
+    labels = Labels.of(600, 1000, np.zeros(600, int), np.zeros(1000, int), np.zeros(600, int), np.ones(1000, int))
+    match_ranks(blocks, labels, progress=False)
+    assert max(seen) == 21 and sum(seen) == 600
+
+
+def test_bad_input_is_one_clear_error() -> None:
+    qf, gf, *labels = _case(seed=1)
+    with pytest.raises(ValueError, match=r"memory_mb=0: expected a positive number of MiB or None"):
+        evaluate_features(qf, gf, *labels, memory_mb=0)
+    with pytest.raises(ValueError, match="max_rank=0: expected a positive integer"):
+        evaluate_features(qf, gf, *labels, max_rank=0)
+    with pytest.raises(ValueError, match=r"empty query or gallery features \(0 x 300\)"):
+        evaluate_features(qf[:0], gf, labels[0][:0], labels[1], labels[2][:0], labels[3])
+    with pytest.raises(ValueError, match="feature widths differ"):
+        evaluate_features(qf[:, :3], gf, *labels)
