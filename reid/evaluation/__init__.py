@@ -14,11 +14,11 @@ from .rank import RankResult, average_precision, evaluate_features, evaluate_ran
 from .rerank import rerank, rerank_distances
 from .retrieval import ClusterResult, RetrievalResult, cluster_metrics, evaluate_retrieval
 from .retrieval import normalized_mutual_info
-from .verification import VerificationResult, roc_curve, verification_metrics
+from .verification import VerificationResult, roc_curve, verification_from_features, verification_metrics
 
 __all__ = ["FeatureDistances", "JUNK_PID", "PROTOCOLS", "protocol_camids", "pairwise_distance",
            "RankResult", "average_precision", "evaluate_features", "evaluate_rank", "query_average_precision",
            "rerank", "rerank_distances", "FeatureSet", "postprocess_features",
            "metrics_from_features", "query_gallery_distances", "metrics_line", "metrics_table", "primary_score",
-           "VerificationResult", "roc_curve", "verification_metrics",
+           "VerificationResult", "roc_curve", "verification_from_features", "verification_metrics",
            "ClusterResult", "RetrievalResult", "cluster_metrics", "evaluate_retrieval", "normalized_mutual_info"]

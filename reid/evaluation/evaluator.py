@@ -15,7 +15,7 @@ import numpy as np
 from .distance import pairwise_distance
 from .features import FeatureSet, postprocess_features
 from .protocol import check_protocol
-from .rank import evaluate_rank
+from .rank import evaluate_features, evaluate_rank
 from .rerank import rerank as rerank_features
 
 
@@ -65,6 +65,12 @@ def _retrieval_summary(result) -> dict[str, Any]:
     }
 
 
+def _postprocessed(query: FeatureSet, gallery: FeatureSet, normalize: bool, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The post-processed features of both sets (one array when they are one set)."""
+    qf = postprocess_features(query.features, normalize=normalize, beta=beta)
+    return qf, qf if gallery is query else postprocess_features(gallery.features, normalize=normalize, beta=beta)
+
+
 def query_gallery_distances(query: FeatureSet, gallery: FeatureSet, *, normalize: bool = True, beta: float = 0.0,
                             metric: str = "euclidean", rerank: bool = False, k1: int = 20, k2: int = 6,
                             lambda_value: float = 0.3,
@@ -72,8 +78,7 @@ def query_gallery_distances(query: FeatureSet, gallery: FeatureSet, *, normalize
     """(distances, re-ranked distances or None) of post-processed features: the q x g matrices
     the re-ID evaluation ranks, and that the report, rank lists and ``reid extract`` use. A
     leave-one-out set passes the same FeatureSet twice."""
-    qf = postprocess_features(query.features, normalize=normalize, beta=beta)
-    gf = qf if gallery is query else postprocess_features(gallery.features, normalize=normalize, beta=beta)
+    qf, gf = _postprocessed(query, gallery, normalize, beta)
     plain = np.asarray(pairwise_distance(qf, gf, metric=metric, progress=progress))
     if not rerank:
         return plain, None
@@ -115,7 +120,8 @@ def metrics_from_features(
 ) -> dict[str, Any]:
     """The metrics of the dataset's protocol (fractions), from post-processed features.
 
-    ``protocol="reid"`` (camera-aware, :func:`reid.evaluation.rank.evaluate_rank`): mAP, mINP,
+    ``protocol="reid"`` (camera-aware, :func:`reid.evaluation.rank.evaluate_features`, which ranks
+    straight from the features in bounded memory, equal to ``evaluate_rank`` of the matrix): mAP, mINP,
     Rank-1/5/10, plus the same under k-reciprocal re-ranking when ``rerank``.
     ``"leave_one_out"`` (query and gallery are one list; each query leaves out only itself) and
     ``"query_gallery"``: Recall@K for ``recall_ks``, precision@1, R-precision and MAP@R
@@ -132,15 +138,17 @@ def metrics_from_features(
     if protocol != "reid":
         return _retrieval_metrics(query, gallery, protocol, recall_ks, nmi, normalize, beta, metric)
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    distmat, reranked = query_gallery_distances(query, gallery, normalize=normalize, beta=beta, metric=metric,
-                                                rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value,
-                                                progress=progress)
-    metrics: dict[str, Any] = _summary(evaluate_rank(distmat, *labels, max_rank=max_rank, progress=progress))
-    if verification:
-        from .verification import verification_metrics
+    qf, gf = _postprocessed(query, gallery, normalize, beta)
+    # straight from the features: never the q x g matrix (equal to ranking it, bit for bit)
+    metrics: dict[str, Any] = _summary(evaluate_features(qf, gf, *labels, metric=metric, max_rank=max_rank,
+                                                         progress=progress))
+    if verification:  # streamed too: equal to the metrics of the dense matrix
+        from .verification import verification_from_features
 
-        metrics["verification"] = verification_summary(verification_metrics(distmat, *labels))
-    if reranked is not None:
+        metrics["verification"] = verification_summary(
+            verification_from_features(qf, gf, *labels, metric=metric, progress=progress))
+    if rerank:
+        reranked = rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, progress=progress)
         metrics["rerank"] = _summary(evaluate_rank(reranked, *labels, max_rank=max_rank, progress=progress))
     return metrics
 

@@ -56,14 +56,15 @@ def available_memory_mb() -> float:
     return 4096.0
 
 
-def block_rows_for(num_gallery: int, memory_mb: float | None) -> int:
-    """Query rows per block so that a block's ranking stays within ``memory_mb`` (at least one
-    row; default budget: a quarter of the available memory)."""
+def block_rows_for(num_gallery: int, memory_mb: float | None, bytes_per_entry: int = BLOCK_BYTES_PER_ENTRY) -> int:
+    """Query rows per block so that a block's work (``bytes_per_entry`` per distance; default:
+    ranking it) stays within ``memory_mb`` (at least one row; default budget: a quarter of the
+    available memory)."""
     if memory_mb is None:
         memory_mb = available_memory_mb() / 4
     if not memory_mb > 0:
         raise ValueError(f"memory_mb={memory_mb!r}: expected a positive number of MiB or None")
-    per_row = max(num_gallery, 1) * BLOCK_BYTES_PER_ENTRY
+    per_row = max(num_gallery, 1) * bytes_per_entry
     return max(1, int(memory_mb * 2 ** 20 // per_row))
 
 

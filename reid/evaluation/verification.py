@@ -36,6 +36,7 @@ from typing import Iterable
 import numpy as np
 
 from .arrays import ArrayLike
+from .pairstream import StreamedPairs
 from .protocol import Labels, check_distmat, pair_kinds
 
 DEFAULT_FPRS = (1e-4, 1e-3, 1e-2)
@@ -83,15 +84,43 @@ class VerificationResult:
 
 @dataclass(frozen=True)
 class _Pairs:
+    """The pairs' distances as the metrics read them: every negative sorted in memory."""
+
     negatives: np.ndarray  # float32, sorted ascending
     positives: np.ndarray  # float32, sorted ascending
     num_excluded: int
+
+    @property
+    def num_negatives(self) -> int:
+        return int(self.negatives.size)
+
+    @property
+    def largest(self) -> float:
+        """The largest distance of any pair."""
+        return float(max(self.negatives[-1], self.positives[-1]))
 
     def below(self, values: np.ndarray | np.floating, side: str) -> tuple[np.ndarray, np.ndarray]:
         """(negatives, positives) with distance < (side="left") or <= (side="right") each value."""
         # float32 keys: a float64 key would make searchsorted convert the whole array first.
         keys = np.asarray(values, dtype=np.float32)
         return np.searchsorted(self.negatives, keys, side), np.searchsorted(self.positives, keys, side)
+
+    def largest_negative_below(self, values: np.ndarray) -> np.ndarray:
+        """Per value, the largest negative distance < it (-inf if none)."""
+        count = np.searchsorted(self.negatives, np.asarray(values, dtype=np.float32), "left")
+        return np.where(count > 0, self.negatives[np.maximum(count - 1, 0)], -np.inf)
+
+    def first_negative(self, accepts) -> np.float32:
+        """The smallest negative distance ``v`` with ``accepts(negatives <= v, positives <= v)``
+        (a predicate that is monotone in ``v`` and holds at the largest negative)."""
+        lo, hi = 0, self.negatives.size - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if accepts(*(int(c) for c in self.below(self.negatives[mid], "right"))):
+                hi = mid
+            else:
+                lo = mid + 1
+        return self.negatives[lo]
 
 
 def _split_pairs(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
@@ -131,13 +160,18 @@ def _split_pairs(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_cam
         raise ValueError("distmat contains -inf; expected distances > -inf (-inf is the threshold that accepts "
                          "no pair)")
     negatives = flat[: flat.size - same.size]
-    if positives.size == 0:
+    return _checked(_Pairs(negatives=negatives, positives=positives, num_excluded=kinds.num_left_out))
+
+
+def _checked(pairs):
+    """The pairs, if there is a positive and a negative (every metric needs both)."""
+    if pairs.positives.size == 0:
         raise ValueError("no positive pair: no query shares its pid with a gallery item seen by another camera "
                          "(same-pid same-camera pairs and junk are excluded); expected at least one")
-    if negatives.size == 0:
+    if pairs.num_negatives == 0:
         raise ValueError("no negative pair: every query x gallery pair has the same pid; expected at least one "
                          "pair of different pids")
-    return _Pairs(negatives=negatives, positives=positives, num_excluded=kinds.num_left_out)
+    return pairs
 
 
 def _check_fprs(fprs: Iterable[float]) -> tuple[float, ...]:
@@ -161,51 +195,69 @@ def _rate_limit(fpr: float, num_negatives: int) -> int:
     return k
 
 
-def _at_fpr(pairs: _Pairs, fpr: float) -> tuple[float, float]:
+def _at_fpr(pairs, fpr: float) -> tuple[float, float]:
     """(largest TPR, largest threshold) over the swept thresholds whose FPR <= fpr."""
-    neg, pos = pairs.negatives, pairs.positives
-    k = _rate_limit(fpr, neg.size)
-    if k == neg.size:  # every threshold qualifies: accept everything
-        return 1.0, float(max(neg[-1], pos[-1]))
+    pos = pairs.positives
+    k = _rate_limit(fpr, pairs.num_negatives)
+    if k == pairs.num_negatives:  # every threshold qualifies: accept everything
+        return 1.0, pairs.largest
     # Thresholds with at most k accepted negatives are those below the (k+1)-th smallest negative.
-    first_excess = neg[k]
+    first_excess = pairs.first_negative(_NegativesBeyond(k))
     num_neg, num_pos = pairs.below(first_excess, "left")
-    candidates = [float(a[n - 1]) for a, n in ((neg, num_neg), (pos, num_pos)) if n > 0]
+    candidates = [float(pairs.largest_negative_below(first_excess))] if num_neg > 0 else []
+    candidates += [float(pos[num_pos - 1])] if num_pos > 0 else []
     return int(num_pos) / pos.size, max(candidates, default=-math.inf)
 
 
-def _equal_error(pairs: _Pairs) -> tuple[float, float]:
+@dataclass(frozen=True)
+class _NegativesBeyond:
+    """Holds at a threshold that accepts more than ``k`` negatives (the (k+1)-th smallest one)."""
+
+    k: int
+
+    def __call__(self, neg_le: int, pos_le: int) -> bool:
+        return neg_le >= self.k + 1
+
+
+@dataclass(frozen=True)
+class _FprReachesFnr:
+    """Holds at a threshold where FPR >= FNR, for ``n`` negatives and ``p`` positives."""
+
+    n: int
+    p: int
+
+    def excess(self, fp: int, tp: int) -> int:
+        """The sign of FPR - FNR = fp/n - (1 - tp/p), times n*p (exact integers)."""
+        return int(fp) * self.p + int(tp) * self.n - self.n * self.p
+
+    def __call__(self, neg_le: int, pos_le: int) -> bool:
+        return self.excess(neg_le, pos_le) >= 0
+
+
+def _equal_error(pairs) -> tuple[float, float]:
     """(EER, threshold of the first sweep point with FPR >= FNR); see VerificationResult."""
-    neg, pos = pairs.negatives, pairs.positives
-    n, p = int(neg.size), int(pos.size)
+    pos = pairs.positives
+    n, p = pairs.num_negatives, int(pos.size)
 
-    def excess(fp: int, tp: int) -> int:  # sign of FPR - FNR = fp/n - (1 - tp/p), times n*p
-        return int(fp) * p + int(tp) * n - n * p
-
+    crossing = _FprReachesFnr(n, p)
     # The first distinct distance with excess >= 0 is a positive's or a negative's distance.
     fp, tp = pairs.below(pos, "right")
     first_pos = pos[int(np.argmax((fp * p + tp * n - n * p) >= 0))]  # the largest positive qualifies
-    lo, hi = 0, n - 1  # the largest negative qualifies: binary search the first one that does
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if excess(*pairs.below(neg[mid], "right")) >= 0:
-            hi = mid
-        else:
-            lo = mid + 1
-    threshold = min(first_pos, neg[lo])
+    # ... and the largest negative qualifies too
+    threshold = min(first_pos, pairs.first_negative(crossing))
     fp1, tp1 = (int(c) for c in pairs.below(threshold, "right"))
     fp0, tp0 = (int(c) for c in pairs.below(threshold, "left"))  # the previous sweep point
-    e0, e1 = excess(fp0, tp0), excess(fp1, tp1)  # e0 < 0 <= e1
+    e0, e1 = crossing.excess(fp0, tp0), crossing.excess(fp1, tp1)  # e0 < 0 <= e1
     # FPR at s = -e0 / (e1 - e0) along the segment, as one rounded division of integers.
     eer = (fp0 * (e1 - e0) - e0 * (fp1 - fp0)) / (n * (e1 - e0))
     return eer, float(threshold)
 
 
-def _mann_whitney_auc(pairs: _Pairs) -> float:
+def _mann_whitney_auc(pairs) -> float:
     """P(d_neg > d_pos) + 0.5 P(d_neg == d_pos) over all (positive, negative) couples: the ROC's trapezoid area."""
-    neg, pos = pairs.negatives, pairs.positives
-    below, at_or_below = (np.searchsorted(neg, pos, side) for side in ("left", "right"))
-    n, p = int(neg.size), int(pos.size)
+    pos = pairs.positives
+    below, at_or_below = (pairs.below(pos, side)[0] for side in ("left", "right"))
+    n, p = pairs.num_negatives, int(pos.size)
     greater = n * p - int(at_or_below.sum())
     ties = int(at_or_below.sum()) - int(below.sum())
     return (2 * greater + ties) / (2 * n * p)
@@ -231,15 +283,41 @@ def verification_metrics(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLik
         when there is no positive pair (same pid, different camera) or no negative pair.
     """
     fprs = _check_fprs(fprs)
-    pairs = _split_pairs(distmat, q_pids, g_pids, q_camids, g_camids)
+    return _result(_split_pairs(distmat, q_pids, g_pids, q_camids, g_camids), fprs, with_roc)
+
+
+def _result(pairs, fprs: tuple[float, ...], with_roc: bool) -> VerificationResult:
+    n = pairs.num_negatives
+    if isinstance(pairs, StreamedPairs):  # every order statistic in the same passes
+        pairs.prepare([_FprReachesFnr(n, int(pairs.positives.size))]
+                      + [_NegativesBeyond(k) for k in {_rate_limit(f, n) for f in fprs} if k < n])
     eer, eer_threshold = _equal_error(pairs)
     at_fpr = {f: _at_fpr(pairs, f) for f in fprs}
     return VerificationResult(auc=_mann_whitney_auc(pairs), eer=eer, eer_threshold=eer_threshold,
                               tpr_at_fpr={f: tpr for f, (tpr, _) in at_fpr.items()},
                               threshold_at_fpr={f: t for f, (_, t) in at_fpr.items()},
                               num_positive_pairs=int(pairs.positives.size),
-                              num_negative_pairs=int(pairs.negatives.size), num_excluded_pairs=pairs.num_excluded,
+                              num_negative_pairs=pairs.num_negatives, num_excluded_pairs=pairs.num_excluded,
                               roc=_roc(pairs, drop_intermediate=True) if with_roc else None)
+
+
+def verification_from_features(query_features: ArrayLike, gallery_features: ArrayLike, q_pids: ArrayLike,
+                               g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike,
+                               metric: str = "euclidean", fprs: Iterable[float] = DEFAULT_FPRS,
+                               with_roc: bool = False, *, memory_mb: float | None = None,
+                               progress: bool | None = None) -> VerificationResult:
+    """:func:`verification_metrics` of the canonical distances of two feature sets, without ever
+    holding the pairs: equal to ``verification_metrics(pairwise_distance(query_features,
+    gallery_features, metric), ...)`` to the last bit, at any size.
+
+    The distances are computed in blocks of query rows, each within ``memory_mb`` MiB (default:
+    a quarter of the memory available now), in two passes over the pairs (rarely three or four:
+    see ``reid.evaluation.pairstream``). ``with_roc``: the ROC vertices (``roc_curve``'s default).
+    """
+    fprs = _check_fprs(fprs)
+    pairs = StreamedPairs.of_features(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids,
+                                      metric=metric, memory_mb=memory_mb, progress=progress)
+    return _result(_checked(pairs), fprs, with_roc)
 
 
 def _full_curve(pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -270,17 +348,17 @@ def _vertices(pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     candidates are: (0, 0), for each distinct positive distance u the point just below u and the
     point at u, and (1, 1); the collinear ones among them are then dropped.
     """
-    neg, pos = pairs.negatives, pairs.positives
+    pos = pairs.positives
     distinct = pos[np.append(pos[1:] != pos[:-1], True)]
     fp_below, tp_below = pairs.below(distinct, "left")
     fp_at, tp_at = pairs.below(distinct, "right")
     # The sweep point just below u is the largest distance < u, a negative's or a positive's.
-    t_below = np.maximum(np.where(fp_below > 0, neg[np.maximum(fp_below - 1, 0)], -np.inf),
+    t_below = np.maximum(pairs.largest_negative_below(distinct),
                          np.where(tp_below > 0, pos[np.maximum(tp_below - 1, 0)], -np.inf))
-    fp = np.concatenate(([0], np.stack([fp_below, fp_at], axis=1).reshape(-1), [neg.size]))
+    fp = np.concatenate(([0], np.stack([fp_below, fp_at], axis=1).reshape(-1), [pairs.num_negatives]))
     tp = np.concatenate(([0], np.stack([tp_below, tp_at], axis=1).reshape(-1), [pos.size]))
     thresholds = np.concatenate(([-np.inf], np.stack([t_below, distinct.astype(np.float64)], axis=1).reshape(-1),
-                                 [float(max(neg[-1], pos[-1]))]))
+                                 [pairs.largest]))
     new = np.append(True, (np.diff(fp) != 0) | (np.diff(tp) != 0))  # the same point met twice
     fp, tp, thresholds = fp[new], tp[new], thresholds[new]
     dfp, dtp = np.diff(fp), np.diff(tp)
@@ -311,6 +389,9 @@ def roc_curve(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids
     return _roc(_split_pairs(distmat, q_pids, g_pids, q_camids, g_camids), drop_intermediate)
 
 
-def _roc(pairs: _Pairs, drop_intermediate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _roc(pairs, drop_intermediate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not drop_intermediate and not isinstance(pairs, _Pairs):
+        raise ValueError("drop_intermediate=False needs every pair's distance in memory; expected "
+                         "drop_intermediate=True for streamed pairs (the same polyline)")
     fp, tp, thresholds = _full_curve(pairs) if not drop_intermediate else _vertices(pairs)
-    return fp / pairs.negatives.size, tp / pairs.positives.size, thresholds
+    return fp / pairs.num_negatives, tp / pairs.positives.size, thresholds

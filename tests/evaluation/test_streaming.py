@@ -87,3 +87,54 @@ def test_bad_input_is_one_clear_error() -> None:
         evaluate_features(qf[:0], gf, labels[0][:0], labels[1], labels[2][:0], labels[3])
     with pytest.raises(ValueError, match="feature widths differ"):
         evaluate_features(qf[:, :3], gf, *labels)
+
+
+# ----------------------------------------------------------------------------- verification
+
+_FIELDS = ("auc", "eer", "eer_threshold", "tpr_at_fpr", "threshold_at_fpr", "num_positive_pairs",
+           "num_negative_pairs", "num_excluded_pairs")
+
+
+@pytest.mark.parametrize("collect_limit", [1 << 24, 40, 1])  # settle by collecting, or by two histograms
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streamed_verification_equals_dense(monkeypatch, collect_limit: int, ties: bool, seed: int) -> None:
+    import reid.evaluation.pairstream as pairstream
+    from reid.evaluation.verification import verification_from_features, verification_metrics
+
+    monkeypatch.setattr(pairstream, "_COLLECT_LIMIT", collect_limit)
+    qf, gf, *labels = _case(seed, ties=ties)
+    fprs = (1e-4, 0.01, 0.3, 0.5, 1.0)
+    dense = verification_metrics(pairwise_distance(qf, gf), *labels, fprs=fprs, with_roc=True)
+    streamed = verification_from_features(qf, gf, *labels, fprs=fprs, with_roc=True, memory_mb=0.01)
+    for name in _FIELDS:
+        assert getattr(streamed, name) == getattr(dense, name), name
+    for a, b in zip(streamed.roc, dense.roc):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_streamed_verification_works_in_blocks_of_the_budget(monkeypatch) -> None:
+    from reid.evaluation.verification import verification_from_features
+
+    qf, gf, *labels = _case(2)
+    seen = []
+    original = FeatureDistances.exact
+    monkeypatch.setattr(FeatureDistances, "exact", lambda self, rows, cols=slice(None): (
+        seen.append(rows.stop - rows.start), original(self, rows, cols))[1])
+    verification_from_features(qf, gf, *labels, memory_mb=0.05)
+    usable_gallery = int((labels[1] != -1).sum())
+    assert max(seen) == int(0.05 * 2 ** 20 // (usable_gallery * 40))  # pairstream._PAIR_BYTES per pair
+    assert len(seen) == 2 * -(-40 // max(seen))  # two passes over the 40 query rows: counts, thresholds
+
+
+def test_streamed_verification_errors_name_the_problem() -> None:
+    from reid.evaluation.verification import verification_from_features
+
+    qf, gf, *labels = _case(3)
+    q_pids, g_pids, q_camids, g_camids = labels
+    with pytest.raises(ValueError, match="no positive pair"):
+        verification_from_features(qf, gf, q_pids + 100, g_pids, q_camids, g_camids)
+    with pytest.raises(ValueError, match="drop_intermediate=False needs every pair"):
+        from reid.evaluation.pairstream import StreamedPairs
+        from reid.evaluation.verification import _roc
+        _roc(StreamedPairs.of_features(qf, gf, *labels, metric="euclidean", memory_mb=None, progress=False), False)
