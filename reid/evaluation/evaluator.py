@@ -15,8 +15,8 @@ import numpy as np
 from .distance import pairwise_distance
 from .features import FeatureSet, postprocess_features
 from .protocol import check_protocol
-from .rank import evaluate_features, evaluate_rank
-from .rerank import rerank as rerank_features
+from .rank import evaluate_features
+from .rerank import evaluate_reranked, rerank as rerank_features
 
 
 def _fpr_key(fpr: float) -> str:
@@ -147,9 +147,9 @@ def metrics_from_features(
 
         metrics["verification"] = verification_summary(
             verification_from_features(qf, gf, *labels, metric=metric, progress=progress))
-    if rerank:
-        reranked = rerank_features(qf, gf, k1=k1, k2=k2, lambda_value=lambda_value, progress=progress)
-        metrics["rerank"] = _summary(evaluate_rank(reranked, *labels, max_rank=max_rank, progress=progress))
+    if rerank:  # the re-ranked distances are ranked a block at a time too
+        metrics["rerank"] = _summary(evaluate_reranked(qf, gf, *labels, k1=k1, k2=k2, lambda_value=lambda_value,
+                                                       max_rank=max_rank, progress=progress))
     return metrics
 
 

@@ -112,7 +112,7 @@ def _matrix_source(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_c
     return MatrixBlocks(dist), Labels.of(*dist.shape, q_pids, g_pids, q_camids, g_camids)
 
 
-def _check_ap(ap: str) -> None:
+def check_ap(ap: str) -> None:
     if ap not in AP_KINDS:
         raise ValueError(f"ap={ap!r}: expected one of {', '.join(AP_KINDS)}")
 
@@ -125,7 +125,7 @@ def query_average_precision(distmat: ArrayLike, q_pids: ArrayLike, g_pids: Array
     Unlike :func:`evaluate_rank` it is no error when no query has one (every entry is NaN then,
     e.g. for unlabelled features). ``ap``, ``junk_pid``, ``num_threads`` and ``progress``: as there.
     """
-    _check_ap(ap)
+    check_ap(ap)
     source, labels = _matrix_source(distmat, q_pids, g_pids, q_camids, g_camids)
     ap_std, ap_trap, _, _ = rank_metrics(source, labels, junk_pid=junk_pid, num_threads=num_threads,
                                          progress=progress)
@@ -160,12 +160,12 @@ def evaluate_rank(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_ca
         RankResult. Queries without a true match after same-camera removal are skipped
         (their ``all_AP``/``all_INP`` are NaN). Raises ValueError if none is left.
     """
-    _check_ap(ap)
-    _check_max_rank(max_rank)
+    check_ap(ap)
+    check_max_rank(max_rank)
     source, labels = _matrix_source(distmat, q_pids, g_pids, q_camids, g_camids)
     if source.num_query == 0 or source.num_gallery == 0:
         raise ValueError(f"distmat: empty query or gallery (shape {source.distmat.shape})")
-    return _rank_result(source, labels, max_rank=max_rank, ap=ap, junk_pid=junk_pid, num_threads=num_threads,
+    return rank_result(source, labels, max_rank=max_rank, ap=ap, junk_pid=junk_pid, num_threads=num_threads,
                         progress=progress)
 
 
@@ -182,22 +182,22 @@ def evaluate_features(query_features: ArrayLike, gallery_features: ArrayLike, q_
     MiB (default: a quarter of the memory available now), so Market-1501+500k (3,368 x 519,732)
     needs the features and about that much more. The other arguments: as :func:`evaluate_rank`.
     """
-    _check_ap(ap)
-    _check_max_rank(max_rank)
+    check_ap(ap)
+    check_max_rank(max_rank)
     space = FeatureDistances(query_features, gallery_features, metric)
     if space.num_query == 0 or space.num_gallery == 0:
         raise ValueError(f"empty query or gallery features ({space.num_query} x {space.num_gallery})")
     labels = Labels.of(space.num_query, space.num_gallery, q_pids, g_pids, q_camids, g_camids)
-    return _rank_result(FeatureBlocks(space, memory_mb), labels, max_rank=max_rank, ap=ap, junk_pid=junk_pid,
+    return rank_result(FeatureBlocks(space, memory_mb), labels, max_rank=max_rank, ap=ap, junk_pid=junk_pid,
                         num_threads=None, progress=progress)
 
 
-def _check_max_rank(max_rank: int) -> None:
+def check_max_rank(max_rank: int) -> None:
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ValueError(f"max_rank={max_rank!r}: expected a positive integer")
 
 
-def _rank_result(source: DistanceBlocks, labels: Labels, *, max_rank: int, ap: str, junk_pid: int | None,
+def rank_result(source: DistanceBlocks, labels: Labels, *, max_rank: int, ap: str, junk_pid: int | None,
                  num_threads: int | None, progress: bool | None) -> RankResult:
     """The RankResult of a non-empty distance source (the tail of both evaluate functions)."""
     num_g = int(labels.kept_gallery(junk_pid).sum())

@@ -45,6 +45,9 @@ from tqdm import tqdm
 from ..progress import progress_bar
 from .arrays import ArrayLike
 from .distance import FeatureDistances, as_feature_pair
+from .ordering import block_rows_for
+from .protocol import JUNK_PID, Labels
+from .rank import RankResult, check_ap, check_max_rank, rank_result
 
 KNN_BACKENDS = ("torch", "faiss")
 # Extra neighbours kept beyond k1+1 so that ties, the products' rounding and the float32
@@ -234,20 +237,20 @@ class _Joint:
         self.q, self.n = query.shape[0], joint.shape[0]
         self.bound = self.space.fast_bound()
 
-    def block(self, a: tuple[int, int], b: tuple[int, int]) -> np.ndarray:
-        """Distances of rows a x columns b: canonical for query x gallery blocks (the output),
-        float32 products (within ``bound`` of the canonical values) elsewhere."""
+    def block(self, a: tuple[int, int], b: tuple[int, int], canonical: bool = False) -> np.ndarray:
+        """Distances of rows a x columns b: canonical ones (the output's) or float32 products
+        (within ``bound`` of the canonical values)."""
         rows, cols = slice(*a), slice(*b)
-        if a[1] <= self.q <= b[0]:
+        if canonical:
             return self.space.exact(rows, cols).cpu().numpy()
         return self.space.fast(rows, cols)[0].cpu().numpy()
 
 
-def _sweep_features(joint: _Joint, near: _Candidates, far: _Candidates, out: np.ndarray, block_size: int,
+def _sweep_features(joint: _Joint, near: _Candidates, far: _Candidates, out: np.ndarray | None, block_size: int,
                     bar: Optional[tqdm] = None) -> None:
     """One pass over the blocks of the symmetric distance matrix (each unordered pair once).
 
-    Fills the canonical q x g distances into ``out`` and, by the block values, each row's
+    Fills the canonical q x g distances into ``out`` (unless None) and, by the block values, each row's
     nearest (``near``) and farthest (``far``, on negated values) candidates; ``bar`` counts the
     pairs of blocks.
     """
@@ -265,8 +268,9 @@ def _sweep_features(joint: _Joint, near: _Candidates, far: _Candidates, out: np.
             bar.update()
     for i, a in enumerate(blocks):
         for b in blocks[i + 1:]:
-            d = joint.block(a, b)
-            if a[1] <= q <= b[0]:
+            output = out is not None and a[1] <= q <= b[0]
+            d = joint.block(a, b, canonical=output)
+            if output:
                 out[a[0]:a[1], b[0] - q:b[1] - q] = d
             _merge_both_ways(near, d, a, b)
             _merge_both_ways(far, np.negative(d), a, b)
@@ -411,74 +415,100 @@ def _query_expansion(v: sp.csr_matrix, knn: np.ndarray, k2: int) -> sp.csr_matri
     return out
 
 
-def _jaccard_into(out: np.ndarray, v: sp.csr_matrix, q: int, lambda_value: float,
-                  fill_normalised: Callable[[int, int, np.ndarray], None], bar: Optional[tqdm] = None) -> None:
-    """out[i, j] = (1 - lambda) J(i, j) + lambda D[i, q + j] for query rows, block by block.
+class _Reranking:
+    """The re-ranked query x gallery distances, ready to be produced a block of query rows at a
+    time: out[i, j] = (1 - lambda) J(i, j) + lambda D[i, q + j].
 
     J(i, j) = 1 - m / (2 - m) with m(i, j) = sum_k min(V[i, k], V[j, k]) (paper eq. 11). Only
     gallery rows j sharing a non-zero column k with query i have m > 0: the column index of
     V's gallery rows lists them (the classic's inverted index), so each block gathers those
     (i, k, j) triples and sums them by (i, j); every other pair has J = 1.
-    ``fill_normalised(start, stop, block)`` writes D's query rows start..stop-1 into ``block``;
-    ``bar`` counts the query rows.
+    ``fill_normalised(start, stop, block)`` writes D's query rows start..stop-1 into ``block``.
     """
-    g = out.shape[1]
-    if bar is not None:
-        bar.unit = "query"
-        bar.reset(total=q)
-        bar.set_description("re-ranking (Jaccard)")
-    gallery_cols = v[q:].tocsc()
-    col_ptr, col_rows, col_vals = gallery_cols.indptr, gallery_cols.indices, gallery_cols.data
-    # triples per query row, to size the blocks
-    lengths = np.diff(col_ptr)[v.indices[: v.indptr[q]]]
-    per_query = np.bincount(np.repeat(np.arange(q), np.diff(v.indptr[: q + 1])), weights=lengths, minlength=q)
-    cumulative = np.concatenate([[0], np.cumsum(per_query)])
-    rows_per_block = max(1, _JACCARD_ELEMENTS // max(g, 1))
-    one_minus, lam = np.float32(1 - lambda_value), np.float32(lambda_value)
-    start = 0
-    while start < q:
-        by_triples = int(np.searchsorted(cumulative, cumulative[start] + _JACCARD_TRIPLES, side="right")) - 1
-        stop = min(q, start + rows_per_block, max(start + 1, by_triples))
+
+    def __init__(self, v: sp.csr_matrix, q: int, lambda_value: float,
+                 fill_normalised: Callable[[int, int, np.ndarray], None]) -> None:
+        self.v, self.q, self.g = v, q, v.shape[0] - q
+        self.fill_normalised = fill_normalised
+        self.one_minus, self.lam = np.float32(1 - lambda_value), np.float32(lambda_value)
+        gallery_cols = v[q:].tocsc()
+        self.col_ptr, self.col_rows, self.col_vals = gallery_cols.indptr, gallery_cols.indices, gallery_cols.data
+        # triples per query row, to size the steps
+        self.lengths = np.diff(self.col_ptr)[v.indices[: v.indptr[q]]]
+        per_query = np.bincount(np.repeat(np.arange(q), np.diff(v.indptr[: q + 1])), weights=self.lengths,
+                                minlength=q)
+        self.cumulative = np.concatenate([[0], np.cumsum(per_query)])
+
+    def steps(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """Query rows start..stop in steps of bounded temporaries (pairs and triples)."""
+        rows_per_step = max(1, _JACCARD_ELEMENTS // max(self.g, 1))
+        out = []
+        while start < stop:
+            by_triples = int(np.searchsorted(self.cumulative, self.cumulative[start] + _JACCARD_TRIPLES,
+                                             side="right")) - 1
+            end = min(stop, start + rows_per_step, max(start + 1, by_triples))
+            out.append((start, end))
+            start = end
+        return out
+
+    def rows_into(self, start: int, stop: int, block: np.ndarray) -> None:
+        """Write query rows start..stop-1 (one step) into the contiguous ``block``."""
+        v, g = self.v, self.g
         lo, hi = v.indptr[start], v.indptr[stop]
         k = v.indices[lo:hi]
         local = np.repeat(np.arange(stop - start), np.diff(v.indptr[start:stop + 1]))
-        counts = lengths[lo:hi]
+        counts = self.lengths[lo:hi]
         # positions col_ptr[k] + 0..count-1 for every (i, k), without a Python loop
         offsets = np.cumsum(counts) - counts
-        pos = np.arange(int(counts.sum())) - np.repeat(offsets - col_ptr[k], counts)
-        mins = np.minimum(np.repeat(v.data[lo:hi], counts), col_vals[pos])
-        shared = np.bincount(np.repeat(local, counts) * g + col_rows[pos], weights=mins,
+        pos = np.arange(int(counts.sum())) - np.repeat(offsets - self.col_ptr[k], counts)
+        mins = np.minimum(np.repeat(v.data[lo:hi], counts), self.col_vals[pos])
+        shared = np.bincount(np.repeat(local, counts) * g + self.col_rows[pos], weights=mins,
                              minlength=(stop - start) * g)
         hit = np.flatnonzero(shared)
         m = shared[hit].astype(np.float32)
         del shared
         jaccard = 1 - m / (2 - m)
-        block = out[start:stop]
-        fill_normalised(start, stop, block)
-        flat = block.reshape(-1)  # a view: out's rows are contiguous
+        self.fill_normalised(start, stop, block)
+        flat = block.reshape(-1)  # a view: the block's rows are contiguous
         d_hit = flat[hit]
         # same float32 operations as the classic's jaccard * (1 - lambda) + D * lambda, J = 1 here
-        block *= lam
-        block += one_minus
-        flat[hit] = jaccard * one_minus + d_hit * lam
+        block *= self.lam
+        block += self.one_minus
+        flat[hit] = jaccard * self.one_minus + d_hit * self.lam
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Query rows start..stop-1 as a new float32 array."""
+        block = np.empty((stop - start, self.g), dtype=np.float32)
+        for a, b in self.steps(start, stop):
+            self.rows_into(a, b, block[a - start:b - start])
+        return block
+
+    def into(self, out: np.ndarray, bar: Optional[tqdm] = None) -> np.ndarray:
+        """Every query row into ``out`` (q x g, holding D's canonical distances where
+        ``fill_normalised`` expects them); ``bar`` counts the query rows."""
         if bar is not None:
-            bar.update(stop - start)
-        start = stop
+            bar.unit = "query"
+            bar.reset(total=self.q)
+            bar.set_description("re-ranking (Jaccard)")
+        for start, stop in self.steps(0, self.q):
+            self.rows_into(start, stop, out[start:stop])
+            if bar is not None:
+                bar.update(stop - start)
+        return out
 
 
 # --------------------------------------------------------------------------- shared tail
 
-def _finish(out: np.ndarray, knn: np.ndarray, pair_keys: Callable[[np.ndarray, np.ndarray], np.ndarray],
-            k: int, h: int, k2: int, q: int, lambda_value: float,
-            fill_normalised: Callable[[int, int, np.ndarray], None], bar: Optional[tqdm] = None) -> np.ndarray:
+def _finish(knn: np.ndarray, pair_keys: Callable[[np.ndarray, np.ndarray], np.ndarray], k: int, h: int,
+            k2: int, q: int, lambda_value: float,
+            fill_normalised: Callable[[int, int, np.ndarray], None]) -> _Reranking:
     n = knn.shape[0]
     indptr, indices = _expanded_sets(knn, k, h)
     rows = np.repeat(np.arange(n), np.diff(indptr))
     v = _encoding(indptr, indices, pair_keys(rows, indices), n)
     if k2 != 1:  # the classic skips the expansion for k2 == 1 (V stays as it is)
         v = _query_expansion(v, knn, k2)
-    _jaccard_into(out, v, q, lambda_value, fill_normalised, bar)
-    return out
+    return _Reranking(v, q, lambda_value, fill_normalised)
 
 
 # --------------------------------------------------------------------------- public API
@@ -509,6 +539,17 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
     Returns:
         q x g float32 numpy array.
     """
+    with progress_bar(desc="re-ranking (neighbours)", unit="block", progress=progress) as bar:
+        reranking, out = _from_features(query_features, gallery_features, k1, k2, lambda_value, knn_backend,
+                                        block_size, bar, keep_distances=True)
+        return reranking.into(out, bar)
+
+
+def _from_features(query_features: ArrayLike, gallery_features: ArrayLike, k1: int, k2: int, lambda_value: float,
+                   knn_backend: str, block_size: int, bar: Optional[tqdm],
+                   keep_distances: bool) -> tuple[_Reranking, np.ndarray | None]:
+    """(the re-ranking of two feature sets, the q x g array holding their canonical distances, or
+    None with ``keep_distances=False``: then every block computes its own when it is asked for)."""
     _check_params(k1, k2, lambda_value)
     if knn_backend not in KNN_BACKENDS:
         raise ValueError(f"knn_backend={knn_backend!r}: expected one of {', '.join(KNN_BACKENDS)}")
@@ -519,7 +560,7 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
     k, h, k2_eff = _neighbour_counts(k1, k2, n)
     near = _Candidates(n, min(k + _MARGIN, n))
     far = _Candidates(n, min(_FARTHEST, n))
-    out = np.empty((q, n - q), dtype=np.float32)
+    out = np.empty((q, n - q), dtype=np.float32) if keep_distances else None
 
     def full_rows(rows: np.ndarray) -> np.ndarray:
         return _normalise(_sq32(joint.space.exact(rows).cpu().numpy()), row_max2[rows])
@@ -532,23 +573,84 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
         return np.divide(_sq32(raw), row_max2[rows], dtype=np.float32)
 
     def fill_normalised(start: int, stop: int, block: np.ndarray) -> None:
-        # ``block`` is out[start:stop], holding the canonical distances: normalise in place
+        if out is None:  # ``block`` is new: the canonical distances first
+            block[...] = joint.space.exact(slice(start, stop), slice(q, n)).cpu().numpy()
+        # else ``block`` is out[start:stop], holding them already: normalise in place
         np.square(block, out=block)
         np.divide(block, row_max2[start:stop, None], out=block)
 
+    if knn_backend == "torch":
+        _sweep_features(joint, near, far, out, block_size, bar)
+        # every item outside a row's list has a product >= the last kept one
+        outside = near.values[:, -1].astype(np.float64) - joint.bound
+    else:
+        outside = _faiss_candidates(joint, near, far)
+        for a in _blocks(q, q, block_size) if out is not None else ():
+            out[a[0]:a[1]] = joint.space.exact(slice(*a), slice(q, n)).cpu().numpy()
+    row_max2 = _squared_row_max(_row_maxima(joint, far))
+    _canonical_lists(joint, near)
+    knn = _finish_neighbours(near, outside, row_max2, k, n, full_rows)
+    return _finish(knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised), out
+
+
+class RerankedBlocks:
+    """The re-ranked distances as a ranking source (``reid.evaluation.ordering``): blocks of query
+    rows computed when the ranking asks for them, never the whole q x g matrix. Their values
+    are the ones :func:`rerank` returns (the same operations), so rankings equal those of it."""
+
+    parallel = False  # the blocks' products use the threads
+    min_rows = 1
+
+    def __init__(self, reranking: _Reranking, memory_mb: float | None, keep: np.ndarray | None = None) -> None:
+        self.reranking, self.memory_mb, self.keep = reranking, memory_mb, keep
+        self.num_query = reranking.q
+        self.num_gallery = reranking.g if keep is None else int(keep.sum())
+        # a full-width block is made before its columns are taken
+        self.max_rows = block_rows_for(reranking.g, memory_mb)
+
+    def columns(self, keep: np.ndarray) -> "RerankedBlocks":
+        combined = keep if self.keep is None else self._combined(keep)
+        return RerankedBlocks(self.reranking, self.memory_mb, combined)
+
+    def _combined(self, keep: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.reranking.g, dtype=bool)
+        out[np.flatnonzero(self.keep)[keep]] = True
+        return out
+
+    def exact(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.num_query)
+        block = self.reranking.rows(start, stop)
+        return block if self.keep is None else np.ascontiguousarray(block[:, self.keep])
+
+    def block(self, rows: slice) -> tuple[np.ndarray, None]:
+        return self.exact(rows), None
+
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        out = np.empty(rows.size, dtype=np.float32)
+        for row in np.unique(rows):
+            sel = rows == row
+            out[sel] = self.exact(slice(int(row), int(row) + 1))[0, cols[sel]]
+        return out
+
+
+def evaluate_reranked(query_features: ArrayLike, gallery_features: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
+                      q_camids: ArrayLike, g_camids: ArrayLike, k1: int = 20, k2: int = 6,
+                      lambda_value: float = 0.3, max_rank: int = 50, ap: str = "standard", *,
+                      memory_mb: float | None = None, knn_backend: str = "torch", block_size: int = _DEFAULT_BLOCK,
+                      junk_pid: int | None = JUNK_PID, progress: bool | None = None) -> RankResult:
+    """``evaluate_rank(rerank(query_features, gallery_features, k1, k2, lambda_value), ...)``
+    without the q x g matrix: the re-ranked distances are made a block of query rows at a time
+    (at most ``memory_mb`` MiB; default a quarter of the available memory) and ranked at once.
+    Equal to the dense result to the last bit; memory is O(N k1) for the neighbour lists plus
+    a block. Arguments: as :func:`rerank` and :func:`reid.evaluation.rank.evaluate_rank`."""
+    check_ap(ap)
+    check_max_rank(max_rank)
     with progress_bar(desc="re-ranking (neighbours)", unit="block", progress=progress) as bar:
-        if knn_backend == "torch":
-            _sweep_features(joint, near, far, out, block_size, bar)
-            # every item outside a row's list has a product >= the last kept one
-            outside = near.values[:, -1].astype(np.float64) - joint.bound
-        else:
-            outside = _faiss_candidates(joint, near, far)
-            for a in _blocks(q, q, block_size):
-                out[a[0]:a[1]] = joint.space.exact(slice(*a), slice(q, n)).cpu().numpy()
-        row_max2 = _squared_row_max(_row_maxima(joint, far))
-        _canonical_lists(joint, near)
-        knn = _finish_neighbours(near, outside, row_max2, k, n, full_rows)
-        return _finish(out, knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised, bar)
+        reranking, _ = _from_features(query_features, gallery_features, k1, k2, lambda_value, knn_backend,
+                                      block_size, bar, keep_distances=False)
+    labels = Labels.of(reranking.q, reranking.g, q_pids, g_pids, q_camids, g_camids)
+    return rank_result(RerankedBlocks(reranking, memory_mb), labels, max_rank=max_rank, ap=ap, junk_pid=junk_pid,
+                       num_threads=None, progress=progress)
 
 
 def rerank_distances(q_g: ArrayLike, q_q: ArrayLike, g_g: ArrayLike, k1: int = 20, k2: int = 6,
@@ -599,7 +701,7 @@ def rerank_distances(q_g: ArrayLike, q_q: ArrayLike, g_g: ArrayLike, k1: int = 2
         np.divide(block, row_max2[start:stop, None], out=block)
 
     out = np.empty((q, g), dtype=np.float32)
-    return _finish(out, knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised)
+    return _finish(knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised).into(out)
 
 
 # --------------------------------------------------------------------------- helpers

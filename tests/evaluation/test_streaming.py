@@ -138,3 +138,32 @@ def test_streamed_verification_errors_name_the_problem() -> None:
         from reid.evaluation.pairstream import StreamedPairs
         from reid.evaluation.verification import _roc
         _roc(StreamedPairs.of_features(qf, gf, *labels, metric="euclidean", memory_mb=None, progress=False), False)
+
+
+# ----------------------------------------------------------------------------- re-ranking
+
+@pytest.mark.parametrize("knn_backend", ["torch", "faiss"])
+@pytest.mark.parametrize("memory_mb", [1e-9, None])
+def test_streamed_reranking_equals_dense_bit_for_bit(knn_backend: str, memory_mb) -> None:
+    from reid.evaluation.rerank import evaluate_reranked, rerank
+
+    pytest.importorskip("faiss") if knn_backend == "faiss" else None
+    qf, gf, *labels = _case(seed=4, num_q=50, num_g=260)
+    dense = evaluate_rank(rerank(qf, gf, k1=12, k2=4, lambda_value=0.2, knn_backend=knn_backend), *labels,
+                          max_rank=10)
+    streamed = evaluate_reranked(qf, gf, *labels, k1=12, k2=4, lambda_value=0.2, max_rank=10, memory_mb=memory_mb,
+                                 knn_backend=knn_backend)
+    _assert_same(streamed, dense)
+
+
+def test_reranked_blocks_are_the_rows_of_rerank() -> None:
+    from reid.evaluation.rerank import RerankedBlocks, _from_features, rerank
+
+    qf, gf, *_ = _case(seed=6, num_q=30, num_g=120)
+    dense = rerank(qf, gf)
+    reranking, _ = _from_features(qf, gf, 20, 6, 0.3, "torch", 2048, None, keep_distances=False)
+    blocks = RerankedBlocks(reranking, memory_mb=None)
+    np.testing.assert_array_equal(blocks.exact(slice(7, 19)), dense[7:19])
+    keep = np.arange(120) % 3 != 0
+    np.testing.assert_array_equal(blocks.columns(keep).exact(slice(0, 30)), dense[:, keep])
+    np.testing.assert_array_equal(blocks.pairs(np.array([3, 3, 29]), np.array([0, 5, 119])), dense[[3, 3, 29], [0, 5, 119]])
