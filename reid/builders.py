@@ -90,6 +90,13 @@ def test_sources(cfg: Config) -> list[DatasetSource]:
     return [DatasetSource(name, roots[name]) for name in names]
 
 
+def known_root(cfg: Config, name: str) -> str | None:
+    """The folder ``cfg`` gives the dataset ``name``: a test set's (``test.roots``), else the first
+    training source's of that name; None when it names none."""
+    listed = list(zip(cfg.test.datasets, cfg.test.roots)) + [(s.name, s.root) for s in training_sources(cfg)]
+    return next((root for listed_name, root in listed if listed_name == name), None)
+
+
 def datasets_from_config(cfg: Config, *, generate: bool = True) -> RunDatasets:
     """Every dataset of a training run, each read (and checked) once before any work: the training
     sources combined (:func:`reid.data.combine_datasets`, ``data.combine_all``), the test sets.

@@ -54,8 +54,8 @@ def test_two_training_sources_tested_on_a_third_and_reid_test_dataset(three_sets
         (str(a), 0, 0, 4), (str(b), 4, 3, 4)]
     assert last["config"]["data"]["name"] == ["market1501", "market1501"]
 
-    # reid test --dataset: on the third set (its folder given), and on a source (its folder from the config)
-    for name, root, block in (("custom", c, "custom"), ("market1501", None, "market1501")):
+    # reid test --dataset: its folder from the checkpoint's config (a test set's), or given with --root
+    for name, root, block in (("custom", None, "custom"), ("market1501", a, "market1501")):
         output = tmp_path / f"{name}.json"
         tested = test_tool.main(["--weights", str(run / "last.pt"), "--dataset", name, "--rerank", "--output",
                                  str(output), *(["--root", str(root)] if root else [])])
