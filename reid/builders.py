@@ -135,8 +135,8 @@ def dataset_from_config(cfg: Config, *, generate: bool = True) -> ReidDataset:
     tests = test_sources(cfg)
     if len(tests) > 1:
         names = ", ".join(f"{source.name} ({source.root})" for source in tests)
-        raise ValueError(f"this config evaluates {len(tests)} test sets ({names}); choose one with test.datasets=[NAME] "
-                         "(and test.roots=[FOLDER]), or reid test --dataset NAME")
+        raise ValueError(f"this config evaluates {len(tests)} test sets ({names}); choose one with "
+                         "test.datasets=[NAME] (and test.roots=[FOLDER]), or reid test --dataset NAME")
     return load_source(cfg, tests[0], generate=generate)
 
 

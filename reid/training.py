@@ -124,7 +124,8 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
 def log_datasets(data: builders.RunDatasets, *, combine_all: bool) -> None:
     """The training set (each source with its offsets when there are several) and every test set."""
     train = data.train
-    if len(data.sources) == 1 and not combine_all and len(data.tests) == 1 and next(iter(data.tests.values())) is train:
+    only_test = next(iter(data.tests.values())) if len(data.tests) == 1 else None
+    if len(data.sources) == 1 and not combine_all and only_test is train:
         log.info("dataset %s (%s)\n%s", train.name, train.root, train.summary())
         return
     log.info("training on %s: %d identities, %d images\n%s", train.name, train.num_train_pids, len(train.train),
@@ -276,7 +277,9 @@ class RunFiles:
         if untrained_file.is_file():
             untrained = json.loads(untrained_file.read_text())
             if "datasets" in metrics:
-                metrics = {**metrics, "datasets": {label: {**block, "untrained": untrained["datasets"][label]}
+                before = untrained.get("datasets", {})  # a resumed run may test other sets than it began with
+                metrics = {**metrics, "datasets": {label: {**block, **({"untrained": before[label]} if label in before
+                                                                       else {})}
                                                    for label, block in metrics["datasets"].items()}}
             else:
                 metrics = {**metrics, "untrained": untrained}

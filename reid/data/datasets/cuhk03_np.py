@@ -51,10 +51,11 @@ def load_cuhk03_np(root: str | os.PathLike, *, skip_invalid: bool = False, cuhk0
     else:
         other = CUHK03_NP_KINDS[1 - int(cuhk03_labeled)]
         if root_path.name == other and any((root_path / split).is_dir() for split in CUHK03_NP_SPLIT_FOLDERS):
+            asked, flip = ("true", "false") if cuhk03_labeled else ("false", "true")
             raise ValueError(
-                f"cuhk03_np: data.root={root_path} is the {other} release but data.cuhk03_labeled="
-                f"{'true' if cuhk03_labeled else 'false'} asks for the {kind} one: point data.root at "
-                f"{root_path.parent} (the folder holding both) or set data.cuhk03_labeled={'false' if cuhk03_labeled else 'true'}"
+                f"cuhk03_np: data.root={root_path} is the {other} release but data.cuhk03_labeled={asked} asks "
+                f"for the {kind} one: point data.root at {root_path.parent} (the folder holding both) or set "
+                f"data.cuhk03_labeled={flip}"
             )
     return load_split_folders(
         folder,

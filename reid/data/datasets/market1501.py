@@ -98,12 +98,13 @@ def read_distractor_folder(folder: Path, *, skip_invalid: bool) -> tuple[list[It
         raise ValueError(f"market1501: the distractor folder {folder} holds no images")
     items: list[Item] = []
     skipped: list[str] = []
+    last_camera = MARKET1501_FORMAT.first_camera + MARKET1501_FORMAT.num_cameras - 1
     for path in files:
         match = MARKET1501_500K_CAMERA.fullmatch(path.stem)
         camera = int(match["cam"]) if match is not None else 0
-        if not 1 <= camera <= MARKET1501_FORMAT.num_cameras:
-            message = (f"{path}: a distractor name must start PID_cC with camera C in 1..{MARKET1501_FORMAT.num_cameras} "
-                       f"(e.g. 0000_c1s1_000151_01.jpg)")
+        if not MARKET1501_FORMAT.first_camera <= camera <= last_camera:
+            message = (f"{path}: a distractor name must start PID_cC with camera C in "
+                       f"{MARKET1501_FORMAT.first_camera}..{last_camera} (e.g. 0000_c1s1_000151_01.jpg)")
             if not skip_invalid:
                 raise ValueError(f"invalid image file name {message} ({SKIP_HINT})")
             skipped.append(message)
