@@ -7,7 +7,10 @@ script reads a config the same way.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,9 @@ from torch import nn
 
 from .checkpoint import load_checkpoint
 from .config import Config, ConfigError, from_dict
-from .data import build_dataset
+from .data import DATASETS, build_dataset, combine_datasets
 from .data.datasets.base import ReidDataset, validation_split
+from .data.datasets.combine import SourceOffsets
 from .data.loaders import build_test_loader, build_train_loader
 from .losses import build_loss
 from .losses.weighted import WeightedLosses
@@ -26,6 +30,11 @@ from .models.model import check_feature
 from .optim import Optimization, amp_settings, build_optimizer, build_scheduler
 
 log = logging.getLogger("reid")
+
+# data keys that some loaders take (passed to those whose signature has them)
+DATASET_OPTIONS = ("market1501_500k", "cuhk03_labeled")
+# test keys that choose the test sets, not how one is scored
+TEST_SET_KEYS = ("datasets", "roots")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,39 +46,126 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class DatasetSource:
+    """One dataset of a run: its name (``synthetic`` or a key of ``DATASETS``) and its folder."""
+
+    name: str
+    root: str
+
+
+@dataclass
+class RunDatasets:
+    """What a training run reads: the training set (several sources combined), where each source
+    landed in it, and the test sets by label (a dataset's name; ``name (root)`` when two test
+    sets share a name), each evaluated on its own."""
+
+    train: ReidDataset
+    sources: list[SourceOffsets]
+    tests: dict[str, ReidDataset]
+
+
+def training_sources(cfg: Config) -> list[DatasetSource]:
+    """``data.name`` with ``data.root``: one source, or one per list entry (config.py checks the lengths)."""
+    names = cfg.data.name if isinstance(cfg.data.name, list) else [cfg.data.name]
+    roots = cfg.data.root if isinstance(cfg.data.root, list) else [cfg.data.root] * len(names)
+    return [DatasetSource(name, root) for name, root in zip(names, roots)]
+
+
+def test_sources(cfg: Config) -> list[DatasetSource]:
+    """The test sets: ``test.datasets`` (in ``test.roots``, else in the folder of the training source
+    of that name), or, when it is empty, every training source."""
+    sources, names = training_sources(cfg), cfg.test.datasets
+    if not names:
+        return sources
+    if cfg.test.roots:
+        return [DatasetSource(name, root) for name, root in zip(names, cfg.test.roots)]
+    roots: dict[str, str] = {}
+    for source in sources:
+        roots.setdefault(source.name, source.root)
+    for i, name in enumerate(names):
+        if name not in roots:
+            raise ValueError(f"test.datasets[{i}]: {name} is not among data.name ({', '.join(roots)}), so its folder "
+                             f"is unknown: give one folder per test.datasets entry in test.roots")
+    return [DatasetSource(name, roots[name]) for name in names]
+
+
+def known_root(cfg: Config, name: str) -> str | None:
+    """The folder ``cfg`` gives the dataset ``name``: a test set's (``test.roots``), else the first
+    training source's of that name; None when it names none."""
+    listed = list(zip(cfg.test.datasets, cfg.test.roots)) + [(s.name, s.root) for s in training_sources(cfg)]
+    return next((root for listed_name, root in listed if listed_name == name), None)
+
+
+def datasets_from_config(cfg: Config, *, generate: bool = True) -> RunDatasets:
+    """Every dataset of a training run, each read (and checked) once before any work: the training
+    sources combined (:func:`reid.data.combine_datasets`, ``data.combine_all``), the test sets.
+    With ``data.val_ids`` > 0 the training set's validation split is both (:func:`validation_split`;
+    held out are the highest combined ids, so each source's offset still holds)."""
+    loaded: dict[DatasetSource, ReidDataset] = {}
+
+    def load(source: DatasetSource) -> ReidDataset:
+        if source not in loaded:
+            loaded[source] = load_source(cfg, source, generate=generate)
+        return loaded[source]
+
+    training = [load(source) for source in training_sources(cfg)]
+    tests = [] if cfg.data.val_ids else [(source, load(source)) for source in test_sources(cfg)]
+    train, offsets = combine_datasets(training, combine_all=cfg.data.combine_all)
+    if cfg.data.val_ids:
+        train = validation_split(train, cfg.data.val_ids)
+        return RunDatasets(train, offsets, {train.name: train})
+    counts = Counter(source.name for source, _ in tests)
+    labelled = {source.name if counts[source.name] == 1 else f"{source.name} ({source.root})": dataset
+                for source, dataset in tests}
+    return RunDatasets(train, offsets, labelled)
+
+
 def dataset_from_config(cfg: Config, *, generate: bool = True) -> ReidDataset:
-    """The configured dataset; ``synthetic`` is generated on first use (cached in data.root).
+    """The one dataset a config evaluates on (its training set too when it names one source);
+    ``synthetic`` is generated on first use (cached in its root).
 
     ``generate=False`` (evaluation tools) never writes: a synthetic dataset that is not there
     is an error naming the folder, instead of a new dataset quietly made in the working folder.
-    With ``data.val_ids`` > 0, the dataset's validation split (:func:`validation_split`).
+    With ``data.val_ids`` > 0, the (combined) training set's validation split. A config with
+    several test sets is an error that says how to choose one.
     """
-    dataset = _configured_dataset(cfg, generate=generate)
-    return validation_split(dataset, cfg.data.val_ids) if cfg.data.val_ids else dataset
+    if cfg.data.val_ids:
+        return datasets_from_config(cfg, generate=generate).train
+    tests = test_sources(cfg)
+    if len(tests) > 1:
+        names = ", ".join(f"{source.name} ({source.root})" for source in tests)
+        raise ValueError(f"this config evaluates {len(tests)} test sets ({names}); choose one with "
+                         "test.datasets=[NAME] (and test.roots=[FOLDER]), or reid test --dataset NAME")
+    return load_source(cfg, tests[0], generate=generate)
 
 
-def _configured_dataset(cfg: Config, *, generate: bool) -> ReidDataset:
-    if cfg.data.name == "synthetic":
+def load_source(cfg: Config, source: DatasetSource, *, generate: bool) -> ReidDataset:
+    """One dataset: read from its folder with the ``data`` options its loader takes
+    (``skip_invalid``, ``market1501_500k``, ``cuhk03_labeled``), or the synthetic set."""
+    if source.name == "synthetic":
         from .data.synthetic import MANIFEST_NAME, make_synthetic_market
 
         s = cfg.synthetic
         if not generate:
-            folder = Path(cfg.data.root)
+            folder = Path(source.root)
             if not (folder / MANIFEST_NAME).is_file():
                 raise FileNotFoundError(
-                    f"data.root={cfg.data.root}: no synthetic dataset in {folder.resolve()} (evaluation does not "
+                    f"data.root={source.root}: no synthetic dataset in {folder.resolve()} (evaluation does not "
                     "generate one); point data.root at the folder the model was trained with, or make it "
                     f"with: reid make-synthetic --root {folder} --train-ids {s.num_train_ids} --test-ids "
                     f"{s.num_test_ids} --cameras {s.num_cameras} --height {s.height} --width {s.width} --seed {s.seed}")
             return build_dataset("market1501" if s.num_cameras <= 6 else "custom", folder)
         folder = make_synthetic_market(
-            cfg.data.root, num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,
+            source.root, num_train_ids=s.num_train_ids, num_test_ids=s.num_test_ids,
             num_cameras=s.num_cameras, image_size=(s.height, s.width), seed=s.seed,
         )
         # Market's rule allows cameras 1..6; a synthetic set with more is read by the custom
         # loader, which takes the same names without the camera limit.
         return build_dataset("market1501" if s.num_cameras <= 6 else "custom", folder)
-    return build_dataset(cfg.data.name, cfg.data.root, skip_invalid=cfg.data.skip_invalid)
+    accepted = inspect.signature(DATASETS[source.name]).parameters
+    options = {key: getattr(cfg.data, key) for key in DATASET_OPTIONS if key in accepted}
+    return build_dataset(source.name, source.root, skip_invalid=cfg.data.skip_invalid, **options)
 
 
 def train_loader_from_config(cfg: Config, dataset: ReidDataset, rank: int = 0, world_size: int = 1):
@@ -164,7 +260,8 @@ def embedding_options(cfg: Config, *, feature: str | None = None, flip: bool | N
 def metric_options(cfg: Config, dataset: ReidDataset | None = None, *, rerank: bool | None = None) -> dict[str, Any]:
     """Keyword arguments of ``metrics_from_features``: the ``test`` section without the embedding
     keys, and the dataset's protocol and Recall@K when a dataset is given."""
-    options = {k: v for k, v in dataclasses.asdict(cfg.test).items() if k not in embedding_options(cfg)}
+    options = {k: v for k, v in dataclasses.asdict(cfg.test).items()
+               if k not in embedding_options(cfg) and k not in TEST_SET_KEYS}
     if rerank is not None:
         options["rerank"] = rerank
     if dataset is not None:

@@ -95,10 +95,12 @@ def _loss_names() -> tuple[str, ...]:
 
 @dataclass
 class DataConfig:
-    name: str = _key("synthetic", "synthetic: generated into root; the others: read from root",
-                     choices=_dataset_names)
-    root: str = _key("datasets/synthetic",
-                     "for a real dataset: the folder holding (or the parent of) its split folders")
+    name: Union[str, list[str]] = _key("synthetic", "synthetic: generated into root; the others: read from root; "
+                                       "a list [market1501, msmt17]: train on all of them at once (identities and "
+                                       "cameras offset so that they never collide)", choices=_dataset_names)
+    root: Union[str, list[str]] = _key("datasets/synthetic",
+                                       "for a real dataset: the folder holding (or the parent of) its split folders; "
+                                       "with a list data.name, a list of as many folders")
     height: int = _key(256, "input height in pixels", check=_POSITIVE)
     width: int = _key(128, "input width in pixels", check=_POSITIVE)
     num_identities: int = _key(16, "P identities per batch (per process)", check=_POSITIVE)
@@ -117,6 +119,11 @@ class DataConfig:
                               "dataset's pattern or that cannot be read")
     val_ids: int = _key(0, "> 0: tune without the test split: hold out the last N training identities and "
                         "evaluate on them (query/gallery) instead of the test split", check=_int_at_least(0))
+    combine_all: bool = _key(False, "also train on the query and gallery identities of every data.name dataset "
+                             "(torchreid's combineall; junk and distractors left out)")
+    market1501_500k: bool = _key(False, "market1501: add the 500,000 distractors of images/ (beside the split "
+                                 "folders) to the gallery")
+    cuhk03_labeled: bool = _key(False, "cuhk03_np: the hand-drawn (labeled) boxes instead of the detected ones")
 
 
 @dataclass
@@ -208,6 +215,10 @@ class TestConfig:
     lambda_value: float = _key(0.3, "re-ranking: weight of the original distance", check=_FRACTION)
     nmi: bool = _key(True, "retrieval (leave-one-out) sets: also k-means NMI and clustering F1 of the test set")
     max_rank: int = _key(50, "CMC ranks computed", check=_POSITIVE)
+    datasets: list[str] = _key([], "the test sets evaluated, each on its own (cross-domain testing); []: each "
+                               "data.name dataset", choices=_dataset_names)
+    roots: list[str] = _key([], "one folder per test.datasets entry; []: the data.root of the data.name entry "
+                            "of the same name")
 
 
 @dataclass
@@ -400,6 +411,7 @@ def validate(cfg: Config) -> None:
     if t.trunk_anchor * trunk_lr >= 1:
         raise ConfigError(f"train.trunk_anchor: expected lr * trunk_lr_factor * trunk_anchor < 1 (a larger pull "
                           f"overshoots the pretrained weights), got {t.trunk_anchor!r} at trunk lr {trunk_lr!r}")
+    _check_sources(cfg)
     if not cfg.losses:
         raise ConfigError("losses: expected at least one loss, e.g. [{name: cross_entropy}]")
     for i, spec in enumerate(cfg.losses):
@@ -409,6 +421,33 @@ def validate(cfg: Config) -> None:
             names = ", ".join(repr(str(p)) for p in unexpected)
             raise ConfigError(f"losses[{i}].params: unexpected parameter{'s' if len(unexpected) > 1 else ''} "
                               f"{names} for loss {spec.name!r}; valid: {', '.join(accepted)}")
+
+
+def _check_sources(cfg: Config) -> None:
+    """The dataset lists: one root per name, no source twice, options that name a dataset in use."""
+    d = cfg.data
+    names = d.name if isinstance(d.name, list) else [d.name]
+    if not names:
+        raise ConfigError("data.name: expected a dataset name or a non-empty list of them")
+    roots = d.root if isinstance(d.root, list) else [d.root] * len(names)
+    if len(roots) != len(names) or (len(names) > 1 and not isinstance(d.root, list)):
+        raise ConfigError(f"data.root: expected one folder per data.name entry ({len(names)}), e.g. data.root=["
+                          f"datasets/market1501, datasets/msmt17] for data.name=[market1501, msmt17]; got {d.root!r}")
+    seen = set()
+    for i, source in enumerate(zip(names, roots)):
+        if source in seen:
+            raise ConfigError(f"data.name[{i}]: {source[0]} in {source[1]} is listed twice")
+        seen.add(source)
+    t = cfg.test
+    if t.roots and len(t.roots) != len(t.datasets):
+        raise ConfigError(f"test.roots: expected one folder per test.datasets entry ({len(t.datasets)}), "
+                          f"got {t.roots!r}")
+    if t.datasets and d.val_ids:
+        raise ConfigError("test.datasets: data.val_ids > 0 evaluates on held-out training ids instead of test "
+                          "sets; set only one of them")
+    for option, dataset in (("market1501_500k", "market1501"), ("cuhk03_labeled", "cuhk03_np")):
+        if getattr(d, option) and dataset not in names and dataset not in t.datasets:
+            raise ConfigError(f"data.{option}: true, but neither data.name nor test.datasets names {dataset}")
 
 
 def _check_fields(obj: Any, prefix: str) -> None:
@@ -422,8 +461,11 @@ def _check_fields(obj: Any, prefix: str) -> None:
                 if dataclasses.is_dataclass(item):
                     _check_fields(item, f"{key}[{i}].")
         choices = _choices(f)
-        if choices is not None and value not in choices:
-            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        if choices is not None:  # a list value (data.name, test.datasets): each of its items
+            for item_key, item in ([(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list)
+                                   else [(key, value)]):
+                if item not in choices:
+                    raise ConfigError(f"{item_key}: expected one of {', '.join(choices)}, got {item!r}")
         check = f.metadata.get("check")
         if check is not None and not check[0](value):
             raise ConfigError(f"{key}: expected {check[1]}, got {value!r}")

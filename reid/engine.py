@@ -163,6 +163,15 @@ def evaluate(
     return metrics_from_features(query, gallery, progress=progress, **metric_options)
 
 
+def selection_score(metrics: dict[str, Any]) -> float:
+    """The number ``best.pt`` is kept by: the primary score (mAP, or MAP@R) of the one test set, or
+    with several (``{"datasets": {name: metrics}}``) their mean, so that no test set alone decides."""
+    if "datasets" in metrics:
+        blocks = list(metrics["datasets"].values())
+        return float(sum(primary_score(block) for block in blocks) / len(blocks))
+    return primary_score(metrics)
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole run
 
@@ -176,7 +185,7 @@ def fit(model: nn.Module, train_loader, criterion: nn.Module, optimization: Opti
     After every epoch ``last.pt`` is written first, so an error in the evaluation that follows
     loses no training; then, every ``eval_every`` epochs and after the last one,
     ``evaluate_fn(model, final)`` runs on the main process (``final``: the caller may add
-    re-ranking) and ``best.pt`` is written when mAP improves. ``on_epoch(record)`` gets one
+    re-ranking) and ``best.pt`` is written when :func:`selection_score` improves. ``on_epoch(record)`` gets one
     dict per epoch (losses, lr, speed, metrics) on the main process. SIGINT/SIGTERM finish the
     current step, write ``last.pt`` and raise :class:`TrainingInterrupted`. Every process of a
     torchrun job calls fit (there are collectives inside); only the main one writes.
@@ -206,8 +215,8 @@ def fit(model: nn.Module, train_loader, criterion: nn.Module, optimization: Opti
             if evaluate_fn is not None and (final or state.epoch % eval_every == 0):
                 if is_main:
                     metrics = record["metrics"] = evaluate_fn(model, final)
-                    if primary_score(metrics) > state.best_score:
-                        state.best_score, state.best_epoch = primary_score(metrics), state.epoch
+                    if selection_score(metrics) > state.best_score:
+                        state.best_score, state.best_epoch = selection_score(metrics), state.epoch
                         checkpointer.save("best.pt", state)
                     checkpointer.save("last.pt", state)  # with the best so far, for a resumed run
                 _barrier()

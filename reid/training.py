@@ -17,6 +17,7 @@ error), ``log.jsonl`` (one JSON line per epoch), ``last.pt``, ``best.pt``, ``met
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -28,6 +29,7 @@ import torch
 from . import builders
 from .checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoint
 from .config import Config, ConfigError, from_dict, save_config, to_dict
+from .data import describe_sources
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .engine import TrainingInterrupted, evaluate, fit, seed_everything
 from .evaluation.evaluator import metrics_line, metrics_table
@@ -40,7 +42,7 @@ RUN_FILES = ("config.yaml", "train.log", "log.jsonl", "last.pt", "best.pt", "met
 
 # Settings a resumed run may change: where and how fast it runs, how long, how it is evaluated.
 RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "train.epochs", "train.eval_every", "train.device",
-                     "data.num_workers", "data.test_batch_size", "data.root", "test.")
+                     "data.num_workers", "data.test_batch_size", "data.root", "data.market1501_500k", "test.")
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -72,16 +74,18 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
-    dataset = builders.dataset_from_config(cfg)
+    data = builders.datasets_from_config(cfg)
+    dataset = data.train
     train_loader = builders.train_loader_from_config(cfg, dataset, dist_info.rank, dist_info.world_size)
-    query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
+    test_loaders = {label: builders.test_loaders_from_config(cfg, test_set) for label, test_set in data.tests.items()}
     steps = builders.steps_per_epoch(cfg, train_loader)
     model = builders.model_from_config(cfg, dataset.num_train_pids).to(device)
     criterion = builders.criterion_from_config(cfg).to(device)
     optimization = builders.optimization_from_config(cfg, [model, criterion], steps, device)
     checkpointer = Checkpointer(
         output_dir, {"model": model, "loss": criterion, **optimization.state_modules()},
-        extra={"config": to_dict(cfg), "num_classes": dataset.num_train_pids}, is_main=dist_info.is_main,
+        extra={"config": to_dict(cfg), "num_classes": dataset.num_train_pids,
+               "sources": [dataclasses.asdict(source) for source in data.sources]}, is_main=dist_info.is_main,
     )
     start = checkpointer.restore(resume_state, resume_from) if resume_from is not None else Progress()
 
@@ -89,7 +93,7 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
     with RunFiles(output_dir, fresh=resume_from is None, overwrite=cfg.overwrite, is_main=dist_info.is_main) as files:
         if dist_info.is_main:
             save_config(cfg, output_dir / "config.yaml")
-        log.info("dataset %s (%s)\n%s", dataset.name, dataset.root, dataset.summary())
+        log_datasets(data, combine_all=cfg.data.combine_all)
         log.info("model %s: %d-d embeddings, %d classes, %.1fM parameters%s", cfg.model.backbone, model.feature_dim,
                  model.num_classes, sum(p.numel() for p in model.parameters()) / 1e6,
                  f"; resumed from {resume_from} at epoch {start.epoch + 1}, step {start.step}" if resume_from else "")
@@ -98,20 +102,50 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
                 model, device_ids=[device.index] if device.type == "cuda" else None)
 
         def evaluate_fn(current_model: torch.nn.Module, final: bool) -> dict[str, Any]:
-            # Re-ranking is costly; it runs on the final evaluation only.
-            options = builders.eval_options(cfg, dataset, rerank=cfg.test.rerank and final)
-            return evaluate(current_model, query_loader, gallery_loader, device, **options)
+            # Re-ranking is costly; it runs on the final evaluation only. Several test sets: one
+            # block each, {"datasets": {label: metrics}}; one: its metrics as they always were.
+            blocks = {label: evaluate(current_model, *test_loaders[label], device,
+                                      **builders.eval_options(cfg, test_set, rerank=cfg.test.rerank and final))
+                      for label, test_set in data.tests.items()}
+            return next(iter(blocks.values())) if len(blocks) == 1 else {"datasets": blocks}
 
         if cfg.train.eval_untrained and resume_from is None and dist_info.is_main:
             untrained = evaluate_fn(model, True)
             atomic_write_json(output_dir / "untrained_metrics.json", untrained)
-            log.info("untrained model: %s", metrics_line(untrained))
+            log.info("untrained model: %s", run_metrics_line(untrained))
         metrics = fit(model, train_loader, criterion, optimization, checkpointer, epochs=cfg.train.epochs,
                       steps_per_epoch=steps, device=device, start=start, evaluate_fn=evaluate_fn,
                       eval_every=cfg.train.eval_every, on_epoch=files.log_epoch)
         if dist_info.is_main:
-            metrics = files.write_metrics(metrics, dataset.name)
+            metrics = files.write_metrics(metrics, next(iter(data.tests.values())).name)
     return metrics
+
+
+def log_datasets(data: builders.RunDatasets, *, combine_all: bool) -> None:
+    """The training set (each source with its offsets when there are several) and every test set."""
+    train = data.train
+    only_test = next(iter(data.tests.values())) if len(data.tests) == 1 else None
+    if len(data.sources) == 1 and not combine_all and only_test is train:
+        log.info("dataset %s (%s)\n%s", train.name, train.root, train.summary())
+        return
+    log.info("training on %s: %d identities, %d images\n%s", train.name, train.num_train_pids, len(train.train),
+             describe_sources(data.sources))
+    for label, test_set in data.tests.items():
+        log.info("test set %s (%s)\n%s", label, test_set.root, test_set.summary())
+        if combine_all and any((s.name, s.root) == (test_set.name, test_set.root) for s in data.sources):
+            log.warning("data.combine_all=true trains on the query and gallery of %s: its test scores measure "
+                        "memory, not re-identification (evaluate on other datasets with test.datasets)", label)
+
+
+def metric_blocks(metrics: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
+    """label -> metrics of each test set of a run's metrics (one test set: ``{None: metrics}``)."""
+    return dict(metrics["datasets"]) if "datasets" in metrics else {None: metrics}
+
+
+def run_metrics_line(metrics: dict[str, Any]) -> str:
+    """The headline numbers of every test set on one line ("msmt17: mAP ... | cuhk03_np: mAP ...")."""
+    return " | ".join(metrics_line(block) if label is None else f"{label}: {metrics_line(block)}"
+                      for label, block in metric_blocks(metrics).items())
 
 
 def resume_checkpoint(cfg: Config) -> Path | None:
@@ -221,7 +255,7 @@ class RunFiles:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
         line = f"epoch {record['epoch']}: {losses}, lr {record['lr']:.2e}, {record['images_per_s']:.1f} img/s"
         if "metrics" in record:
-            line += " | " + metrics_line(record["metrics"])
+            line += " | " + run_metrics_line(record["metrics"])
         log.info(line)
         with open(self.output_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -230,22 +264,33 @@ class RunFiles:
             for name, value in record["loss"].items():
                 self._writer.add_scalar(f"loss/{name}", value, step)
             self._writer.add_scalar("lr", record["lr"], step)
-            for name in ("mAP", "mINP", "rank1"):
-                if name in record.get("metrics", {}):
-                    self._writer.add_scalar(f"eval/{name}", record["metrics"][name], step)
+            for label, block in metric_blocks(record.get("metrics", {})).items():
+                for name in ("mAP", "mINP", "rank1"):
+                    if name in block:
+                        self._writer.add_scalar(f"eval/{name}" if label is None else f"eval/{label}/{name}",
+                                                block[name], step)
 
     def write_metrics(self, metrics: dict[str, Any], dataset_name: str) -> dict[str, Any]:
-        """``metrics.json`` (with the untrained block when there is one) and the results table."""
+        """``metrics.json`` (with the untrained block when there is one; several test sets: in each
+        one's block) and the results table of each test set."""
         untrained_file = self.output_dir / "untrained_metrics.json"
         if untrained_file.is_file():
-            metrics = {**metrics, "untrained": json.loads(untrained_file.read_text())}
+            untrained = json.loads(untrained_file.read_text())
+            if "datasets" in metrics:
+                before = untrained.get("datasets", {})  # a resumed run may test other sets than it began with
+                metrics = {**metrics, "datasets": {label: {**block, **({"untrained": before[label]} if label in before
+                                                                       else {})}
+                                                   for label, block in metrics["datasets"].items()}}
+            else:
+                metrics = {**metrics, "untrained": untrained}
         path = atomic_write_json(self.output_dir / "metrics.json", metrics)
-        rows = {"untrained": metrics["untrained"]} if "untrained" in metrics else {}
-        rows["trained"] = metrics
-        if "rerank" in metrics:
-            rows["trained + re-ranking"] = metrics["rerank"]
-        log.info("results on %s (%d valid queries)\n%s\nwritten to %s", dataset_name,
-                 metrics.get("num_valid_queries", 0), metrics_table(rows), path)
+        for label, block in metric_blocks(metrics).items():
+            rows = {"untrained": block["untrained"]} if "untrained" in block else {}
+            rows["trained"] = block
+            if "rerank" in block:
+                rows["trained + re-ranking"] = block["rerank"]
+            log.info("results on %s (%d valid queries)\n%s\nwritten to %s", dataset_name if label is None else label,
+                     block.get("num_valid_queries", 0), metrics_table(rows), path)
         return metrics
 
 

@@ -18,7 +18,9 @@ from reid.optim import AMP_MODES, OPTIMIZERS, SCHEDULES
 
 EXPERIMENT_CONFIGS = ["demo.yaml", "demo_scratch.yaml", "demo_ce_triplet.yaml", "market1501_resnet50_group.yaml",
                       "dukemtmc_resnet50_group.yaml", "market1501_resnet50_ce_triplet.yaml", "cub200_group.yaml",
-                      "cars196_group.yaml", "sop_group.yaml", "inshop_group.yaml", "fashion_mnist_group.yaml"]
+                      "cars196_group.yaml", "sop_group.yaml", "inshop_group.yaml", "fashion_mnist_group.yaml",
+                      "msmt17_resnet50_group.yaml", "msmt17_resnet50_ce_triplet.yaml", "cuhk03_np_resnet50_group.yaml",
+                      "cuhk03_np_resnet50_ce_triplet.yaml", "multi_source_resnet50_group.yaml"]
 
 
 def _error(overrides):
@@ -101,6 +103,13 @@ def test_experiment_file_is_a_delta_over_its_base(repo_root):
     assert [(loss.name, loss.weight, loss.params) for loss in cfg.losses] == [
         ("cross_entropy", 1.0, {"label_smoothing": 0.1}), ("triplet", 1.0, {"margin": 0.3})]
     assert cfg.test.k1 == 20  # untouched defaults survive
+
+
+def test_the_multi_source_config_names_every_source_and_test_set(repo_root):
+    cfg = load_config(repo_root / "configs" / "multi_source_resnet50_group.yaml")
+    assert cfg.data.name == ["market1501", "dukemtmcreid", "msmt17"] and len(cfg.data.root) == 3
+    assert cfg.test.datasets == ["market1501", "dukemtmcreid", "msmt17", "cuhk03_np"] and len(cfg.test.roots) == 4
+    assert cfg.data.height == 384 and cfg.losses[0].name == "group"  # the Market recipe underneath
 
 
 # ---------------------------------------------------------------------------------------------

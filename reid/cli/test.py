@@ -1,8 +1,9 @@
-"""``reid test``: evaluate a checkpoint on its dataset's query/gallery split."""
+"""``reid test``: evaluate a checkpoint on its dataset's query/gallery split, or on any dataset's (--dataset)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from .common import (
     add_config_arguments,
     add_quiet_argument,
     add_weights_argument,
+    checkpoint_config,
     evaluation_setup,
     load_model,
     progress_setting,
+    run_config,
     test_features,
     setup_logging,
 )
@@ -33,6 +36,9 @@ JSON to --output, by default <checkpoint stem>_test_metrics.json beside the chec
 metrics.json is never written. The model is rebuilt from the config stored in the checkpoint;
 --config and key=value overrides choose the data and the test options (defaults: the
 checkpoint's own). A synthetic dataset must exist already (reid test never generates one).
+--dataset NAME tests the model on any dataset's test split (cross-domain testing), in --root DIR
+or in the folder the checkpoint's config gives that name (a test set's or a training source's); a
+checkpoint trained with several test sets needs it to choose one.
 
 --ablate evaluates every on/off combination of Group Loss++'s inference strategies in one run,
 one table row each: --ablate all ({', '.join(INFERENCE_SWITCHES)}; a switch the model cannot apply,
@@ -41,12 +47,17 @@ e.g. --ablate flip,beta."""
 EPILOG = """examples:
   reid test --weights outputs/demo/best.pt --rerank
   reid test --weights outputs/demo/best.pt --ablate flip,beta
-  reid test --weights outputs/demo/best.pt data.root=datasets/other --output other.json"""
+  reid test --weights outputs/demo/best.pt data.root=datasets/other --output other.json
+  reid test --weights outputs/market/best.pt --dataset msmt17 --root datasets/msmt17 --output msmt17.json"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, config_help="experiment YAML for data and test options (default: the checkpoint's)")
     add_weights_argument(parser)
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="test on this dataset (e.g. msmt17, cuhk03_np) instead of the checkpoint's test sets; "
+                             "its folder: --root, else the one the checkpoint's config gives it")
+    parser.add_argument("--root", default=None, metavar="DIR", help="with --dataset: the dataset's folder")
     parser.add_argument("--rerank", action="store_true", help="also report k-reciprocal re-ranking")
     parser.add_argument("--ablate", default=None, metavar="SWITCHES",
                         help=f"'all' or a comma-separated subset of {','.join(INFERENCE_SWITCHES)}")
@@ -88,9 +99,31 @@ def output_path(args: argparse.Namespace) -> Path:
     return args.output
 
 
+def dataset_overrides(args: argparse.Namespace) -> list[str]:
+    """--dataset NAME [--root DIR] as the overrides that make NAME the one test set (JSON is YAML).
+    Without --root, NAME's folder is the one the checkpoint's config gives it (a test set's or a
+    training source's)."""
+    if args.dataset is None:
+        if args.root is not None:
+            raise ValueError("--root DIR: give the dataset it holds with --dataset NAME")
+        return []
+    root = args.root
+    if root is None:
+        from reid.builders import known_root
+
+        root = known_root(run_config(checkpoint_config(args.weights), args.config, args.overrides), args.dataset)
+        if root is None:
+            raise ValueError(f"--dataset {args.dataset}: the checkpoint's config names no folder for it; "
+                             "give it with --root DIR")
+    roots = [str(root)]
+    # data.val_ids=0: a model tuned on held-out training ids is tested on a real test split here
+    return [f"test.datasets={json.dumps([args.dataset])}", f"test.roots={json.dumps(roots)}", "data.val_ids=0"]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns the metrics written (for --ablate: one entry per combination)."""
     setup_logging()
+    args.overrides = [*args.overrides, *dataset_overrides(args)]
     switches = ablation_switches(args.ablate) if args.ablate is not None else None
     output = output_path(args)
     if args.report is not None:

@@ -9,7 +9,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .datasets import DATASETS, Item, ReidDataset, build_dataset, register_dataset
+from .datasets import (
+    DATASETS,
+    Item,
+    ReidDataset,
+    SourceOffsets,
+    build_dataset,
+    combine_datasets,
+    describe_sources,
+    register_dataset,
+)
 
 _LAZY = {
     "IdentityBatchSampler": "reid.data.samplers",
@@ -30,4 +39,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DATASETS", "Item", "ReidDataset", "build_dataset", "register_dataset", *_LAZY]
+__all__ = ["DATASETS", "Item", "ReidDataset", "SourceOffsets", "build_dataset", "combine_datasets", "describe_sources",
+           "register_dataset", *_LAZY]

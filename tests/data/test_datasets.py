@@ -215,7 +215,7 @@ def test_duke_missing_root_mentions_its_folder(tmp_path: Path) -> None:
 
 
 def test_unknown_name_lists_valid_names(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'market'; valid names: cars196, cub200, custom, dukemtmcreid, fashion_mnist, inshop, market1501, sop"):
+    with pytest.raises(ValueError, match="unknown dataset 'market'; valid names: cars196, cub200, cuhk03_np, custom, dukemtmcreid, fashion_mnist, inshop, market1501, msmt17, sop"):
         build_dataset("market", tmp_path)
 
 

@@ -10,13 +10,16 @@ import os
 from collections.abc import Callable
 
 from .base import PROTOCOLS, Item, ReidDataset
+from .combine import SourceOffsets, combine_datasets, describe_sources
 from .cars196 import load_cars196
 from .cub200 import load_cub200
+from .cuhk03_np import load_cuhk03_np
 from .custom import load_custom
 from .dukemtmcreid import load_dukemtmcreid
 from .fashion_mnist import load_fashion_mnist
 from .inshop import load_inshop
 from .market1501 import load_market1501
+from .msmt17 import load_msmt17
 from .sop import load_sop
 
 DatasetBuilder = Callable[..., ReidDataset]
@@ -24,6 +27,8 @@ DatasetBuilder = Callable[..., ReidDataset]
 DATASETS: dict[str, DatasetBuilder] = {
     "market1501": load_market1501,
     "dukemtmcreid": load_dukemtmcreid,
+    "msmt17": load_msmt17,
+    "cuhk03_np": load_cuhk03_np,
     "custom": load_custom,
     # Deep-metric-learning retrieval benchmarks (the Group Loss papers): class labels, camid 0,
     # protocol "leave_one_out" (query = gallery) or "query_gallery" (In-Shop).
@@ -49,4 +54,5 @@ def build_dataset(name: str, root: str | os.PathLike, **kwargs: object) -> ReidD
     return DATASETS[name](root, **kwargs)
 
 
-__all__ = ["DATASETS", "PROTOCOLS", "Item", "ReidDataset", "build_dataset", "register_dataset"]
+__all__ = ["DATASETS", "PROTOCOLS", "Item", "ReidDataset", "SourceOffsets", "build_dataset", "combine_datasets",
+           "describe_sources", "register_dataset"]

@@ -69,6 +69,10 @@ class ReidDataset:
     gallery: list[Item] = field(repr=False)
     protocol: str = "reid"
     recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS
+    distractor_pid: int | None = None
+    """The pid of the gallery's distractor images (Market-1501's ``0000``), which match no query and
+    are no identity: training on a test split (``data.combine_all``) leaves them out. None: every
+    pid is a person (DukeMTMC-reID, MSMT17, CUHK03-NP, whose test pid 0 is a real identity)."""
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -367,7 +371,8 @@ def load_split_folders(
         skipped.extend(skipped_here)
     warn_skipped(name, skipped)
     train, query, gallery = splits
-    return ReidDataset(name=name, root=str(folder), train=relabel_train(train), query=query, gallery=gallery)
+    return ReidDataset(name=name, root=str(folder), train=relabel_train(train), query=query, gallery=gallery,
+                       distractor_pid=name_format.distractor_pid)
 
 
 # Image files: the cheap integrity check. Standard library only, like the rest of this module;

@@ -120,6 +120,7 @@ def load_custom(
         train=relabel_train(splits["train"]),
         query=splits["query"],
         gallery=splits["gallery"],
+        distractor_pid=distractor_pid,
     )
 
 

@@ -1,4 +1,4 @@
-"""What the list-file retrieval loaders share (cub200, cars196, sop, inshop, fashion_mnist):
+"""What the list-file loaders share (cub200, cars196, sop, inshop, fashion_mnist; msmt17):
 finding the dataset folder, reading numbered lines and fields with errors that name the file and
 line, and assembling train / test splits."""
 
@@ -93,8 +93,8 @@ class SplitLists:
         self.items: dict[str, list[Item]] = {}
         self.origin: dict[str, str] = {}  # path -> "LIST FILE, line N"
 
-    def add(self, split: str, path: str, label: int, origin: str) -> None:
-        self.items.setdefault(split, []).append((path, label, 0))
+    def add(self, split: str, path: str, label: int, origin: str, camid: int = 0) -> None:
+        self.items.setdefault(split, []).append((path, label, camid))
         self.origin.setdefault(path, origin)
 
     def finish(self, name: str, splits: dict[str, str], *, skip_invalid: bool) -> tuple[list[Item], ...]:
