@@ -47,6 +47,8 @@ _BLOCK_ELEMENTS = 1 << 22
 _PAIR_ELEMENTS = 1 << 18
 # Gallery columns per tile of a product (see FeatureDistances._product).
 _COLUMN_TILE = 2048
+# The largest gallery whose augmented copy (-2g, 1, |g|^2) is kept (64M elements: 256 MiB in float32).
+_AUGMENTED_ELEMENTS = 1 << 26
 # The cosine's denominator floor, as torch.nn.functional.normalize's eps.
 _NORM_EPS = 1e-12
 _U32 = 2.0 ** -24  # unit roundoff of float32
@@ -160,7 +162,7 @@ class FeatureDistances:
         self.gallery = self.query if self.same_set else g.to(device=q.device, dtype=self.dtype)
         self.device = q.device
         self.num_query, self.num_gallery, self.dim = q.shape[0], g.shape[0], q.shape[1]
-        for name, feats in zip(names, (self.query, self.gallery)):
+        for name, feats in zip(names, (self.query,) if self.same_set else (self.query, self.gallery)):
             if not _all_finite(feats):
                 raise ValueError(f"{name} contains NaN or inf; expected finite features")
         q_norm = _float64_norms(self.query)
@@ -231,20 +233,38 @@ class FeatureDistances:
         columns = range(self.num_gallery)[cols]
         g, g_sq = g[cols], (g_sq[cols] if g_sq is not None else None)
         out = torch.empty((index.numel(), len(columns)), dtype=dtype, device=self.device)
+        if self.metric == "euclidean":
+            # |q|^2 + |g|^2 - 2 q.g as one product of augmented rows, (q, |q|^2, 1) . (-2g, 1, |g|^2):
+            # no broadcast sum of the norms and no separate pass for them (a product of d + 2 terms
+            # whose absolute sum is at most (|q| + |g|)^2, inside the bound of _bound)
+            queries = _augmented(queries, queries_sq, first=True)
         with full_float32_matmul():
+            whole = self._augmented_gallery(dtype) if self.metric == "euclidean" else None
             for start in range(0, len(columns), _COLUMN_TILE):
                 tile = slice(start, start + _COLUMN_TILE)
-                part = out[:, tile]
-                # into a contiguous temporary, then copied: a product written into a column
-                # tile of ``out`` (a strided view) runs at about half the speed
+                operand = g[tile]
+                if whole is not None:
+                    operand = whole[cols][tile]
+                elif self.metric == "euclidean":
+                    operand = _augmented(operand * -2, g_sq[tile], first=False)
+                # into a contiguous temporary (a product written into a column tile of ``out``, a
+                # strided view, runs at about half the speed), then clamped into place in one pass
+                product = torch.mm(queries, operand.t())
                 if self.metric == "euclidean":
-                    part.copy_(torch.addmm(queries_sq[:, None] + g_sq[None, tile], queries, g[tile].t(),
-                                           beta=1, alpha=-2))
+                    torch.clamp(product, min=0, out=out[:, tile])
                 else:
-                    part.copy_(torch.mm(queries, g[tile].t()))
-        if self.metric == "euclidean":
-            return out.clamp_(min=0)
-        return out.neg_().add_(1).clamp_(min=0, max=2)
+                    torch.clamp(product.neg_().add_(1), min=0, max=2, out=out[:, tile])
+        return out
+
+    def _augmented_gallery(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The gallery's augmented rows (-2g, 1, |g|^2), made once when they take at most
+        ``_AUGMENTED_ELEMENTS`` (else each tile makes its own: a copy of a large gallery would
+        cost memory on the scale of the features)."""
+        key = str(dtype) + "aug"
+        if key not in self._cache and self.num_gallery * (self.dim + 2) <= _AUGMENTED_ELEMENTS:
+            _, g, _, g_sq = self._operands(dtype)
+            self._cache[key] = _augmented(g * -2, g_sq, first=False)
+        return self._cache.get(key)
 
     def fast_bound(self, rows: Rows = slice(None)) -> np.ndarray:
         """The bound of :meth:`fast` for query ``rows``."""
@@ -322,6 +342,13 @@ class FeatureDistances:
         return out
 
 
+def _augmented(rows: torch.Tensor, squares: torch.Tensor, first: bool) -> torch.Tensor:
+    """(rows, squares, 1) (``first``) or (rows, 1, squares): the operands of the euclidean product."""
+    ones = torch.ones_like(squares)
+    extra = (squares, ones) if first else (ones, squares)
+    return torch.cat([rows, extra[0][:, None], extra[1][:, None]], dim=1)
+
+
 def _row_chunks(x: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> Iterator[tuple[slice, torch.Tensor]]:
     """(rows, those rows in ``dtype``) over ``x`` in chunks of about 256k elements (the
     temporaries of a whole-set operation would be several times the set)."""
@@ -340,6 +367,10 @@ def _squared_norms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _all_finite(x: torch.Tensor) -> bool:
+    # a finite sum means every element is finite (NaN and inf propagate); only a sum that
+    # overflowed, or a set that is not finite, needs the element-wise look
+    if bool(torch.isfinite(x.sum(dtype=torch.float64))):
+        return True
     return all(bool(torch.isfinite(part).all()) for _, part in _row_chunks(x, None))
 
 

@@ -167,3 +167,18 @@ def test_reranked_blocks_are_the_rows_of_rerank() -> None:
     keep = np.arange(120) % 3 != 0
     np.testing.assert_array_equal(blocks.columns(keep).exact(slice(0, 30)), dense[:, keep])
     np.testing.assert_array_equal(blocks.pairs(np.array([3, 3, 29]), np.array([0, 5, 119])), dense[[3, 3, 29], [0, 5, 119]])
+
+
+def test_products_without_the_augmented_gallery_copy(monkeypatch) -> None:
+    """Large galleries build their augmented operands per tile: the same canonical results."""
+    import reid.evaluation.distance as distance
+
+    qf, gf, *labels = _case(seed=8)
+    dense = evaluate_rank(pairwise_distance(qf, gf), *labels)
+    monkeypatch.setattr(distance, "_AUGMENTED_ELEMENTS", 0)
+    monkeypatch.setattr(distance, "_COLUMN_TILE", 64)
+    space = FeatureDistances(qf, gf)
+    fast, bound = space.fast(slice(None))
+    assert "torch.float32aug" not in space._cache
+    assert (np.abs(fast.numpy().astype(np.float64) - space.exact(slice(None)).numpy()) <= bound[:, None]).all()
+    _assert_same(evaluate_features(qf, gf, *labels, memory_mb=1e-9), dense)
