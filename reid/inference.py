@@ -96,7 +96,7 @@ def extract_features(
     try:
         local = _embed_batches(model, _shard_loader(loader, distributed), device, feature=feature, flip=flip,
                                normalize=normalize, progress=progress if distributed.is_main else False,
-                               description=description)
+                               description=f"{description} (rank 0's share, of {distributed.world_size} processes)")
     except Exception as err:  # the other processes must hear of it before they wait for this one's rows
         error = err
     raise_if_any_failed(error)
