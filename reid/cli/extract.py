@@ -228,8 +228,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     threshold = same_person_threshold(args, vars(checkpoint_config(args.weights).test))  # before any model work
     extractor = FeatureExtractor.from_checkpoint(
         args.weights, device, flip=args.flip, feature=args.feature, normalize=args.normalize,
-        batch_size=args.batch_size, num_workers=args.num_workers,
-        progress=progress_setting(args) if dist_info.is_main else False, distributed=dist_info,
+        batch_size=args.batch_size, num_workers=args.num_workers, progress=progress_setting(args),
+        distributed=dist_info,
     )
     log.info("%s: feature=%s flip=%s input %dx%d", args.weights, extractor.feature, extractor.flip,
              extractor.height, extractor.width)
