@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import unwrap
+from .distributed import DistInfo
 from .evaluation.evaluator import metrics_from_features
 from .inference import extract_query_gallery
 from .progress import progress_bar
@@ -54,6 +55,7 @@ def ablate_inference(
     leaky_slope: float = 0.1,
     beta: float = 0.1,
     progress: bool | None = None,
+    distributed: DistInfo | None = None,
     **metric_options: Any,
 ) -> dict[str, dict[str, Any]]:
     """Metrics for every on/off combination of Group Loss++'s inference strategies.
@@ -68,6 +70,9 @@ def ablate_inference(
     :func:`reid.evaluation.evaluator.metrics_from_features` (its ``beta`` and ``rerank`` are
     set here). ``progress``: a bar over the rows, named after the row being computed, above
     the extraction and evaluation bars (see :mod:`reid.progress`; None: on a terminal only).
+    ``distributed``: every process of a torchrun job calls this; each extracts its share of the
+    images (:func:`reid.inference.extract_features`) and rank 0 alone computes the metrics and
+    returns the rows (the others return {}).
     """
     unknown = sorted(set(switches) - set(INFERENCE_SWITCHES))
     if unknown:
@@ -89,7 +94,9 @@ def ablate_inference(
             with model.inference_options(pooling="mix" if mix else None, pool_lambda=pool_lambda,
                                          leaky_relu=leaky_slope if leaky else None):
                 query, gallery = extract_query_gallery(model, query_loader, gallery_loader, device, feature=feature,
-                                                       flip=flip, progress=progress)
+                                                       flip=flip, progress=progress, distributed=distributed)
+            if distributed is not None and not distributed.is_main:
+                continue
             for use_beta in states("beta"):
                 name = row_name(on + ["beta"] * use_beta)
                 bar.set_description(f"ablation {name}")

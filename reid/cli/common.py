@@ -166,14 +166,16 @@ def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_s
     return cfg, query, gallery, "reid", (1, 5, 10), args.query_features.parent, getattr(args, "log", None)
 
 
-def test_features(cfg: "Config", dataset: "ReidDataset", model: Any, device: Any, *, progress: bool | None):
-    """(query, gallery) features of the dataset's test split, embedded as ``cfg.test`` says."""
+def test_features(cfg: "Config", dataset: "ReidDataset", model: Any, device: Any, *, progress: bool | None,
+                  distributed: Any = None):
+    """(query, gallery) features of the dataset's test split, embedded as ``cfg.test`` says
+    (``distributed``: a torchrun job's ``DistInfo``, see ``reid.inference.extract_features``)."""
     from reid import builders
     from reid.inference import extract_query_gallery
 
     query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
     return extract_query_gallery(model, query_loader, gallery_loader, device, progress=progress,
-                                 **builders.embedding_options(cfg))
+                                 distributed=distributed, **builders.embedding_options(cfg))
 
 
 def distances(query, gallery, cfg: "Config", *, rerank: bool = True, progress: bool | None = None):

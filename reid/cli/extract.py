@@ -161,13 +161,16 @@ def same_person_threshold(args: argparse.Namespace, test_options: dict[str, Any]
     return float(thresholds[key])
 
 
-def rank_folders(args: argparse.Namespace, extractor, threshold: float | None = None) -> dict[str, Any]:
+def rank_folders(args: argparse.Namespace, extractor, threshold: float | None = None, *,
+                 is_main: bool = True) -> dict[str, Any]:
     import numpy as np
 
     from reid.evaluation import pairwise_distance
 
     query = extract_folder(extractor, args.query, skip_invalid=args.skip_invalid)
     gallery = extract_folder(extractor, args.gallery, skip_invalid=args.skip_invalid)
+    if not is_main:  # another process of a torchrun job: rank 0 ranks, prints and writes
+        return {"query": query, "gallery": gallery}
     if args.output_dir is not None:
         save(query, args.output_dir / "query.npz")
         save(gallery, args.output_dir / "gallery.npz")
@@ -190,9 +193,24 @@ def rank_folders(args: argparse.Namespace, extractor, threshold: float | None = 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns {"features": FeatureSet} for --images, else {"query", "gallery", "matches"}
-    (matches: query name -> [(gallery name, distance), ...], names relative to their folders)."""
+    (matches: query name -> [(gallery name, distance), ...], names relative to their folders).
+
+    Under torchrun (``torchrun --nproc_per_node N -m reid extract ...``) every process extracts
+    its share of the images and gets all the features; rank 0 alone writes and prints (the
+    others return no "matches")."""
+    from reid.distributed import cleanup_distributed
+
+    try:
+        return _run(args)
+    finally:
+        cleanup_distributed()
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from reid.distributed import init_distributed, launcher_rank
+
     check_arguments(args)
-    setup_logging(stream=sys.stderr)  # stdout carries the ranking (pipe-able)
+    setup_logging(stream=sys.stderr, is_main=launcher_rank() == 0)  # stdout carries the ranking (pipe-able)
 
     from reid import builders
     from reid.inference import FeatureExtractor
@@ -204,17 +222,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "use --device cpu or auto") from None
     except RuntimeError:  # torch.device's parse error
         raise ValueError(f"--device {args.device!r}: not a device; expected auto, cpu, cuda or cuda:N") from None
+    dist_info, device = init_distributed(device)
     from reid.cli.common import checkpoint_config
 
     threshold = same_person_threshold(args, vars(checkpoint_config(args.weights).test))  # before any model work
     extractor = FeatureExtractor.from_checkpoint(
         args.weights, device, flip=args.flip, feature=args.feature, normalize=args.normalize,
         batch_size=args.batch_size, num_workers=args.num_workers, progress=progress_setting(args),
+        distributed=dist_info,
     )
     log.info("%s: feature=%s flip=%s input %dx%d", args.weights, extractor.feature, extractor.flip,
              extractor.height, extractor.width)
     if args.images is not None:
         features = extract_folder(extractor, args.images, skip_invalid=args.skip_invalid)
-        save(features, args.output)
+        if dist_info.is_main:
+            save(features, args.output)
         return {"features": features}
-    return rank_folders(args, extractor, threshold)
+    return rank_folders(args, extractor, threshold, is_main=dist_info.is_main)

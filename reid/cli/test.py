@@ -121,14 +121,30 @@ def dataset_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Returns the metrics written (for --ablate: one entry per combination)."""
-    setup_logging()
+    """Returns the metrics written (for --ablate: one entry per combination).
+
+    Under torchrun (``torchrun --nproc_per_node N -m reid test ...``) every process extracts its
+    share of the images; rank 0 alone evaluates, prints and writes, the others return {}.
+    """
+    from reid.distributed import cleanup_distributed
+
+    try:
+        return _run(args)
+    finally:
+        cleanup_distributed()
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from reid.distributed import init_distributed, launcher_rank
+
+    setup_logging(is_main=launcher_rank() == 0)
     args.overrides = [*args.overrides, *dataset_overrides(args)]
     switches = ablation_switches(args.ablate) if args.ablate is not None else None
     output = output_path(args)
     if args.report is not None:
         check_report_folder(args.report, overwrite=args.overwrite)
     cfg, device, dataset, state = evaluation_setup(args)
+    dist_info, device = init_distributed(device)
     if args.report is not None:
         check_report_size(len(dataset.query), len(dataset.gallery))
 
@@ -138,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from reid.io import atomic_write_json
 
     model = load_model(state, args.weights, device)
-    progress = progress_setting(args)
+    progress = progress_setting(args) if dist_info.is_main else False
     ablation = None
     if switches is not None and args.ablate == "all":
         # "all" means every switch this model supports; a switch named explicitly stays an error.
@@ -150,13 +166,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         query_loader, gallery_loader = builders.test_loaders_from_config(cfg, dataset)
         ablation = ablate_inference(
             model, query_loader, gallery_loader, device, switches=switches,
-            pool_lambda=args.mix_lambda, leaky_slope=args.leaky_slope, beta=args.beta, progress=progress, **options,
+            pool_lambda=args.mix_lambda, leaky_slope=args.leaky_slope, beta=args.beta, progress=progress,
+            distributed=dist_info, **options,
         )
-        print(metrics_table(ablation))
-        atomic_write_json(output, ablation)
-        log.info("wrote %s", output)
+        if dist_info.is_main:
+            print(metrics_table(ablation))
+            atomic_write_json(output, ablation)
+            log.info("wrote %s", output)
     if switches is None or args.report is not None:
-        query, gallery = test_features(cfg, dataset, model, device, progress=progress)
+        query, gallery = test_features(cfg, dataset, model, device, progress=progress, distributed=dist_info)
+        if not dist_info.is_main:
+            return {}
         options = builders.metric_options(cfg, dataset, rerank=args.rerank)
         # The verification block (thresholds at FPRs) is what `reid extract --same-person-fpr` reads.
         metrics = metrics_from_features(query, gallery, verification=dataset.protocol == "reid", progress=progress,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from typing import Any
 
 from .common import add_config_arguments, demo_config, setup_logging
@@ -36,10 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns the final metrics (also written to OUTPUT_DIR/metrics.json); exits 130 when interrupted."""
     from reid.config import load_config
+    from reid.distributed import launcher_rank
 
     # Overrides alone apply to the demo config.
     cfg = load_config(args.config if args.config is not None else demo_config(), args.overrides)
-    setup_logging(is_main=os.environ.get("RANK", "0") == "0")  # console; train() adds OUTPUT_DIR/train.log
+    setup_logging(is_main=launcher_rank() == 0)  # console; train() adds OUTPUT_DIR/train.log
 
     from reid.engine import TrainingInterrupted
     from reid.training import train
