@@ -427,14 +427,31 @@ def _jaccard_into(out: np.ndarray, v: sp.csr_matrix, q: int, lambda_value: float
         bar.unit = "query"
         bar.reset(total=q)
         bar.set_description("re-ranking (Jaccard)")
-    gallery_cols = v[q:].tocsc()
+    one_minus, lam = np.float32(1 - lambda_value), np.float32(lambda_value)
+    for start, stop, hit, m in _shared_blocks(v, v[q:].tocsc(), q, g):
+        jaccard = 1 - m / (2 - m)
+        block = out[start:stop]
+        fill_normalised(start, stop, block)
+        flat = block.reshape(-1)  # a view: out's rows are contiguous
+        d_hit = flat[hit]
+        # same float32 operations as the classic's jaccard * (1 - lambda) + D * lambda, J = 1 here
+        block *= lam
+        block += one_minus
+        flat[hit] = jaccard * one_minus + d_hit * lam
+        if bar is not None:
+            bar.update(stop - start)
+
+
+def _shared_blocks(v: sp.csr_matrix, gallery_cols: sp.csc_matrix, q: int, g: int):
+    """Yield (start, stop, hit, m) per block of query rows start..stop-1 of ``v``: ``hit`` the flat
+    positions (row - start) * g + j of the gallery items j (the rows of ``gallery_cols``, V's
+    gallery rows by column) with m(i, j) = sum_k min(V[i, k], V[j, k]) > 0, ``m`` those sums (float32)."""
     col_ptr, col_rows, col_vals = gallery_cols.indptr, gallery_cols.indices, gallery_cols.data
     # triples per query row, to size the blocks
     lengths = np.diff(col_ptr)[v.indices[: v.indptr[q]]]
     per_query = np.bincount(np.repeat(np.arange(q), np.diff(v.indptr[: q + 1])), weights=lengths, minlength=q)
     cumulative = np.concatenate([[0], np.cumsum(per_query)])
     rows_per_block = max(1, _JACCARD_ELEMENTS // max(g, 1))
-    one_minus, lam = np.float32(1 - lambda_value), np.float32(lambda_value)
     start = 0
     while start < q:
         by_triples = int(np.searchsorted(cumulative, cumulative[start] + _JACCARD_TRIPLES, side="right")) - 1
@@ -450,19 +467,7 @@ def _jaccard_into(out: np.ndarray, v: sp.csr_matrix, q: int, lambda_value: float
         shared = np.bincount(np.repeat(local, counts) * g + col_rows[pos], weights=mins,
                              minlength=(stop - start) * g)
         hit = np.flatnonzero(shared)
-        m = shared[hit].astype(np.float32)
-        del shared
-        jaccard = 1 - m / (2 - m)
-        block = out[start:stop]
-        fill_normalised(start, stop, block)
-        flat = block.reshape(-1)  # a view: out's rows are contiguous
-        d_hit = flat[hit]
-        # same float32 operations as the classic's jaccard * (1 - lambda) + D * lambda, J = 1 here
-        block *= lam
-        block += one_minus
-        flat[hit] = jaccard * one_minus + d_hit * lam
-        if bar is not None:
-            bar.update(stop - start)
+        yield start, stop, hit, shared[hit].astype(np.float32)
         start = stop
 
 
@@ -471,12 +476,7 @@ def _jaccard_into(out: np.ndarray, v: sp.csr_matrix, q: int, lambda_value: float
 def _finish(out: np.ndarray, knn: np.ndarray, pair_keys: Callable[[np.ndarray, np.ndarray], np.ndarray],
             k: int, h: int, k2: int, q: int, lambda_value: float,
             fill_normalised: Callable[[int, int, np.ndarray], None], bar: Optional[tqdm] = None) -> np.ndarray:
-    n = knn.shape[0]
-    indptr, indices = _expanded_sets(knn, k, h)
-    rows = np.repeat(np.arange(n), np.diff(indptr))
-    v = _encoding(indptr, indices, pair_keys(rows, indices), n)
-    if k2 != 1:  # the classic skips the expansion for k2 == 1 (V stays as it is)
-        v = _query_expansion(v, knn, k2)
+    v = _reciprocal_encoding(knn, pair_keys, k, h, k2)
     _jaccard_into(out, v, q, lambda_value, fill_normalised, bar)
     return out
 
@@ -510,16 +510,32 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
         q x g float32 numpy array.
     """
     _check_params(k1, k2, lambda_value)
+    joint = _Joint.of(query_features, gallery_features)
+    out = np.empty((joint.q, joint.n - joint.q), dtype=np.float32)
+    with progress_bar(desc="re-ranking (neighbours)", unit="block", progress=progress) as bar:
+        v, row_max2 = _feature_encoding(joint, k1, k2, knn_backend, block_size, out, bar)
+
+        def fill_normalised(start: int, stop: int, block: np.ndarray) -> None:
+            # ``block`` is out[start:stop], holding the canonical distances: normalise in place
+            np.square(block, out=block)
+            np.divide(block, row_max2[start:stop, None], out=block)
+
+        _jaccard_into(out, v, joint.q, lambda_value, fill_normalised, bar)
+        return out
+
+
+def _feature_encoding(joint: _Joint, k1: int, k2: int, knn_backend: str, block_size: int, out: np.ndarray,
+                      bar: tqdm) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Steps 1-5 from features: (V after the query expansion, the squared row maxima of the
+    joint distances); fills ``out`` with the canonical q x g distances on the way."""
     if knn_backend not in KNN_BACKENDS:
         raise ValueError(f"knn_backend={knn_backend!r}: expected one of {', '.join(KNN_BACKENDS)}")
     if block_size < _MIN_BLOCK_ROWS:
         raise ValueError(f"block_size={block_size}: expected at least {_MIN_BLOCK_ROWS} rows")
-    joint = _Joint.of(query_features, gallery_features)
     q, n = joint.q, joint.n
     k, h, k2_eff = _neighbour_counts(k1, k2, n)
     near = _Candidates(n, min(k + _MARGIN, n))
     far = _Candidates(n, min(_FARTHEST, n))
-    out = np.empty((q, n - q), dtype=np.float32)
 
     def full_rows(rows: np.ndarray) -> np.ndarray:
         return _normalise(_sq32(joint.space.exact(rows).cpu().numpy()), row_max2[rows])
@@ -531,24 +547,81 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
             raw[missing] = joint.space.pairs(rows[missing], cols[missing])
         return np.divide(_sq32(raw), row_max2[rows], dtype=np.float32)
 
-    def fill_normalised(start: int, stop: int, block: np.ndarray) -> None:
-        # ``block`` is out[start:stop], holding the canonical distances: normalise in place
-        np.square(block, out=block)
-        np.divide(block, row_max2[start:stop, None], out=block)
+    if knn_backend == "torch":
+        _sweep_features(joint, near, far, out, block_size, bar)
+        # every item outside a row's list has a product >= the last kept one
+        outside = near.values[:, -1].astype(np.float64) - joint.bound
+    else:
+        outside = _faiss_candidates(joint, near, far)
+        for a in _blocks(q, q, block_size):
+            out[a[0]:a[1]] = joint.space.exact(slice(*a), slice(q, n)).cpu().numpy()
+    row_max2 = _squared_row_max(_row_maxima(joint, far))
+    _canonical_lists(joint, near)
+    knn = _finish_neighbours(near, outside, row_max2, k, n, full_rows)
+    return _reciprocal_encoding(knn, pair_keys, k, h, k2_eff), row_max2
 
-    with progress_bar(desc="re-ranking (neighbours)", unit="block", progress=progress) as bar:
-        if knn_backend == "torch":
-            _sweep_features(joint, near, far, out, block_size, bar)
-            # every item outside a row's list has a product >= the last kept one
-            outside = near.values[:, -1].astype(np.float64) - joint.bound
-        else:
-            outside = _faiss_candidates(joint, near, far)
-            for a in _blocks(q, q, block_size):
-                out[a[0]:a[1]] = joint.space.exact(slice(*a), slice(q, n)).cpu().numpy()
-        row_max2 = _squared_row_max(_row_maxima(joint, far))
-        _canonical_lists(joint, near)
-        knn = _finish_neighbours(near, outside, row_max2, k, n, full_rows)
-        return _finish(out, knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised, bar)
+
+def _reciprocal_encoding(knn: np.ndarray, pair_keys: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                         k: int, h: int, k2: int) -> sp.csr_matrix:
+    """Steps 2-5: the k-reciprocal sets, their expansion, V and the k2 query expansion."""
+    n = knn.shape[0]
+    indptr, indices = _expanded_sets(knn, k, h)
+    rows = np.repeat(np.arange(n), np.diff(indptr))
+    v = _encoding(indptr, indices, pair_keys(rows, indices), n)
+    if k2 != 1:  # the classic skips the expansion for k2 == 1 (V stays as it is)
+        v = _query_expansion(v, knn, k2)
+    return v
+
+
+def k_reciprocal_jaccard(features: ArrayLike, k1: int = 20, k2: int = 6, *, block_size: int = _DEFAULT_BLOCK,
+                         progress: bool | None = None) -> sp.csr_matrix:
+    """The k-reciprocal Jaccard distance among the rows of one feature set, N x N, sparse.
+
+    Steps 1-6 of :func:`rerank` (the same neighbour lists, expansion and encoding ``V``, from
+    the canonical squared Euclidean distances) with every row a query and every row a gallery
+    item: ``J(i, j) = 1 - m / (2 - m)``, ``m = sum_k min(V[i, k], V[j, k])``. Only pairs with
+    m > 0 (J < 1) are stored, the diagonal (J = 0) included as explicit zeros; every pair not
+    stored has J = 1. That is what clustering needs (DBSCAN with ``metric="precomputed"`` on a
+    sparse matrix treats stored entries as the only candidate neighbours), in O(N k) memory
+    plus the stored pairs, never an N x N array. Unsupervised adaptation (Ge et al. 2020, Dai
+    et al. 2021) clusters these distances.
+
+    Returns:
+        a scipy CSR float32 matrix, symmetric, sorted indices.
+    """
+    _check_params(k1, k2, 0.0)
+    x = as_feature_pair(features, features, "features", "features")[0]
+    if x.shape[0] < 2:
+        raise ValueError(f"features: expected at least 2 rows, got shape {tuple(x.shape)}")
+    joint = _Joint.of(x[:1], x[1:])  # one joint set of all N rows: the split only sizes the unused q x g block
+    out = np.empty((1, joint.n - 1), dtype=np.float32)
+    with progress_bar(desc="Jaccard distance (neighbours)", unit="block", progress=progress) as bar:
+        v, _ = _feature_encoding(joint, k1, k2, "torch", block_size, out, bar)
+        return _jaccard_pairs(v, bar)
+
+
+def _jaccard_pairs(v: sp.csr_matrix, bar: Optional[tqdm] = None) -> sp.csr_matrix:
+    """J(i, j) for every pair sharing a non-zero column of V (all others are 1), as CSR."""
+    n = v.shape[0]
+    if bar is not None:
+        bar.unit = "row"
+        bar.reset(total=n)
+        bar.set_description("Jaccard distance")
+    cols = v.tocsc()
+    rows_out, cols_out, values_out = [], [], []
+    for start, stop, hit, m in _shared_blocks(v, cols, n, n):
+        rows_out.append(start + hit // n)
+        cols_out.append(hit % n)
+        values_out.append(1 - m / (2 - m))
+        if bar is not None:
+            bar.update(stop - start)
+    rows = np.concatenate(rows_out)
+    columns = np.concatenate(cols_out)
+    values = np.concatenate(values_out).astype(np.float32)
+    values[rows == columns] = 0.0  # m(i, i) = sum of V[i] = 1 up to rounding: J(i, i) is 0
+    out = sp.csr_matrix((values, (rows, columns)), shape=(n, n))
+    out.sort_indices()
+    return out
 
 
 def rerank_distances(q_g: ArrayLike, q_q: ArrayLike, g_g: ArrayLike, k1: int = 20, k2: int = 6,
