@@ -122,6 +122,10 @@ class HogPeopleDetector:
 
     def __init__(self, *, win_stride: int = 8, scale: float = 1.05, min_score: float = 0.3,
                  nms_iou: float = 0.4) -> None:
+        if not hog_available():
+            raise OSError(f"this OpenCV build ({cv2.__version__}) has no HOG people detector (cv2.HOGDescriptor "
+                          "left the main modules in OpenCV 5); pass --detections det.txt (boxes of any detector, "
+                          "MOT-Challenge format), or use an OpenCV 4 build (opencv-python-headless<5)")
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
         self.win_stride, self.scale, self.min_score, self.nms_iou = win_stride, scale, min_score, nms_iou
@@ -132,6 +136,11 @@ class HogPeopleDetector:
         boxes = [Box(float(x), float(y), float(w), float(h), float(s))
                  for (x, y, w, h), s in zip(np.reshape(rects, (-1, 4)), np.ravel(weights)) if s >= self.min_score]
         return non_maximum_suppression(boxes, self.nms_iou)
+
+
+def hog_available() -> bool:
+    """Whether this OpenCV build has the HOG people detector (OpenCV 4 does; 5's main modules do not)."""
+    return hasattr(cv2, "HOGDescriptor") and hasattr(cv2, "HOGDescriptor_getDefaultPeopleDetector")
 
 
 def non_maximum_suppression(boxes: Sequence[Box], max_iou: float) -> list[Box]:
@@ -328,11 +337,13 @@ def write_crops(videos: Sequence[str | os.PathLike], output: str | os.PathLike, 
     if min_length < 1 or min_height < 16:
         raise ValueError(f"min_length {min_length} / min_height {min_height}: expected >= 1 and >= 16")
     boxes_per_video = [read_mot_detections(d) for d in detections] if detections is not None else None
-    captures = [open_video(v) for v in videos]
+    captures = []
     try:
+        for video in videos:
+            captures.append(open_video(video))
+        hog = HogPeopleDetector(min_score=min_score) if boxes_per_video is None else None
         output = _prepare_output(Path(output), overwrite)
         writer = CropWriter(output, min_length)
-        hog = HogPeopleDetector(min_score=min_score) if boxes_per_video is None else None
         frames = 0
         for index, (capture, count) in enumerate(captures):
             cam, seq = (camera, index + 1) if camera is not None else (index + 1, 1)
