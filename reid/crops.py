@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 import re
@@ -34,6 +35,8 @@ import numpy as np
 
 from .io import atomic_write, atomic_write_text
 from .progress import progress_bar
+
+log = logging.getLogger("reid")
 
 TRACKLETS_FILE = "tracklets.csv"
 TRACKLET_COLUMNS = ("image", "tracklet", "camera", "sequence", "frame", "x", "y", "w", "h", "score")
@@ -136,6 +139,36 @@ class HogPeopleDetector:
         boxes = [Box(float(x), float(y), float(w), float(h), float(s))
                  for (x, y, w, h), s in zip(np.reshape(rects, (-1, 4)), np.ravel(weights)) if s >= self.min_score]
         return non_maximum_suppression(boxes, self.nms_iou)
+
+
+class MotionPeopleDetector:
+    """Moving people for a static camera, where no HOG detector is available: the MOG2 background
+    subtractor (Zivkovic 2004; shadows left out), a morphological clean-up, and the connected
+    foreground regions shaped like a standing person (height / width in ``aspect``, height at
+    most ``max_height`` of the frame). The score is the region's fill of its box. Call it on
+    every frame in order: the background model learns from each."""
+
+    def __init__(self, *, history: int = 200, min_area: int = 400, aspect: tuple[float, float] = (1.2, 5.0),
+                 max_height: float = 0.8) -> None:
+        self.subtractor = cv2.createBackgroundSubtractorMOG2(history=history, detectShadows=True)
+        self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        self.min_area, self.aspect, self.max_height = min_area, aspect, max_height
+
+    def __call__(self, frame: np.ndarray) -> list[Box]:
+        mask = self.subtractor.apply(frame)
+        mask = np.where(mask == 255, 255, 0).astype(np.uint8)  # 127: shadow
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self.kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self.kernel, iterations=2)
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        boxes = []
+        for x, y, w, h, area in stats[1:count]:
+            if area >= self.min_area and self.aspect[0] <= h / w <= self.aspect[1] \
+                    and h <= self.max_height * frame.shape[0]:
+                boxes.append(Box(float(x), float(y), float(w), float(h), float(area) / float(w * h)))
+        return boxes
+
+
+DETECTORS = ("auto", "hog", "motion")
 
 
 def hog_available() -> bool:
@@ -314,13 +347,15 @@ def crops_from_video(capture: cv2.VideoCapture, frames: int, detect: Callable[[i
 
 def write_crops(videos: Sequence[str | os.PathLike], output: str | os.PathLike, *, camera: int | None = None,
                 detections: Sequence[str | os.PathLike] | None = None, min_length: int = 3, min_height: int = 48,
-                min_iou: float = 0.3, max_gap: int = 5, min_score: float = 0.3, overwrite: bool = False,
-                progress: bool | None = None) -> dict:
+                min_iou: float = 0.3, max_gap: int = 5, min_score: float = 0.3, detector: str = "auto",
+                overwrite: bool = False, progress: bool | None = None) -> dict:
     """Crops of the people in ``videos`` into ``output`` (see the module docstring).
 
     ``camera``: the camera number (1..9) of every video, their sequences 1, 2, ...; default:
     video i is camera i (sequence 1). ``detections``: one MOT ``det.txt`` per video instead of
-    the HOG detector. Tracklets shorter than ``min_length`` boxes and boxes lower than
+    a detector. ``detector``: ``hog`` (:class:`HogPeopleDetector`), ``motion``
+    (:class:`MotionPeopleDetector`, static cameras) or ``auto`` (HOG where this OpenCV build
+    has it, else motion, with a warning). Tracklets shorter than ``min_length`` boxes and boxes lower than
     ``min_height`` pixels are left out. Everything is checked (videos decode, detection files
     parse, the output folder holds no earlier crops unless ``overwrite``) before any file is
     written. Returns a summary (videos, frames, tracklets, crops, the csv path).
@@ -341,7 +376,10 @@ def write_crops(videos: Sequence[str | os.PathLike], output: str | os.PathLike, 
     try:
         for video in videos:
             captures.append(open_video(video))
-        hog = HogPeopleDetector(min_score=min_score) if boxes_per_video is None else None
+        if boxes_per_video is None:
+            detector = _detector_kind(detector)
+            if detector == "hog":
+                HogPeopleDetector(min_score=min_score)  # fails here, before any file, on a build without it
         output = _prepare_output(Path(output), overwrite)
         writer = CropWriter(output, min_length)
         frames = 0
@@ -351,7 +389,8 @@ def write_crops(videos: Sequence[str | os.PathLike], output: str | os.PathLike, 
                 table = boxes_per_video[index]
                 detect = lambda number, image, table=table: table.get(number, [])  # noqa: E731
             else:
-                detect = lambda number, image: hog(image)  # noqa: E731
+                made = HogPeopleDetector(min_score=min_score) if detector == "hog" else MotionPeopleDetector()
+                detect = lambda number, image, made=made: made(image)  # noqa: E731
             frames += crops_from_video(capture, count, detect, writer, cam, seq,
                                        tracker=IouTracker(min_iou=min_iou, max_gap=max_gap), min_height=min_height,
                                        description=f"crops {videos[index].name}", progress=progress)
@@ -361,6 +400,19 @@ def write_crops(videos: Sequence[str | os.PathLike], output: str | os.PathLike, 
             capture.release()
     return {"videos": len(videos), "frames": frames, "tracklets": writer.next_tracklet - 1,
             "crops": len(writer.rows), "tracklets_csv": str(csv_path)}
+
+
+def _detector_kind(detector: str) -> str:
+    if detector not in DETECTORS:
+        raise ValueError(f"detector={detector!r}: expected one of {', '.join(DETECTORS)}")
+    if detector != "auto":
+        return detector
+    if hog_available():
+        return "hog"
+    log.warning("this OpenCV build (%s) has no HOG people detector: using the motion detector (background "
+                "subtraction, for static cameras); --detector hog needs OpenCV 4, --detections takes any "
+                "detector's boxes", cv2.__version__)
+    return "motion"
 
 
 def _prepare_output(output: Path, overwrite: bool) -> Path:

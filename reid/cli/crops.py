@@ -14,8 +14,9 @@ log = logging.getLogger("reid")
 SUMMARY = "person crops and tracklets from videos (HOG detector or a MOT det.txt)"
 DESCRIPTION = f"""{SUMMARY}.
 
-Boxes come from OpenCV's built-in HOG people detector (no weights to download), or from a
-MOT-Challenge det.txt of any detector (--detections, one per video). An IoU tracker with
+Boxes come from OpenCV's built-in HOG people detector (no weights to download; OpenCV 4
+builds), from background subtraction (--detector motion, static cameras; the fallback where
+OpenCV has no HOG), or from a MOT-Challenge det.txt of any detector (--detections, one per video). An IoU tracker with
 constant-velocity prediction links them into tracklets. Crops are written as
 TTTT_cCsS_FFFFFF_00.jpg (tracklet, camera, sequence, frame from 1) with a tracklets.csv that
 `reid adapt` reads for its video constraints (one tracklet is one person, two crops of one
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", type=int, default=None, metavar="N", help="camera number 1..9 of every video")
     parser.add_argument("--detections", type=Path, nargs="+", default=None, metavar="DET_TXT",
                         help="MOT-Challenge det.txt files, one per video, instead of the HOG detector")
+    parser.add_argument("--detector", choices=("auto", "hog", "motion"), default="auto",
+                        help="hog: OpenCV's HOG people detector (needs OpenCV 4); motion: background subtraction "
+                             "(static cameras); auto (default): hog where available, else motion")
     parser.add_argument("--min-length", type=positive_int, default=3,
                         help="boxes a tracklet needs to be kept (default 3)")
     parser.add_argument("--min-height", type=positive_int, default=48, help="smallest box height kept (default 48)")
@@ -51,7 +55,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup_logging()
     summary = write_crops(args.videos, args.output, camera=args.camera, detections=args.detections,
                           min_length=args.min_length, min_height=args.min_height, min_iou=args.min_iou,
-                          max_gap=args.max_gap, min_score=args.min_score, overwrite=args.overwrite,
+                          max_gap=args.max_gap, min_score=args.min_score, detector=args.detector,
+                          overwrite=args.overwrite,
                           progress=progress_setting(args))
     log.info("%d crops of %d tracklets from %d frames of %d video(s) in %s (%s)", summary["crops"],
              summary["tracklets"], summary["frames"], summary["videos"], args.output, summary["tracklets_csv"])
