@@ -185,3 +185,12 @@ def test_missing_or_unreadable_video_is_one_error_line(tmp_path, capsys, content
     want = f"error: video file {path} not found" if content is None else f"error: video file {path} could not be read"
     assert len(err) == 1 and err[0].startswith(want)
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_reid_crops_command(video, tmp_path) -> None:
+    path, det = video
+    summary = reid.cli.main(["crops", str(path), "--detections", str(det), "--camera", "2", "--min-height", "40",
+                             "--output", str(tmp_path / "out"), "--quiet"])
+    assert summary["tracklets"] == 2 and (tmp_path / "out" / "0001_c2s1_000001_00.jpg").is_file()
+    with pytest.raises(SystemExit):  # a second run into the same folder refuses
+        reid.cli.main(["crops", str(path), "--detections", str(det), "--output", str(tmp_path / "out"), "--quiet"])
