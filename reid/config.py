@@ -220,8 +220,11 @@ class AdaptConfig:
     lr: float = _key(3.5e-4, "Adam learning rate (constant)", check=_above(0))
     k1: int = _key(30, "Jaccard distance: size of the k-reciprocal neighbourhoods", check=_POSITIVE)
     k2: int = _key(6, "Jaccard distance: neighbours of the query expansion (at most k1 + 1)", check=_POSITIVE)
-    eps: float = _key(0.6, "DBSCAN: largest Jaccard distance between neighbours",
-                      check=(lambda v: 0 < v < 1, "a number in (0, 1)"))
+    eps: float = _key(0.0, "DBSCAN: largest Jaccard distance between neighbours; 0: automatic, the mean of "
+                      "the rho fraction of smallest pair distances (SSG / MMT)",
+                      check=(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    rho: float = _key(1.6e-3, "adapt.eps=0: the fraction of all pairs whose mean distance is eps",
+                      check=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
     min_samples: int = _key(4, "DBSCAN: neighbours (itself included) that make an image a core point",
                             check=_POSITIVE)
     outliers: str = _key("drop", "DBSCAN's noise: drop (left out of the round) or instances (one "

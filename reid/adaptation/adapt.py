@@ -45,7 +45,7 @@ from ..losses.weighted import WeightedLosses
 from ..models.model import ModelOutput
 from ..optim import Optimization, build_optimizer
 from ..training import RunFiles, _differences, check_output_folder
-from .pseudo_labels import OUTLIER, VideoConstraints, pseudo_labels
+from .pseudo_labels import OUTLIER, VideoConstraints, automatic_eps, pseudo_labels
 
 log = logging.getLogger("reid")
 
@@ -116,15 +116,16 @@ class _FeatureView(nn.Module):
 
 
 def round_labels(model: nn.Module, cfg: Config, images: AdaptImages, device: torch.device, *,
-                 progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
-    """(pseudo-labels, L2-normalised features) of every image under the current model."""
+                 progress: bool | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(pseudo-labels, L2-normalised features, DBSCAN's eps) of every image under the current model."""
     a = cfg.adapt
     loader = builders.test_loader_from_config(cfg, images.items)
     features = extract_features(model, loader, device, feature=a.feature, normalize=True, progress=progress,
                                 description="adapt: extracting").features
     distance = k_reciprocal_jaccard(features, a.k1, a.k2, progress=progress)
-    labels = pseudo_labels(distance, eps=a.eps, min_samples=a.min_samples, constraints=images.constraints)
-    return labels, features
+    eps = a.eps if a.eps > 0 else automatic_eps(distance, a.rho)
+    labels = pseudo_labels(distance, eps=eps, min_samples=a.min_samples, constraints=images.constraints)
+    return labels, features, eps
 
 
 def training_labels(labels: np.ndarray, outliers: str) -> np.ndarray:
@@ -240,7 +241,7 @@ def adapt(cfg: Config, source: dict, source_path: str | Path, image_folders: Seq
 def _one_round(view, cfg, images, criterion, memory, optimization, device, round_index, stop, progress, on_round):
     """Cluster, then train; the round's record, or None when a stop request cut the training."""
     start = time.perf_counter()
-    labels, features = round_labels(view.model, cfg, images, device, progress=progress)
+    labels, features, eps = round_labels(view.model, cfg, images, device, progress=progress)
     train_labels = training_labels(labels, cfg.adapt.outliers)
     clusters = int(labels.max(initial=-1)) + 1
     outliers = int((labels == OUTLIER).sum())
@@ -248,18 +249,19 @@ def _one_round(view, cfg, images, criterion, memory, optimization, device, round
     if identities < cfg.data.num_identities:
         raise ValueError(f"round {round_index + 1}: DBSCAN found {clusters} clusters ({outliers} of "
                          f"{labels.size} images outliers), fewer than the data.num_identities="
-                         f"{cfg.data.num_identities} a batch needs; raise adapt.eps, lower adapt.min_samples or "
+                         f"{cfg.data.num_identities} a batch needs (DBSCAN eps {eps:.3f}); set adapt.eps, lower adapt.min_samples or "
                          "data.num_identities, or try adapt.outliers=instances")
     memory.reset(centroids(features, train_labels))
     result = _train_round(view, cfg, images, train_labels, criterion, optimization, device, round_index, stop)
     if result.interrupted:
         return None
-    record = {"epoch": round_index + 1, "round": round_index + 1, "clusters": clusters, "outliers": outliers,
+    record = {"epoch": round_index + 1, "round": round_index + 1, "eps": round(eps, 4), "clusters": clusters,
+              "outliers": outliers,
               "clustered_images": int((labels >= 0).sum()), "loss": result.losses, "lr": optimization.lr,
               "images_per_s": round(result.images_per_second, 2),
               "seconds": round(time.perf_counter() - start, 2)}
-    log.info("round %d/%d: %d clusters, %d outliers of %d images", round_index + 1, cfg.adapt.rounds, clusters,
-             outliers, labels.size)
+    log.info("round %d/%d: eps %.3f, %d clusters, %d outliers of %d images", round_index + 1, cfg.adapt.rounds, eps,
+             clusters, outliers, labels.size)
     if on_round is not None:
         on_round(record, labels, images.paths)
     return record

@@ -16,7 +16,7 @@ Video constraints (:class:`VideoConstraints`), when the crops come with tracklet
   neighbours), and since DBSCAN can still chain them into one cluster through others, each
   cluster is then checked: its units (tracklets, or single crops without one) are taken
   largest first (ties: the first image), and a unit sharing a frame with a unit already taken
-  becomes outlier.
+  leaves the cluster as a cluster of its own.
 
 Clusters left with fewer than 2 crops become outliers; the labels are renumbered 0..C-1 in
 order of their first crop.
@@ -125,7 +125,10 @@ def _tracklets_together(labels: np.ndarray, tracklets: np.ndarray) -> np.ndarray
 
 
 def _frames_apart(labels: np.ndarray, constraints: VideoConstraints) -> np.ndarray:
+    """Per cluster, units taken largest first; a unit sharing a frame with one taken leaves the
+    cluster and becomes a cluster of its own (a tracklet is still one person)."""
     labels = labels.copy()
+    next_label = int(labels.max(initial=-1)) + 1
     # a unit: a tracklet, or one image without a tracklet
     units = np.where(constraints.tracklets >= 0, constraints.tracklets, constraints.tracklets.max(initial=0) + 1
                      + np.arange(labels.size))
@@ -137,10 +140,24 @@ def _frames_apart(labels: np.ndarray, constraints: VideoConstraints) -> np.ndarr
             in_unit = members[units[members] == unit_ids[u]]
             frames = {int(f) for f in constraints.frames[in_unit] if f >= 0}
             if frames & taken:
-                labels[in_unit] = OUTLIER
+                labels[in_unit] = next_label
+                next_label += 1
             else:
                 taken |= frames
     return labels
+
+
+def automatic_eps(distance: sp.csr_matrix, rho: float = 1.6e-3) -> float:
+    """DBSCAN's eps from the distances alone: the mean of the ``rho`` fraction of smallest
+    distances among all pairs i < j (unstored pairs count as 1). The rule of SSG (Fu et al.,
+    ICCV 2019) and MMT (Ge et al., ICLR 2020), made for this Jaccard distance (the classic
+    re-ranking's, rows normalised by their maximum), whose values run lower than those of
+    Cluster Contrast's un-normalised variant that eps = 0.6 was chosen for."""
+    n = distance.shape[0]
+    coo = sp.triu(distance, k=1).tocoo()
+    count = max(1, int(round(rho * n * (n - 1) / 2)))
+    smallest = np.sort(coo.data)[:count]
+    return float(np.concatenate([smallest, np.ones(count - smallest.size)]).mean())
 
 
 def _renumbered(labels: np.ndarray) -> np.ndarray:

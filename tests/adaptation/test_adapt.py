@@ -99,4 +99,4 @@ def test_bad_images_are_one_error_line(source, tiny_market, tmp_path, capsys, ca
 def test_bad_adapt_key_is_one_error_line(source, tiny_market, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         _adapt(source, tiny_market / "query", tmp_path / "run", "adapt.eps=1.5")
-    assert capsys.readouterr().err.strip() == "error: adapt.eps: expected a number in (0, 1), got 1.5"
+    assert capsys.readouterr().err.strip() == "error: adapt.eps: expected a number in [0, 1), got 1.5"

@@ -65,8 +65,8 @@ def test_same_frame_cannot_link() -> None:
     np.testing.assert_array_equal(plain, [0, 0, 0, 0, 0])
     constraints = VideoConstraints(np.full(5, -1), np.array([1, -1, -1, -1, 1]))
     labels = pseudo_labels(_sparse(5, pairs), eps=0.3, min_samples=2, constraints=constraints)
-    # DBSCAN still chains 0 and 4 through 1-3; the cluster keeps the first image's unit and
-    # drops the other one of that frame to outlier
+    # DBSCAN still chains 0 and 4 through 1-3; the cluster keeps the first image's unit, the
+    # other one of that frame leaves as a cluster of one image: an outlier
     np.testing.assert_array_equal(labels, [0, 0, 0, 0, -1])
 
 
@@ -75,7 +75,15 @@ def test_cannot_link_keeps_the_larger_tracklet() -> None:
     pairs = _chain([0, 1, 2, 3, 4], 0.1)
     constraints = VideoConstraints(np.array([0, 0, 1, 1, 1]), np.array([-1, 5, -1, -1, 5]))
     labels = pseudo_labels(_sparse(5, pairs), eps=0.3, min_samples=2, constraints=constraints)
-    np.testing.assert_array_equal(labels, [-1, -1, 0, 0, 0])
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1])  # A leaves B's cluster as one of its own
+
+
+def test_automatic_eps_is_the_mean_of_the_smallest_pairs() -> None:
+    from reid.adaptation.pseudo_labels import automatic_eps
+
+    d = _sparse(5, {(0, 1): 0.1, (1, 2): 0.3, (3, 4): 0.2})  # 10 pairs, 7 of them unstored (1.0)
+    assert automatic_eps(d, rho=0.2) == pytest.approx((0.1 + 0.2) / 2)  # the 2 smallest
+    assert automatic_eps(d, rho=0.5) == pytest.approx((0.1 + 0.2 + 0.3 + 1 + 1) / 5)
 
 
 def test_constrained_distance_entries() -> None:
