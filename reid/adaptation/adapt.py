@@ -21,6 +21,7 @@ redoes that round.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from torch import nn
 
 from .. import builders
 from ..checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoint
-from ..config import Config, ConfigError, apply_overrides, from_dict, save_config, to_dict
+from ..config import AdaptConfig, Config, ConfigError, apply_overrides, from_dict, save_config, to_dict
 from ..crops import TRACKLETS_FILE, read_tracklets
 from ..data.datasets.base import check_images
 from ..engine import StopRequest, TrainingInterrupted, seed_everything, train_one_epoch
@@ -179,9 +180,13 @@ def _merged(a, b):
 
 
 def adaptation_config(weights: str | Path, overrides: Sequence[str], output: str | Path) -> tuple[Config, dict]:
-    """(the source checkpoint's config with ``overrides`` and ``output_dir=output``, its state)."""
+    """(the source checkpoint's config, its ``adapt`` section at the defaults, with ``overrides``
+    and ``output_dir=output``; the checkpoint's state)."""
     state = load_checkpoint(weights)
     stored = builders.checkpoint_config(state, weights)
+    # The adapt section starts from the schema's defaults: what a training run stored there never
+    # applied to it, and an adapted source's settings are not this run's.
+    stored = dataclasses.replace(stored, adapt=AdaptConfig(), resume=False, overwrite=False)
     cfg = apply_overrides(stored, [*overrides, f"output_dir={output}"])
     return cfg, state
 

@@ -100,3 +100,15 @@ def test_bad_adapt_key_is_one_error_line(source, tiny_market, tmp_path, capsys) 
     with pytest.raises(SystemExit):
         _adapt(source, tiny_market / "query", tmp_path / "run", "adapt.eps=1.5")
     assert capsys.readouterr().err.strip() == "error: adapt.eps: expected a number in [0, 1), got 1.5"
+
+
+def test_adapt_settings_start_from_the_defaults(source, tmp_path) -> None:
+    from reid.adaptation.adapt import adaptation_config
+    from reid.checkpoint import save_checkpoint
+    from reid.config import AdaptConfig
+
+    state = load_checkpoint(source)
+    state["config"]["adapt"]["eps"] = 0.6  # e.g. a source trained when the default was 0.6
+    save_checkpoint(state, tmp_path / "old.pt")
+    cfg, _ = adaptation_config(tmp_path / "old.pt", ["adapt.rounds=3"], tmp_path / "run")
+    assert cfg.adapt == AdaptConfig(rounds=3) and str(cfg.output_dir) == str(tmp_path / "run")
