@@ -168,10 +168,12 @@ def load_source(cfg: Config, source: DatasetSource, *, generate: bool) -> ReidDa
     return build_dataset(source.name, source.root, skip_invalid=cfg.data.skip_invalid, **options)
 
 
-def train_loader_from_config(cfg: Config, dataset: ReidDataset, rank: int = 0, world_size: int = 1):
+def train_loader_from_config(cfg: Config, dataset: ReidDataset | None, rank: int = 0, world_size: int = 1, *,
+                             items=None, camera_balanced: bool = False):
+    """Training batches of ``dataset.train`` (or of ``items``: reid adapt's pseudo-labelled images)."""
     d = cfg.data
     return build_train_loader(
-        dataset.train, height=d.height, width=d.width, num_identities=d.num_identities,
+        dataset.train if items is None else items, camera_balanced=camera_balanced, height=d.height, width=d.width, num_identities=d.num_identities,
         num_instances=d.num_instances, num_workers=d.num_workers, seed=cfg.train.seed,
         rank=rank, world_size=world_size, pipeline=d.pipeline, flip_prob=d.flip_prob, padding=d.padding,
         color_jitter=d.color_jitter, erasing_prob=d.erasing_prob,

@@ -222,6 +222,34 @@ class TestConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """reid adapt: unsupervised adaptation by clustering (reid/adaptation/); defaults: Cluster Contrast."""
+
+    rounds: int = _key(8, "rounds of extract -> Jaccard distance -> DBSCAN -> training", check=_POSITIVE)
+    iters_per_round: int = _key(0, "training batches per round; 0: one pass of the identity sampler over the "
+                                "pseudo-labelled images", check=_int_at_least(0))
+    lr: float = _key(3.5e-4, "Adam learning rate (constant)", check=_above(0))
+    k1: int = _key(30, "Jaccard distance: size of the k-reciprocal neighbourhoods", check=_POSITIVE)
+    k2: int = _key(6, "Jaccard distance: neighbours of the query expansion (at most k1 + 1)", check=_POSITIVE)
+    eps: float = _key(0.0, "DBSCAN: largest Jaccard distance between neighbours; 0: automatic, the mean of "
+                      "the rho fraction of smallest pair distances (SSG / MMT)",
+                      check=(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    rho: float = _key(1.6e-3, "adapt.eps=0: the fraction of all pairs whose mean distance is eps",
+                      check=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    min_samples: int = _key(4, "DBSCAN: neighbours (itself included) that make an image a core point",
+                            check=_POSITIVE)
+    outliers: str = _key("drop", "DBSCAN's noise: drop (left out of the round) or instances (one "
+                         "pseudo-identity each)", choices=("drop", "instances"))
+    temperature: float = _key(0.05, "cluster-memory InfoNCE temperature", check=_above(0))
+    momentum: float = _key(0.1, "cluster memory: weight of the old centroid in each update", check=_FRACTION)
+    feature: str = _key("bn", "the feature clustered and trained: bn (after BNNeck) or pre_bn",
+                        choices=FEATURE_KINDS)
+    camera_balanced: bool = _key(True, "each pseudo-identity's K images of a batch from as many cameras as possible")
+    tracklets: bool = _key(True, "use IMAGES/tracklets.csv (reid crops): one tracklet is one person, two crops "
+                           "of one frame are two")
+
+
+@dataclass
 class Config:
     output_dir: str = _key("outputs/run", "the run's folder: checkpoints, logs, metrics")
     resume: Union[bool, str] = _key(False, "true: continue from OUTPUT_DIR/last.pt; or a checkpoint path")
@@ -237,6 +265,7 @@ class Config:
     ], "summed with their weights")
     train: TrainConfig = _key(TrainConfig, "optimisation and the training loop")
     test: TestConfig = _key(TestConfig, "evaluation: features, matching, re-ranking")
+    adapt: AdaptConfig = _key(AdaptConfig, "reid adapt: pseudo-labels by clustering unlabelled images")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +433,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def validate(cfg: Config) -> None:
     """Checks that types alone cannot express: choices, ranges and the losses' parameters."""
     _check_fields(cfg, "")
+    if cfg.adapt.k2 > cfg.adapt.k1 + 1:
+        raise ConfigError(f"adapt.k2: expected an integer <= k1 + 1 = {cfg.adapt.k1 + 1}, got {cfg.adapt.k2!r}")
     if cfg.test.k2 > cfg.test.k1 + 1:
         raise ConfigError(f"test.k2: expected an integer <= k1 + 1 = {cfg.test.k1 + 1}, got {cfg.test.k2!r}")
     t = cfg.train

@@ -42,7 +42,8 @@ RUN_FILES = ("config.yaml", "train.log", "log.jsonl", "last.pt", "best.pt", "met
 
 # Settings a resumed run may change: where and how fast it runs, how long, how it is evaluated.
 RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "train.epochs", "train.eval_every", "train.device",
-                     "data.num_workers", "data.test_batch_size", "data.root", "data.market1501_500k", "test.")
+                     "data.num_workers", "data.test_batch_size", "data.root", "data.market1501_500k", "test.",
+                     "adapt.")
 
 
 def train(cfg: Config) -> dict[str, Any]:

@@ -32,6 +32,8 @@ COMMANDS = {
     "report": "report",
     "make-synthetic": "make_synthetic",
     "convert-checkpoint": "convert",
+    "crops": "crops",
+    "adapt": "adapt",
 }
 
 EXIT_USER_ERROR = 2

@@ -100,6 +100,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool | None = None,
+    camera_balanced: bool = False,
     **transform_kwargs: Any,
 ) -> DataLoader:
     """Batches of ``num_identities`` x ``num_instances`` augmented training images.
@@ -107,12 +108,14 @@ def build_train_loader(
     Call ``loader.batch_sampler.set_epoch(epoch)`` (or ``set_epoch(epoch, start_batch)`` to
     resume an interrupted epoch) before each epoch. ``transform_kwargs``
     go to :func:`reid.data.transforms.build_transforms` (flip_prob, padding, ...).
-    ``pin_memory`` defaults to whether CUDA is available.
+    ``pin_memory`` defaults to whether CUDA is available. ``camera_balanced``: each identity's K
+    images of a batch come from as many of its cameras as possible (the sampler's ``camids``).
     """
     transform = build_transforms(height, width, True, **transform_kwargs)
     dataset = ImageDataset(items, transform)
     sampler = IdentityBatchSampler(
-        dataset.pids, num_identities, num_instances, seed=seed, rank=rank, world_size=world_size
+        dataset.pids, num_identities, num_instances, seed=seed, rank=rank, world_size=world_size,
+        camids=dataset.camids if camera_balanced else None,
     )
     return DataLoader(
         dataset,

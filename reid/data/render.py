@@ -32,12 +32,15 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "DOMAINS",
     "Camera",
     "Identity",
     "Track",
     "render_false_detection",
     "render_junk",
     "render_tracklet_frame",
+    "restyle_camera",
+    "restyle_identity",
     "sample_camera",
     "sample_identity",
     "sample_track",
@@ -257,6 +260,51 @@ def sample_track(identity: Identity, camera: Camera, rng: np.random.Generator) -
         phase0=float(rng.uniform(0, 2 * math.pi)),
         phase_step=float(rng.uniform(0.6, 1.6)),
     )
+
+
+# --------------------------------------------------------------------------------------
+# Domains: the same draws, seen in another place. "market" is the original (nothing changes);
+# "dusk" is a second domain for adaptation benchmarks: evening street cameras (darker, bluish,
+# softer, noisier, lower resolution, dim bluish scenes) and a population that is taller and
+# slimmer and dresses darker. Pure functions of their input, no draw: "market" images stay
+# byte-identical.
+
+DOMAINS = ("market", "dusk")
+
+
+def _toward(colour: Sequence[float], target: Sequence[float], amount: float, scale: float = 1.0) -> BGR:
+    out = [float(np.clip(scale * ((1 - amount) * c + amount * t), 0, 255)) for c, t in zip(colour, target)]
+    return (out[0], out[1], out[2])
+
+
+def restyle_identity(identity: Identity, domain: str) -> Identity:
+    """``identity`` as the people of ``domain`` look (see DOMAINS)."""
+    if domain == "market":
+        return identity
+    if domain != "dusk":
+        raise ValueError(f"domain={domain!r}: expected one of {', '.join(DOMAINS)}")
+    navy = (70.0, 40.0, 30.0)  # BGR
+    return dataclasses.replace(
+        identity, height=identity.height * 1.06, width=identity.width * 0.86,
+        upper_colour=_toward(identity.upper_colour, navy, 0.25, 0.85),
+        upper_secondary=_toward(identity.upper_secondary, navy, 0.25, 0.85),
+        lower_colour=_toward(identity.lower_colour, navy, 0.3, 0.8))
+
+
+def restyle_camera(camera: Camera, domain: str) -> Camera:
+    """``camera`` as a camera of ``domain`` (see DOMAINS)."""
+    if domain == "market":
+        return camera
+    if domain != "dusk":
+        raise ValueError(f"domain={domain!r}: expected one of {', '.join(DOMAINS)}")
+    b, g, r = camera.gains
+    dim_blue = (120.0, 80.0, 60.0)
+    return dataclasses.replace(
+        camera, wall=_toward(camera.wall, dim_blue, 0.5, 0.7), ground=_toward(camera.ground, dim_blue, 0.4, 0.6),
+        clutter=tuple(_toward(c, dim_blue, 0.3, 0.8) for c in camera.clutter),
+        gains=(b * 1.12, g * 1.0, r * 0.86), brightness=camera.brightness - 18, contrast=camera.contrast * 0.85,
+        blur=camera.blur + 0.5, resolution=camera.resolution * 0.8, noise=camera.noise + 3.0,
+        light_side=-camera.light_side, occlusion_prob=min(0.3, camera.occlusion_prob * 1.5))
 
 
 # --------------------------------------------------------------------------------------

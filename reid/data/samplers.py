@@ -49,6 +49,7 @@ class IdentityBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        camids: Sequence[int] | None = None,
     ) -> None:
         pid_array = np.asarray(pids)
         if pid_array.ndim != 1 or pid_array.size == 0:
@@ -81,6 +82,10 @@ class IdentityBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        # camera-balanced groups (unsupervised adaptation): each group of K spans as many cameras as it can
+        self.camids = None if camids is None else np.asarray(camids)
+        if self.camids is not None and self.camids.shape != pid_array.shape:
+            raise ValueError(f"camids must have one entry per pid ({pid_array.shape}), got shape {self.camids.shape}")
         self.epoch = 0
         self.start_batch = 0
         self._cached_epoch: int | None = None
@@ -116,7 +121,7 @@ class IdentityBatchSampler(Sampler[list[int]]):
         """All ranks' batches of one epoch (module docstring, steps 1-3)."""
         rng = np.random.default_rng([self.seed, epoch])
         num_ids, num_instances = self.num_identities, self.num_instances
-        groups = [split_into_groups(indices, num_instances, rng) for indices in self.indices_by_identity]
+        groups = [split_into_groups(indices, num_instances, rng, self.camids) for indices in self.indices_by_identity]
         remaining = self.groups_per_identity.copy()
         surplus = int(remaining.sum()) - self.num_batches * num_ids
         if surplus > 0:  # groups are taken front to back, so the dropped group is the identity's last
@@ -138,6 +143,18 @@ class IdentityBatchSampler(Sampler[list[int]]):
         return batches
 
 
+def camera_round_robin(indices: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+    """``indices`` reordered: the first of each camera, then the second of each, ... (cameras
+    in order of first appearance, each camera's indices in their given order)."""
+    _, first, inverse = np.unique(cameras, return_index=True, return_inverse=True)
+    camera_rank = np.argsort(np.argsort(first))[inverse]  # 0 for the camera seen first, ...
+    position = np.zeros(len(indices), dtype=np.int64)
+    for camera in range(len(first)):
+        mine = np.flatnonzero(camera_rank == camera)
+        position[mine] = np.arange(mine.size)
+    return indices[np.lexsort((camera_rank, position))]
+
+
 def plan_group_counts(counts: np.ndarray, num_identities: int, num_instances: int) -> tuple[np.ndarray, int]:
     """Groups per identity and batches per epoch (module docstring, step 2)."""
     groups = -(-np.maximum(counts, num_instances) // num_instances)  # ceil(max(n, K) / K)
@@ -150,9 +167,18 @@ def plan_group_counts(counts: np.ndarray, num_identities: int, num_instances: in
         num_batches = stable
 
 
-def split_into_groups(indices: np.ndarray, group_size: int, rng: np.random.Generator) -> np.ndarray:
-    """One identity's indices as a (num_groups, group_size) array (module docstring, step 1)."""
+def split_into_groups(indices: np.ndarray, group_size: int, rng: np.random.Generator,
+                      camids: np.ndarray | None = None) -> np.ndarray:
+    """One identity's indices as a (num_groups, group_size) array (module docstring, step 1).
+
+    With ``camids`` (camera-balanced), the shuffled indices are dealt round-robin over the
+    identity's cameras (in the order each camera first appears) before being cut into groups,
+    so consecutive images, and so each group, come from as many cameras as possible; the
+    random draws are the same as without it.
+    """
     shuffled = rng.permutation(indices)
+    if camids is not None:
+        shuffled = camera_round_robin(shuffled, camids[shuffled])
     count = len(indices)
     if count < group_size:
         extra = rng.choice(indices, size=group_size - count, replace=True)

@@ -40,12 +40,15 @@ import numpy as np
 
 from ..io import atomic_write_json, remove_stale_temporaries
 from .render import (
+    DOMAINS,
     Camera,
     Identity,
     Track,
     render_false_detection,
     render_junk,
     render_tracklet_frame,
+    restyle_camera,
+    restyle_identity,
     sample_camera,
     sample_identity,
     sample_track,
@@ -109,7 +112,7 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
-def _make_identities(seed: int, pids: Sequence[int]) -> dict[int, Identity]:
+def _make_identities(seed: int, pids: Sequence[int], domain: str = "market") -> dict[int, Identity]:
     """One identity per pid; redraw (from the same pid's stream) on a full attribute clash."""
     identities: dict[int, Identity] = {}
     taken: set[tuple[int, ...]] = set()
@@ -119,13 +122,14 @@ def _make_identities(seed: int, pids: Sequence[int]) -> dict[int, Identity]:
         while identity.key in taken:
             identity = sample_identity(rng)
         taken.add(identity.key)
-        identities[pid] = identity
+        identities[pid] = restyle_identity(identity, domain)
     return identities
 
 
-def _make_cameras(seed: int, num_cameras: int) -> list[Camera]:
+def _make_cameras(seed: int, num_cameras: int, domain: str = "market") -> list[Camera]:
     """Cameras 1..num_cameras, each from its own stream (adding a camera keeps the others)."""
-    return [sample_camera(_rng(seed, _KIND_CAMERA, camera)) for camera in range(1, num_cameras + 1)]
+    return [restyle_camera(sample_camera(_rng(seed, _KIND_CAMERA, camera)), domain)
+            for camera in range(1, num_cameras + 1)]
 
 
 def _tracklet_jobs(seed: int, pid: int, identity: Identity, cameras: Sequence[Camera], is_test: bool,
@@ -180,8 +184,9 @@ def _plan(arguments: dict[str, Any]) -> tuple[list[Camera], list[_Job]]:
     seed, num_cameras = arguments["seed"], arguments["num_cameras"]
     train_pids = [2 * i + 1 for i in range(arguments["num_train_ids"])]
     test_pids = {2 * i + 2 for i in range(arguments["num_test_ids"])}
-    cameras = _make_cameras(seed, num_cameras)
-    identities = _make_identities(seed, [*train_pids, *test_pids])
+    domain = arguments.get("domain", "market")
+    cameras = _make_cameras(seed, num_cameras, domain)
+    identities = _make_identities(seed, [*train_pids, *test_pids], domain)
     jobs: list[_Job] = []
     for pid in sorted(identities):
         jobs += _tracklet_jobs(seed, pid, identities[pid], cameras, pid in test_pids,
@@ -277,7 +282,8 @@ def _check_range(name: str, value: Sequence[int], low: int) -> tuple[int, int]:
 
 def _checked_arguments(num_train_ids: int, num_test_ids: int, num_cameras: int, image_size: Sequence[int],
                        seed: int, cameras_per_id: Sequence[int], images_per_camera: Sequence[int],
-                       queries_per_camera: int, num_distractors: int, num_junk: int) -> dict[str, Any]:
+                       queries_per_camera: int, num_distractors: int, num_junk: int,
+                       domain: str = "market") -> dict[str, Any]:
     """The arguments that decide the output, checked, in the JSON form stored in the manifest.
 
     The limits are those of Market's file names (4-digit pids, 1-digit cameras, 6-digit frames)
@@ -311,6 +317,10 @@ def _checked_arguments(num_train_ids: int, num_test_ids: int, num_cameras: int, 
         images_per_camera=list(images_range), queries_per_camera=queries_per_camera,
         num_distractors=num_distractors, num_junk=num_junk,
     )
+    if domain not in DOMAINS:
+        raise ValueError(f"domain={domain!r}: expected one of {', '.join(DOMAINS)}")
+    if domain != "market":  # only then in the manifest: trees of the original domain keep theirs
+        arguments["domain"] = domain
     return json.loads(json.dumps(arguments))
 
 
@@ -417,6 +427,7 @@ def make_synthetic_market(
     num_junk: int = 50,
     overwrite: bool = False,
     workers: int = 1,
+    domain: str = "market",
 ) -> Path:
     """Write a synthetic re-ID dataset in the Market-1501 layout into ``root``; return ``Path(root)``.
 
@@ -441,13 +452,16 @@ def make_synthetic_market(
         overwrite: replace an existing tree made with other arguments (or by someone else)
             instead of raising; it also forces regeneration of an identical tree.
         workers: processes used to render; the output does not depend on it.
+        domain: ``"market"`` (the original) or ``"dusk"``, a second domain with the same plan
+            and draws seen in other cameras and people (:data:`reid.data.render.DOMAINS`), for
+            adaptation benchmarks; its labelled test split measures adaptation.
 
     A complete tree written with the same arguments is returned at once without rewriting
     (the manifest is written last, so an interrupted run is regenerated). Files outside
     the three split folders and the manifest are never touched.
     """
     arguments = _checked_arguments(num_train_ids, num_test_ids, num_cameras, image_size, seed, cameras_per_id,
-                                   images_per_camera, queries_per_camera, num_distractors, num_junk)
+                                   images_per_camera, queries_per_camera, num_distractors, num_junk, domain)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)

@@ -427,11 +427,13 @@ class _Reranking:
     """
 
     def __init__(self, v: sp.csr_matrix, q: int, lambda_value: float,
-                 fill_normalised: Callable[[int, int, np.ndarray], None]) -> None:
-        self.v, self.q, self.g = v, q, v.shape[0] - q
+                 fill_normalised: Callable[[int, int, np.ndarray], None] | None, gallery_start: int | None = None) -> None:
+        # gallery_start: V's first gallery row (default q; 0 with q = N: every row against every row)
+        gallery_start = q if gallery_start is None else gallery_start
+        self.v, self.q, self.g = v, q, v.shape[0] - gallery_start
         self.fill_normalised = fill_normalised
         self.one_minus, self.lam = np.float32(1 - lambda_value), np.float32(lambda_value)
-        gallery_cols = v[q:].tocsc()
+        gallery_cols = v[gallery_start:].tocsc()
         self.col_ptr, self.col_rows, self.col_vals = gallery_cols.indptr, gallery_cols.indices, gallery_cols.data
         # triples per query row, to size the steps
         self.lengths = np.diff(self.col_ptr)[v.indices[: v.indptr[q]]]
@@ -451,8 +453,9 @@ class _Reranking:
             start = end
         return out
 
-    def rows_into(self, start: int, stop: int, block: np.ndarray) -> None:
-        """Write query rows start..stop-1 (one step) into the contiguous ``block``."""
+    def shared(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hit, m) of query rows start..stop-1 (one step): ``hit`` the flat positions
+        (row - start) * g + j of the gallery items j with m(i, j) > 0, ``m`` those sums (float32)."""
         v, g = self.v, self.g
         lo, hi = v.indptr[start], v.indptr[stop]
         k = v.indices[lo:hi]
@@ -465,8 +468,11 @@ class _Reranking:
         shared = np.bincount(np.repeat(local, counts) * g + self.col_rows[pos], weights=mins,
                              minlength=(stop - start) * g)
         hit = np.flatnonzero(shared)
-        m = shared[hit].astype(np.float32)
-        del shared
+        return hit, shared[hit].astype(np.float32)
+
+    def rows_into(self, start: int, stop: int, block: np.ndarray) -> None:
+        """Write query rows start..stop-1 (one step) into the contiguous ``block``."""
+        hit, m = self.shared(start, stop)
         jaccard = 1 - m / (2 - m)
         self.fill_normalised(start, stop, block)
         flat = block.reshape(-1)  # a view: the block's rows are contiguous
@@ -591,6 +597,48 @@ def _from_features(query_features: ArrayLike, gallery_features: ArrayLike, k1: i
     _canonical_lists(joint, near)
     knn = _finish_neighbours(near, outside, row_max2, k, n, full_rows)
     return _finish(knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised), out
+
+
+def k_reciprocal_jaccard(features: ArrayLike, k1: int = 20, k2: int = 6, *, block_size: int = _DEFAULT_BLOCK,
+                         progress: bool | None = None) -> sp.csr_matrix:
+    """The k-reciprocal Jaccard distance among the rows of one feature set, N x N, sparse.
+
+    The steps of :func:`rerank` (the same neighbour lists, expansion and encoding ``V``, from
+    the canonical squared Euclidean distances) with every row a query and every row a gallery
+    item: ``J(i, j) = 1 - m / (2 - m)``, ``m = sum_k min(V[i, k], V[j, k])``. Only pairs with
+    m > 0 (J < 1) are stored, the diagonal (J = 0) included as explicit zeros; every pair not
+    stored has J = 1. That is what clustering needs (DBSCAN with ``metric="precomputed"`` on a
+    sparse matrix treats stored entries as the only candidate neighbours), in O(N k) memory
+    plus the stored pairs, never an N x N array. Unsupervised adaptation (Ge et al. 2020, Dai
+    et al. 2021) clusters these distances.
+
+    Returns:
+        a scipy CSR float32 matrix, symmetric, sorted indices.
+    """
+    x = as_feature_pair(features, features, "features", "features")[0]
+    if x.shape[0] < 2:
+        raise ValueError(f"features: expected at least 2 rows, got shape {tuple(x.shape)}")
+    with progress_bar(desc="Jaccard distance (neighbours)", unit="block", progress=progress) as bar:
+        # one joint set of all N rows: the query/gallery split only sizes the unused q x g block
+        reranking, _ = _from_features(x[:1], x[1:], k1, k2, 0.0, "torch", block_size, bar, keep_distances=False)
+        n = reranking.v.shape[0]
+        pairs = _Reranking(reranking.v, n, 0.0, None, gallery_start=0)
+        bar.unit = "row"
+        bar.reset(total=n)
+        bar.set_description("Jaccard distance")
+        rows_out, cols_out, values_out = [], [], []
+        for start, stop in pairs.steps(0, n):
+            hit, m = pairs.shared(start, stop)
+            rows_out.append(start + hit // n)
+            cols_out.append(hit % n)
+            values_out.append(1 - m / (2 - m))
+            bar.update(stop - start)
+    rows, columns = np.concatenate(rows_out), np.concatenate(cols_out)
+    values = np.concatenate(values_out).astype(np.float32)
+    values[rows == columns] = 0.0  # m(i, i) = sum of V[i] = 1 up to rounding: J(i, i) is 0
+    out = sp.csr_matrix((values, (rows, columns)), shape=(n, n))
+    out.sort_indices()
+    return out
 
 
 class RerankedBlocks:

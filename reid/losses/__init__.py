@@ -9,6 +9,7 @@ import inspect
 
 from torch import nn
 
+from .cluster_memory import ClusterMemoryLoss
 from .cross_entropy import CrossEntropyLoss
 from .group_loss import GroupLoss, first_anchors_mask, group_loss_probabilities, pearson_similarity
 from .triplet import TripletLoss, pairwise_embedding_distances
@@ -17,6 +18,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "group": GroupLoss,
     "cross_entropy": CrossEntropyLoss,
     "triplet": TripletLoss,
+    "cluster_memory": ClusterMemoryLoss,
 }
 
 
@@ -40,6 +42,7 @@ def build_loss(name: str, **params: object) -> nn.Module:
 
 __all__ = [
     "LOSSES",
+    "ClusterMemoryLoss",
     "CrossEntropyLoss",
     "GroupLoss",
     "TripletLoss",

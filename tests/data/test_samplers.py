@@ -194,3 +194,25 @@ def test_market_scale_epoch() -> None:
     assert len(batches) == sum(expected) // 16
     appearances = Counter(pids[batch[j]] for batch in batches for j in range(0, 64, 4))
     assert sum(appearances[pid] != expected[pid] for pid in range(751)) == sum(expected) % 16
+
+
+def test_camera_round_robin_interleaves_cameras() -> None:
+    from reid.data.samplers import camera_round_robin
+
+    indices = np.array([10, 11, 12, 13, 14, 15])
+    cameras = np.array([2, 2, 2, 0, 0, 5])
+    # camera 2 first seen, then 0, then 5: one of each in turn, each camera's order kept
+    np.testing.assert_array_equal(camera_round_robin(indices, cameras), [10, 13, 15, 11, 14, 12])
+
+
+def test_camera_balanced_groups_span_cameras() -> None:
+    from reid.data.samplers import IdentityBatchSampler
+
+    pids = np.repeat([0, 1], 8)
+    camids = np.tile([0, 0, 0, 0, 1, 1, 1, 1], 2)
+    sampler = IdentityBatchSampler(pids, 2, 2, seed=3, camids=camids)
+    plain = IdentityBatchSampler(pids, 2, 2, seed=3)
+    for batch in sampler:
+        for group in (batch[:2], batch[2:]):
+            assert len({int(camids[i]) for i in group}) == 2  # K = 2 images from two cameras
+    assert sorted(sum(list(sampler), [])) == sorted(sum(list(plain), []))  # the same images per epoch

@@ -378,3 +378,23 @@ def test_tool_reports_a_clash_without_traceback(tmp_path, capsys):
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert re.search(r"^error: .*num_train_ids: 2 \(on disk\) != 3", err) and "Traceback" not in err
+
+
+def test_second_domain_is_an_option_that_leaves_the_default_alone(tmp_path) -> None:
+    import json
+
+    from reid.data.synthetic import make_synthetic_market
+
+    small = dict(num_train_ids=3, num_test_ids=2, num_cameras=2, image_size=(64, 32), num_distractors=1, num_junk=1)
+    market = make_synthetic_market(tmp_path / "a", **small)
+    dusk = make_synthetic_market(tmp_path / "b", domain="dusk", **small)
+    assert "domain" not in json.loads((market / "synthetic.json").read_text())["arguments"]
+    assert json.loads((dusk / "synthetic.json").read_text())["arguments"]["domain"] == "dusk"
+    names = sorted(p.relative_to(market).as_posix() for p in market.rglob("*.jpg"))
+    assert names == sorted(p.relative_to(dusk).as_posix() for p in dusk.rglob("*.jpg"))  # the same plan
+    differing = [n for n in names if (market / n).read_bytes() != (dusk / n).read_bytes()]
+    assert len(differing) == len(names)
+    again = make_synthetic_market(tmp_path / "c", domain="dusk", **small)
+    assert all((dusk / n).read_bytes() == (again / n).read_bytes() for n in names)
+    with pytest.raises(ValueError, match="domain='night': expected one of market, dusk"):
+        make_synthetic_market(tmp_path / "d", domain="night", **small)

@@ -51,7 +51,7 @@ def test_errors_and_build_by_name():
 
 
 def test_build_loss_unknown_name_and_parameter():
-    with pytest.raises(ValueError, match=r"unknown loss 'arcface'; valid names: cross_entropy, group, triplet"):
+    with pytest.raises(ValueError, match=r"unknown loss 'arcface'; valid names: cluster_memory, cross_entropy, group, triplet"):
         build_loss("arcface")
     with pytest.raises(TypeError, match=r"loss 'cross_entropy': unexpected parameter\(s\) margin; valid: label_smoothing"):
         build_loss("cross_entropy", margin=0.3)
