@@ -369,7 +369,7 @@ def _squared_norms(x: torch.Tensor) -> torch.Tensor:
 def _all_finite(x: torch.Tensor) -> bool:
     # a finite sum means every element is finite (NaN and inf propagate); only a sum that
     # overflowed, or a set that is not finite, needs the element-wise look
-    if bool(torch.isfinite(x.sum(dtype=torch.float64))):
+    if bool(torch.isfinite(x.sum())):  # in x's dtype: a dtype= argument would convert a copy first
         return True
     return all(bool(torch.isfinite(part).all()) for _, part in _row_chunks(x, None))
 
