@@ -53,8 +53,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             err if written and isinstance(err, OSError) else None)
         if failed is None:
             raise
-        raise OSError(failed.errno, f"{path}: could not be written ({failed.strerror or failed}); "
-                                    "the previous file, if any, is unchanged") from None
+        error = OSError(f"{path}: could not be written ({failed.strerror or failed}); the previous file, if any, "
+                        "is unchanged")
+        error.errno = failed.errno  # for callers that tell a full disk from a quota; not in the message
+        raise error from None
     return path
 
 
