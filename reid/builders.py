@@ -27,6 +27,8 @@ from .losses import build_loss
 from .losses.weighted import WeightedLosses
 from .models import ReidModel, build_model
 from .models.model import check_feature
+from .models.pretrained import hub_offline
+from .models.weights import is_network_error
 from .optim import Optimization, amp_settings, build_optimizer, build_scheduler
 
 log = logging.getLogger("reid")
@@ -290,7 +292,18 @@ def model_from_checkpoint(state: dict[str, Any], path: str | Path, device: str |
     """The model a loaded checkpoint ``state`` was trained with (architecture from its stored
     config), on ``device`` in eval mode."""
     cfg = checkpoint_config(state, path)
-    model = model_from_config(cfg, state["num_classes"], load_pretrained=False)
+    try:
+        # Local files only: an `hf-hub:` backbone's architecture (or any other hub lookup) never
+        # makes reading a checkpoint reach for the network.
+        with hub_offline(True):
+            model = model_from_config(cfg, state["num_classes"], load_pretrained=False)
+    except Exception as err:
+        if not is_network_error(err):
+            raise
+        raise FileNotFoundError(
+            f"{path}: model.backbone={cfg.model.backbone!r} needs files from the Hugging Face hub that are not in the "
+            "local cache, and loading a checkpoint never downloads; build the model once where the hub is reachable "
+            f"(timm.create_model({cfg.model.backbone!r}) caches them), then run again") from None
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

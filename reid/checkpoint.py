@@ -10,7 +10,11 @@ Layout (``version`` 2)::
     {"format": "reid-checkpoint", "version": 2,
      "model": state_dict, "config": dict, "num_classes": int,          # what inference needs
      "optimizer": ..., "scheduler": ..., "scaler": ..., "loss": ...,   # what resuming needs
-     "progress": {"epoch", "step", "best_score", "best_epoch"}, "rng": {"torch", "numpy", "python", "cuda"}}
+     "progress": {"epoch", "step", "best_score", "best_epoch"}, "rng": {"torch", "numpy", "python", "cuda"},
+     "epoch_record": {...}}                                             # last.pt: the epoch's log record
+
+``epoch_record`` (losses, lr, speed of the epoch just trained) lets a run killed during its
+final evaluation finish it with the log line it would have written.
 
 Files written by version 1 (unpickled with ``weights_only=False``) are refused; the user
 converts a trusted one once with ``reid convert-checkpoint OLD NEW`` (:func:`convert_checkpoint`).
@@ -22,7 +26,9 @@ import logging
 import pickle
 import random
 import re
-from collections.abc import Mapping
+import struct
+import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,9 @@ VERSION = 2
 # torch.save's archive starts as every zip file does; the legacy format (torch < 1.6, or
 # _use_new_zipfile_serialization=False) is a bare pickle stream. torch checks the same bytes.
 ZIP_MAGIC = b"PK\x03\x04"
+# The pickle of a checkpoint holds names and small numbers (the tensors' bytes are records of
+# their own): reid's are tens of KiB. A larger one is refused before it is unpickled.
+MAX_PICKLE_BYTES = 64 << 20
 
 
 class CheckpointError(ValueError):
@@ -68,6 +77,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
+        check_declared_sizes(path)
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         unsafe = _refused_globals(path, err)
@@ -80,12 +90,124 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint of an earlier reid version from a source you trust, convert it once: "
             f"reid convert-checkpoint {path} NEW.pt"
         ) from None
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises several types for truncated / foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a torch.save file "
                               f"({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a reid checkpoint (expected a dict with a 'model' entry)")
+    check_fields(state, path)
     return state
+
+
+def check_declared_sizes(path: str | Path) -> None:
+    """Refuse, before any tensor is allocated, a file whose tensors declare more bytes than it holds.
+
+    ``torch.load`` allocates what the pickle declares and what the zip directory says a record
+    expands to, so a few MB can ask for GBs. torch.save writes its records uncompressed, so
+    here: every record is stored (not compressed) inside the file, the pickle is at most
+    ``MAX_PICKLE_BYTES``, and a dry run of the pickle onto the ``meta`` device (no data read or
+    allocated) gives each storage's declared size, which must fit its record (a legacy,
+    non-zip file: the file). Errors name the file; an unsafe pickle is left to the real load.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        is_zip = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    records = _stored_records(path, size) if is_zip else {}
+    try:
+        skeleton = torch.load(path, map_location="meta", weights_only=True)
+    except Exception:  # unsafe or unreadable: the real load says which, and nothing was allocated
+        return
+    for tensor in _tensors(skeleton):
+        storage = tensor.untyped_storage()
+        declared = storage.nbytes()
+        offset = getattr(storage, "_checkpoint_offset", None)
+        room = records.get(offset, 0) if is_zip else size
+        if declared > room:
+            raise CheckpointError(f"{path}: refused: a tensor declares {declared:,} bytes of data but the file holds "
+                                  f"{room:,} for it ({size:,} bytes in all); a damaged or crafted file")
+
+
+def _stored_records(path: Path, size: int) -> dict[int, int]:
+    """{data offset: size} of a torch.save archive's records, after checking that each is
+    stored uncompressed within the file and the pickle is no larger than ``MAX_PICKLE_BYTES``."""
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            records = {}
+            for info in archive.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                    raise CheckpointError(
+                        f"{path}: refused: record {info.filename} is compressed ({info.compress_size:,} bytes "
+                        f"expanding to {info.file_size:,}); torch.save stores records as they are")
+                raw.seek(info.header_offset)
+                header = raw.read(30)
+                if len(header) < 30:
+                    raise CheckpointError(f"{path}: refused: record {info.filename} lies outside the file")
+                name_length, extra_length = struct.unpack("<HH", header[26:30])
+                start = info.header_offset + 30 + name_length + extra_length
+                if start + info.file_size > size:
+                    raise CheckpointError(f"{path}: refused: record {info.filename} claims {info.file_size:,} bytes, "
+                                          f"beyond the end of the {size:,}-byte file")
+                if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
+                    raise CheckpointError(f"{path}: refused: its pickle is {info.file_size:,} bytes, more than the "
+                                          f"{MAX_PICKLE_BYTES:,} a checkpoint's names and numbers need")
+                records[start] = info.file_size
+            return records
+    except (zipfile.BadZipFile, OSError, EOFError, struct.error) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint: truncated, or not a torch.save file "
+                              f"({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _tensors(tree: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in nested dicts, lists and tuples (iteratively: a deep pickle cannot recurse us out)."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, torch.Tensor):
+            yield node
+        elif isinstance(node, Mapping):
+            pending.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            pending.extend(node)
+
+
+# The fields a reid checkpoint may hold besides tensors, and what each must be: a crafted file
+# with e.g. num_classes=10**13 would otherwise ask the model builder for a 10**13-row classifier.
+MAX_CLASSES = 10_000_000
+
+
+def check_fields(state: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse crafted or damaged fields with one line naming the field and what was expected."""
+    def refuse(field: str, expected: str) -> CheckpointError:
+        value = repr(state[field])
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return CheckpointError(f"{path}: field {field!r}: expected {expected}, got {shown}")
+
+    model = state["model"]
+    if not isinstance(model, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in model.items()):
+        raise refuse("model", "a state dict (parameter name -> tensor)")
+    if "config" in state and not isinstance(state["config"], Mapping):
+        raise refuse("config", "a mapping (the run's resolved config)")
+    if "num_classes" in state:
+        classes = state["num_classes"]
+        if not _is_int(classes) or not 0 <= classes <= MAX_CLASSES:
+            raise refuse("num_classes", f"an integer in 0..{MAX_CLASSES:,}")
+        weight = model.get("classifier.weight")
+        if isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.shape[0] != classes:
+            raise refuse("num_classes", f"{weight.shape[0]} (the rows of the stored classifier.weight)")
+    if "progress" in state:
+        progress, names = state["progress"], tuple(Progress.__dataclass_fields__)
+        counts_ok = isinstance(progress, Mapping) and set(progress) <= set(names) and all(
+            _is_int(progress.get(k, 0)) for k in ("epoch", "step", "best_epoch"))
+        if not counts_ok or not isinstance(progress.get("best_score", 0.0), (int, float)):
+            raise refuse("progress", f"a mapping of {', '.join(names)} (integer counts, a float score)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _refused_globals(path: Path, err: pickle.UnpicklingError) -> list[str]:
@@ -238,19 +360,21 @@ class Checkpointer:
         self.extra = dict(extra or {})
         self.is_main = is_main
 
-    def state(self, progress: Progress) -> dict[str, Any]:
+    def state(self, progress: Progress, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
         state: dict[str, Any] = {"format": FORMAT, "version": VERSION, **self.extra}
         for name, module in self.modules.items():
             state[name] = (unwrap(module) if isinstance(module, nn.Module) else module).state_dict()
         state["progress"] = asdict(progress)
         state["rng"] = rng_to_data(capture_rng())
+        if record is not None:
+            state["epoch_record"] = dict(record)
         return state
 
-    def save(self, name: str, progress: Progress) -> Path | None:
-        """Write ``OUTPUT_DIR/name`` atomically (main process only)."""
+    def save(self, name: str, progress: Progress, *, record: Mapping[str, Any] | None = None) -> Path | None:
+        """Write ``OUTPUT_DIR/name`` atomically (main process only); ``record``: the epoch's log record."""
         if not self.is_main:
             return None
-        return save_checkpoint(self.state(progress), self.output_dir / name)
+        return save_checkpoint(self.state(progress, record), self.output_dir / name)
 
     def resume(self, path: str | Path) -> Progress:
         """Load every module's state, the RNG states and the progress from ``path``."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
+import os
 import re
 import sys
 import types
@@ -81,6 +83,22 @@ def _above(low: float) -> Check:
     return (lambda v: v > low, f"a number > {low:g}")
 
 
+# DataLoader workers per CPU beyond which a config is refused: each worker is a process with its
+# own copy of the dataset lists and of torch (hundreds of MB); 1000 of them exhaust any machine.
+MAX_WORKERS_PER_CPU = 4
+# Sections deeper than this in a YAML file or an override value are refused (the schema has two
+# levels; loss parameters a few more), before a deep tree exhausts the parser's recursion.
+MAX_YAML_DEPTH = 32
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM or container allotment)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _dataset_names() -> tuple[str, ...]:
     return ("synthetic", *sorted(DATASETS))  # the registry as it is now: register_dataset adds names
 
@@ -105,7 +123,8 @@ class DataConfig:
     width: int = _key(128, "input width in pixels", check=_POSITIVE)
     num_identities: int = _key(16, "P identities per batch (per process)", check=_POSITIVE)
     num_instances: int = _key(4, "K images per identity", check=_POSITIVE)
-    num_workers: int = _key(2, "data loader processes; 0: load in the main process", check=_int_at_least(0))
+    num_workers: int = _key(2, "data loader processes; 0: load in the main process; at most 4 per CPU",
+                            check=_int_at_least(0))
     test_batch_size: int = _key(128, "images per batch when extracting features", check=_POSITIVE)
     pipeline: str = _key("reid", "reid: resize, flip, pad + crop, erasing; retrieval: random resized crop + "
                          "flip, tests resized then centre-cropped", choices=PIPELINES)
@@ -166,7 +185,8 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     name: str = _key("cross_entropy", "a loss of reid.losses.LOSSES", choices=_loss_names)
-    weight: float = _key(1.0, "multiplies this loss in the sum")
+    weight: float = _key(1.0, "multiplies this loss in the sum; 0: computed and logged, not trained",
+                         check=_at_least(0))
     params: dict = _key({}, "keyword arguments of the loss class")
 
 
@@ -251,7 +271,8 @@ class AdaptConfig:
 
 @dataclass
 class Config:
-    output_dir: str = _key("outputs/run", "the run's folder: checkpoints, logs, metrics")
+    output_dir: str = _key("outputs/run", "the run's folder: checkpoints, logs, metrics",
+                           check=(lambda v: v.strip() != "", "a folder name, not empty (use . for this folder)"))
     resume: Union[bool, str] = _key(False, "true: continue from OUTPUT_DIR/last.pt; or a checkpoint path")
     overwrite: bool = _key(False, "true: a fresh run may replace the run already in output_dir "
                            "(its checkpoints, logs and metrics)")
@@ -309,14 +330,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         # YAML reads 1e-4 as a string and 3 as an int; both are meant as floats.
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # inf / nan pass every range check and poison the training
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -374,12 +400,27 @@ def parse_overrides(overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value, e.g. train.epochs=3")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from None
+        value = _safe_yaml(raw, f"override '{item}': value") if raw != "" else ""
         _set_dotted(tree, key.strip(), value)
     return tree
+
+
+def _safe_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load(text)``; invalid or too deeply nested YAML is a ConfigError naming ``what``."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: not valid YAML ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: nested too deeply (expected at most {MAX_YAML_DEPTH} levels)") from None
+    pending = [(data, 1)]
+    while pending:  # iteratively: the check itself must not recurse
+        node, depth = pending.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{what}: nested too deeply (expected at most {MAX_YAML_DEPTH} levels)")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+    return data
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
@@ -389,15 +430,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    data = _safe_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     base = data.pop("_base_", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: _base_: expected the path of another config file (a string), got {base!r}")
     merged = _read_yaml(path.parent / base, seen + (path,))
     return _deep_update(merged, data)
 
@@ -435,6 +475,10 @@ def validate(cfg: Config) -> None:
     _check_fields(cfg, "")
     if cfg.adapt.k2 > cfg.adapt.k1 + 1:
         raise ConfigError(f"adapt.k2: expected an integer <= k1 + 1 = {cfg.adapt.k1 + 1}, got {cfg.adapt.k2!r}")
+    workers, cpus = cfg.data.num_workers, usable_cpus()
+    if workers > MAX_WORKERS_PER_CPU * cpus:
+        raise ConfigError(f"data.num_workers: expected at most {MAX_WORKERS_PER_CPU} per CPU of this machine "
+                          f"({cpus} CPUs: {MAX_WORKERS_PER_CPU * cpus}), got {workers}")
     if cfg.test.k2 > cfg.test.k1 + 1:
         raise ConfigError(f"test.k2: expected an integer <= k1 + 1 = {cfg.test.k1 + 1}, got {cfg.test.k2!r}")
     t = cfg.train

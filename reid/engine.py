@@ -115,8 +115,16 @@ def train_one_epoch(
     total_steps = len(loader) if max_steps is None else min(max_steps, len(loader))
     bar = progress_bar(total=total_steps, desc=description, progress=progress, delay=0.0)
     start = time.perf_counter()
-    for images, pids, _camids, _paths in loader:
-        if result.steps >= total_steps:
+    batches = iter(loader)
+    while result.steps < total_steps:
+        try:
+            images, pids, _camids, _paths = next(batches)
+        except StopIteration:
+            break
+        except RuntimeError:  # a DataLoader worker ended by the signal that asked us to stop
+            if stop is None or not stop.requested:
+                raise
+            result.interrupted = True
             break
         images = images.to(device, non_blocking=True)
         labels = torch.as_tensor(pids).to(device, non_blocking=True)
@@ -179,21 +187,32 @@ def selection_score(metrics: dict[str, Any]) -> float:
 def fit(model: nn.Module, train_loader, criterion: nn.Module, optimization: Optimization, checkpointer: Checkpointer,
         *, epochs: int, steps_per_epoch: int, device: torch.device | str = "cpu", start: Progress | None = None,
         evaluate_fn: Callable[[nn.Module, bool], dict[str, Any]] | None = None, eval_every: int = 10,
-        on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        last_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train from ``start`` (default: the beginning) to ``epochs``; return the last metrics.
 
-    After every epoch ``last.pt`` is written first, so an error in the evaluation that follows
-    loses no training; then, every ``eval_every`` epochs and after the last one,
-    ``evaluate_fn(model, final)`` runs on the main process (``final``: the caller may add
-    re-ranking) and ``best.pt`` is written when :func:`selection_score` improves. ``on_epoch(record)`` gets one
-    dict per epoch (losses, lr, speed, metrics) on the main process. SIGINT/SIGTERM finish the
-    current step, write ``last.pt`` and raise :class:`TrainingInterrupted`. Every process of a
-    torchrun job calls fit (there are collectives inside); only the main one writes.
+    After every epoch ``last.pt`` is written first (with the epoch's record), so an error in
+    the evaluation that follows loses no training; then, every ``eval_every`` epochs and after
+    the last one, ``evaluate_fn(model, final)`` runs on the main process (``final``: the caller
+    may add re-ranking) and ``best.pt`` is written when
+    :func:`selection_score` improves. ``on_epoch(record)`` gets
+    one dict per epoch (losses, lr, speed, metrics) on the main process. A ``start`` at
+    ``epochs`` (a run stopped in or before its final evaluation) runs only that evaluation, and
+    hands ``last_record`` (the ``epoch_record`` its ``last.pt`` stored) on with the metrics.
+    SIGINT/SIGTERM finish the current step, write ``last.pt`` and raise
+    :class:`TrainingInterrupted`. Every process of a torchrun job calls fit (there are
+    collectives inside); only the main one writes.
     """
     state = start if start is not None else Progress()
     is_main = checkpointer.is_main
     metrics: dict[str, Any] = {}
     with StopRequest() as stop:
+        if state.epoch >= epochs and evaluate_fn is not None:
+            record = dict(last_record or {"epoch": state.epoch, "lr": optimization.lr, "loss": {},
+                                          "images_per_s": 0.0, "seconds": 0.0})
+            metrics = _evaluate_epoch(model, state, record, evaluate_fn, checkpointer, final=True)
+            if is_main and on_epoch is not None:
+                on_epoch(record)
         while state.epoch < epochs:
             epoch = state.epoch
             # The sampler's batches are a pure function of (seed, epoch), so starting at a
@@ -208,23 +227,33 @@ def fit(model: nn.Module, train_loader, criterion: nn.Module, optimization: Opti
                 raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {state.step}; resume with resume=true "
                                           f"(checkpoint {checkpointer.output_dir / 'last.pt'})")
             state.epoch, state.step = epoch + 1, 0
-            checkpointer.save("last.pt", state)
             record = {"epoch": state.epoch, "lr": optimization.lr, "loss": result.losses,
                       "images_per_s": round(result.images_per_second, 2), "seconds": round(result.seconds, 2)}
+            checkpointer.save("last.pt", state, record=record)
             final = state.epoch == epochs
             if evaluate_fn is not None and (final or state.epoch % eval_every == 0):
-                if is_main:
-                    metrics = record["metrics"] = evaluate_fn(model, final)
-                    if selection_score(metrics) > state.best_score:
-                        state.best_score, state.best_epoch = selection_score(metrics), state.epoch
-                        checkpointer.save("best.pt", state)
-                    checkpointer.save("last.pt", state)  # with the best so far, for a resumed run
-                _barrier()
+                metrics = _evaluate_epoch(model, state, record, evaluate_fn, checkpointer, final=final)
             if is_main and on_epoch is not None:
                 on_epoch(record)
             if stop.requested and not final:
                 raise TrainingInterrupted(f"stopped after epoch {state.epoch}; resume with resume=true "
                                           f"(checkpoint {checkpointer.output_dir / 'last.pt'})")
+    return metrics
+
+
+def _evaluate_epoch(model: nn.Module, state: Progress, record: dict[str, Any],
+                    evaluate_fn: Callable[[nn.Module, bool], dict[str, Any]], checkpointer: Checkpointer, *,
+                    final: bool) -> dict[str, Any]:
+    """Evaluate on the main process (into ``record``), write ``best.pt`` on a better score, and
+    ``last.pt`` again with the best so far (for a resumed run)."""
+    metrics: dict[str, Any] = {}
+    if checkpointer.is_main:
+        metrics = record["metrics"] = evaluate_fn(model, final)
+        if selection_score(metrics) > state.best_score:
+            state.best_score, state.best_epoch = selection_score(metrics), state.epoch
+            checkpointer.save("best.pt", state)
+        checkpointer.save("last.pt", state, record=record)
+    _barrier()
     return metrics
 
 

@@ -26,24 +26,57 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     The temporary file lives in the same folder so that ``os.replace`` is a rename on one file
     system (atomic on POSIX), and it is fsync'ed first so the rename never exposes a partly
     written file after a power loss. On any error the temporary file is removed and ``path``
-    is untouched. A process killed outright leaves its ``.NAME.*.tmp``:
-    :func:`remove_stale_temporaries` clears those. The file gets the mode a plain ``open``
-    would give it (0666 less the umask), not mkstemp's private 0600.
+    is untouched; a failed write (a full disk, a quota) is an ``OSError`` naming ``path``, also
+    when the writer (torch.save, zipfile) turned the file system's error into one of its own.
+    A process killed outright leaves its ``.NAME.PID.*.tmp``: :func:`remove_stale_temporaries`
+    clears those of dead processes. The file gets the mode a plain ``open`` would give it
+    (0666 less the umask), not mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    handle: _WriteErrors | None = None
+    written = False
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with os.fdopen(fd, "wb") as raw:
+            handle = _WriteErrors(raw)
+            write(handle)  # type: ignore[arg-type]
+            written = True
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
-        raise
+        # The file system's own error: a failed write() inside the writer, or flush/fsync/close after it.
+        failed = handle.error if handle is not None and handle.error is not None else (
+            err if written and isinstance(err, OSError) else None)
+        if failed is None:
+            raise
+        error = OSError(f"{path}: could not be written ({failed.strerror or failed}); the previous file, if any, "
+                        "is unchanged")
+        error.errno = failed.errno  # for callers that tell a full disk from a quota; not in the message
+        raise error from None
     return path
+
+
+class _WriteErrors:
+    """A binary file that remembers the OSError of a failed write: torch.save reports a full
+    disk as a RuntimeError about stream positions, zipfile as whatever it hit next."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, flush, fileno, ... of the real file
+        return getattr(self._raw, name)
 
 
 def _umask() -> int:
@@ -62,14 +95,33 @@ def _umask() -> int:
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files an interrupted :func:`atomic_write` of ``path`` left."""
+    """Delete the ``.NAME.PID.*.tmp`` files that interrupted :func:`atomic_write` calls of ``path``
+    left: those of processes no longer alive (a live writer's file is its own; a temporary
+    without a process id is from an older reid and always stale)."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
-    for file in stale:
+    stale = []
+    for file in sorted(path.parent.glob(f".{path.name}.*.tmp")):
+        writer = file.name[len(path.name) + 2:].split(".", 1)[0]
+        if writer.isdigit() and process_alive(int(writer)):
+            continue
         file.unlink(missing_ok=True)
+        stale.append(file)
     return stale
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 checks without sending)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -353,6 +353,8 @@ def _draw_training_curves(data: ReportData, path: Path) -> None:
 
 _FIGURE_WRITERS = {"cmc.png": _draw_cmc, "roc.png": _draw_roc, "distances.png": _draw_distances,
                    "training_curves.png": _draw_training_curves}
+# Every file a report may write (rank lists as a pattern): what `reid report` refuses to replace.
+REPORT_FILES = ("index.html", "metrics.json", *_FIGURE_WRITERS, "rank_list_*.png")
 
 
 def write_figures(data: ReportData, output_dir: str | os.PathLike) -> list[Path]:

@@ -6,13 +6,22 @@ of the run is written, so a mistake never costs a user the run already in ``outp
 
 * a fresh run into a folder that holds a run refuses (``resume=true`` continues it, a new
   ``output_dir`` starts another, ``overwrite=true`` replaces it);
-* ``resume=true`` on a finished run says so and changes nothing;
+* a run folder is one that holds reid's marker ``.reid-run.json`` (written first into every
+  run folder); ``overwrite=true`` removes only the files a run writes (``RUN_FILES``), and
+  a folder whose files of those names reid did not write (no marker: the user's own
+  ``config.yaml``, say) is refused even with ``overwrite=true``;
+* one run at a time per folder: ``.reid-run.lock`` holds the process id, host and start time
+  of the run using it; a second run is refused, and a lock whose process is gone (same host)
+  is stale and taken over with a warning;
+* ``resume=true`` on a finished run says so and changes nothing; on a run that stopped in or
+  before its final evaluation (``metrics.json`` missing), it runs that evaluation;
 * a resumed run must be the same experiment: a changed setting that shapes the training
   (model, data, losses, optimizer, schedule) is refused with the key and both values.
 
-Files of a run (all in ``output_dir``): ``config.yaml``, ``train.log`` (every message and every
-error), ``log.jsonl`` (one JSON line per epoch), ``last.pt``, ``best.pt``, ``metrics.json`` and
-``untrained_metrics.json`` (with ``train.eval_untrained``).
+Files of a run (all in ``output_dir``): ``.reid-run.json``, ``config.yaml``, ``train.log``
+(every message and every error), ``log.jsonl`` (one JSON line per epoch), ``last.pt``,
+``best.pt``, ``metrics.json`` and ``untrained_metrics.json`` (with ``train.eval_untrained``),
+``tensorboard/`` (when TensorBoard is installed); ``.reid-run.lock`` while it runs.
 """
 
 from __future__ import annotations
@@ -20,7 +29,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +45,14 @@ from .data import describe_sources
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .engine import TrainingInterrupted, evaluate, fit, seed_everything
 from .evaluation.evaluator import metrics_line, metrics_table
-from .io import atomic_write_json
+from .io import atomic_write_json, process_alive, remove_stale_temporaries
 
 log = logging.getLogger("reid")
 
 RUN_FILES = ("config.yaml", "train.log", "log.jsonl", "last.pt", "best.pt", "metrics.json",
              "untrained_metrics.json", "tensorboard")
+RUN_MARKER = ".reid-run.json"  # "this folder is a run reid wrote": what overwrite=true may clear
+RUN_LOCK = ".reid-run.lock"  # "a run is using this folder now": {"pid", "host", "started"}
 
 # Settings a resumed run may change: where and how fast it runs, how long, how it is evaluated.
 RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "train.epochs", "train.eval_every", "train.device",
@@ -65,12 +79,21 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
     output_dir = Path(cfg.output_dir)
     resume_from = resume_checkpoint(cfg)
     resume_state = load_checkpoint(resume_from) if resume_from is not None else None
-    if resume_from is None:
-        check_output_folder(output_dir, overwrite=cfg.overwrite)
-    else:
-        finished = _check_resumable(cfg, resume_from, resume_state)
-        if finished is not None:
-            return finished
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output_dir={output_dir} is a file, not a folder")
+    with RunLock(output_dir, enabled=dist_info.is_main):
+        if resume_from is None:
+            check_output_folder(output_dir, overwrite=cfg.overwrite)
+        else:
+            finished = _check_resumable(cfg, resume_from, resume_state)
+            if finished is not None:
+                return finished
+        return _train(cfg, device, dist_info, resume_from, resume_state)
+
+
+def _train(cfg: Config, device: torch.device, dist_info: DistInfo, resume_from: Path | None,
+           resume_state: dict[str, Any] | None) -> dict[str, Any]:
+    output_dir = Path(cfg.output_dir)
     seed_everything(cfg.train.seed + dist_info.rank)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -116,7 +139,8 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
             log.info("untrained model: %s", run_metrics_line(untrained))
         metrics = fit(model, train_loader, criterion, optimization, checkpointer, epochs=cfg.train.epochs,
                       steps_per_epoch=steps, device=device, start=start, evaluate_fn=evaluate_fn,
-                      eval_every=cfg.train.eval_every, on_epoch=files.log_epoch)
+                      eval_every=cfg.train.eval_every, on_epoch=files.log_epoch,
+                      last_record=(resume_state or {}).get("epoch_record"))
         if dist_info.is_main:
             metrics = files.write_metrics(metrics, next(iter(data.tests.values())).name)
     return metrics
@@ -186,6 +210,10 @@ def _check_resumable(cfg: Config, path: Path, state: dict[str, Any]) -> dict[str
     if progress.epoch < cfg.train.epochs:
         return None
     metrics_file = Path(cfg.output_dir) / "metrics.json"
+    if progress.epoch == cfg.train.epochs and not metrics_file.is_file():
+        log.info("the run in %s trained all %d epochs but its final evaluation did not finish (no %s): "
+                 "running it now", cfg.output_dir, progress.epoch, metrics_file.name)
+        return None
     log.info("the run in %s has finished all %d epochs (%s): nothing to do. Train longer with resume=true "
              "train.epochs=N (N > %d); evaluate with: reid test --weights %s", cfg.output_dir, progress.epoch,
              path, progress.epoch, path)
@@ -220,11 +248,19 @@ class RunFiles:
             return self
         kept: list[str] = []
         if self.fresh and self.overwrite and any((self.output_dir / name).exists() for name in RUN_FILES):
+            # check_output_folder has seen the marker: these names are files this run's kind wrote.
             for name in RUN_FILES:
                 target = self.output_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-            kept = sorted(path.name for path in self.output_dir.iterdir())
+                remove_stale_temporaries(target)
+            kept = sorted(path.name for path in self.output_dir.iterdir() if path.name not in (RUN_MARKER, RUN_LOCK))
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        marker = self.output_dir / RUN_MARKER
+        if not marker.is_file():  # first, so that every later file is known to be the run's
+            from . import __version__
+
+            atomic_write_json(marker, {"format": "reid-run", "version": 1, "reid": __version__,
+                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         self._handler = logging.FileHandler(self.output_dir / "train.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(self._handler)
@@ -296,14 +332,117 @@ class RunFiles:
 
 
 def check_output_folder(output_dir: Path, *, overwrite: bool = False) -> None:
-    """A fresh run may go into a new or empty folder; one that holds a run needs ``overwrite``."""
+    """A fresh run may go into a new or empty folder; one that holds a run needs ``overwrite``,
+    and files of a run's names that reid did not write (no marker) are never replaced."""
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output_dir={output_dir} is a file, not a folder")
     held = sorted(name for name in RUN_FILES if (output_dir / name).exists())
+    if held and not (output_dir / RUN_MARKER).is_file():
+        raise FileExistsError(
+            f"output_dir={output_dir} holds {', '.join(held)} but no {RUN_MARKER} (the marker reid writes into "
+            "its run folders), so they are not files of a reid run and even overwrite=true leaves them alone; "
+            "choose a new output_dir, or move those files away yourself")
     if held and not overwrite:
         raise FileExistsError(
             f"output_dir={output_dir} already holds a run ({', '.join(held)}); continue it with resume=true, "
             "choose a new output_dir, or replace it with overwrite=true")
+
+
+class RunLock:
+    """``OUTPUT_DIR/.reid-run.lock`` while a run uses its folder: one run per folder at a time.
+
+    The lock is created atomically (a complete file linked into place, which fails when one is
+    there) and holds the process id, host and start time. A lock of a process that no longer
+    runs on this host is stale and taken over with a warning; a live one, or one from another
+    host (whose processes cannot be seen from here), refuses the run naming the lock.
+    On exit the lock is removed, and the folder too when the run created it and left it empty.
+    """
+
+    def __init__(self, output_dir: Path, *, enabled: bool = True) -> None:
+        self.output_dir, self.enabled = output_dir, enabled
+        self.path = output_dir / RUN_LOCK
+        self._created_folder = False
+
+    def __enter__(self) -> "RunLock":
+        if not self.enabled:
+            return self
+        self._created_folder = not self.output_dir.exists()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        for _ in range(3):  # the lock released or taken over by another process meanwhile: look again
+            if self._link(json.dumps(mine) + "\n"):
+                return self
+            text = self._read()
+            if text is None:
+                continue
+            holder = _lock_holder(text)
+            if holder is not None and not (holder["host"] == mine["host"] and not process_alive(holder["pid"])):
+                self._tidy()
+                raise FileExistsError(
+                    f"output_dir={self.output_dir} is in use by another run (process {holder['pid']} on "
+                    f"{holder['host']}, started {holder.get('started')}); wait for it to end or choose another "
+                    f"output_dir. If no such process runs, delete {self.path}")
+            self._take_over(text, holder)
+        self._tidy()
+        raise FileExistsError(f"output_dir={self.output_dir}: could not take the lock {self.path}; try again")
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.enabled:
+            return
+        holder = _lock_holder(self._read() or "")
+        if holder is not None and (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname()):
+            self.path.unlink(missing_ok=True)
+        self._tidy()
+
+    def _link(self, text: str) -> bool:
+        """Put a complete lock file in place, unless there is one (a link never replaces a file)."""
+        draft = self.output_dir / f".{RUN_LOCK}.{os.getpid()}.tmp"
+        draft.write_text(text)
+        try:
+            os.link(draft, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            draft.unlink(missing_ok=True)
+
+    def _read(self) -> str | None:
+        try:
+            return self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def _take_over(self, text: str, holder: dict[str, Any] | None) -> None:
+        """Remove the stale lock ``text``, unless another process replaced it since it was read."""
+        aside = self.output_dir / f".{RUN_LOCK}.stale.{os.getpid()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if aside.read_text(errors="replace") != text:  # a fresh lock moved aside: put it back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        else:
+            who = f"process {holder['pid']} (started {holder.get('started')})" if holder else "an unreadable lock"
+            log.warning("output_dir=%s: removed a stale lock of %s, which no longer runs", self.output_dir, who)
+        aside.unlink(missing_ok=True)
+
+    def _tidy(self) -> None:
+        if self._created_folder and self.output_dir.is_dir() and not any(self.output_dir.iterdir()):
+            self.output_dir.rmdir()
+
+
+def _lock_holder(text: str) -> dict[str, Any] | None:
+    """The lock's holder ({"pid", "host", "started"}); None when the text is no lock reid wrote
+    (locks are written whole, so a damaged one is no run in progress)."""
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        return None
+    ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str)
+    return holder if ok else None
 
 
 def _tensorboard(output_dir: Path):

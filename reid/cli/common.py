@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # annotations only
@@ -198,6 +199,29 @@ def load_model(state: dict, weights: Path, device: Any):
 
 # ---------------------------------------------------------------------------------------------
 # Output
+
+
+def check_new_file(path: Path, *, overwrite: bool, option: str = "--output") -> None:
+    """Before any work: ``path`` must not exist (nor be a folder), unless ``overwrite`` and it is a file."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder, not a file")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{option} {path} already exists; choose another name or pass --overwrite to replace it")
+
+
+def check_new_files_in(folder: Path, names: Iterable[str], *, overwrite: bool, what: str) -> None:
+    """Before any work: ``folder`` (created later if missing) must hold none of the files this
+    command writes there (``names``: names or glob patterns such as ``rank_list_*.png``),
+    unless ``overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder for {what}")
+    if overwrite or not folder.is_dir():
+        return
+    found = sorted({path.name for name in names for path in folder.glob(name)})
+    if found:
+        shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise FileExistsError(f"{folder} already holds {what} ({shown}); choose another folder or pass --overwrite "
+                              "to replace those files")
 
 
 def setup_logging(

@@ -88,7 +88,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{option} {folder}: {what}")
     if (args.same_person_fpr is not None or args.threshold is not None) and args.query is None:
         raise ValueError("--same-person-fpr / --threshold go with --query and --gallery")
-    targets = [args.output] if args.output is not None else []
+    from reid.evaluation.features import features_file
+
+    targets = [features_file(args.output)] if args.output is not None else []  # the file save() writes
     if args.output_dir is not None:
         targets += [args.output_dir / "query.npz", args.output_dir / "gallery.npz"]
     existing = [str(path) for path in targets if path.exists()]

@@ -13,6 +13,7 @@ from .common import (
     add_quiet_argument,
     METRIC_NAMES,
     add_weights_argument,
+    check_new_files_in,
     distances,
     evaluation_features,
     positive_int,
@@ -47,7 +48,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random", type=positive_int, default=4, metavar="N", help="... of N random queries")
     parser.add_argument("--top-k", type=positive_int, default=10, help="gallery images per rank list (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random query choice")
-    parser.add_argument("--overwrite", action="store_true", help="replace a report already in the folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files that already exist (a report in the folder; with reid test, --output too)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,13 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_report_folder(folder: Path, *, overwrite: bool) -> None:
-    """Before any work: DIR must be a folder (or not exist) and hold no report unless --overwrite."""
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is a file, not a folder for the report")
-    existing = [name for name in ("index.html", "metrics.json") if (folder / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{folder} already holds a report ({', '.join(existing)}); choose another folder "
-                              "or pass --overwrite")
+    """Before any work: DIR must be a folder (or not exist) and hold none of a report's files unless --overwrite."""
+    from reid.report import REPORT_FILES
+
+    check_new_files_in(folder, REPORT_FILES, overwrite=overwrite, what="a report")
 
 
 # The page is drawn from the dense query x gallery distances (and verification sorts a copy):

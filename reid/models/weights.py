@@ -18,6 +18,8 @@ name crosses a module boundary.
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,7 +108,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         import safetensors.torch
 
-        raw: object = safetensors.torch.load_file(str(path), device="cpu")
+        check_safetensors_header(path)
+        try:
+            raw: object = safetensors.torch.load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors' own error type is no ValueError
+            raise ValueError(f"could not read pretrained weights file {path}: {first_line(err)}") from None
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -123,6 +129,53 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         )
     # DataParallel / DistributedDataParallel checkpoints prefix every key with "module."
     return {k.removeprefix("module."): v for k, v in raw.items()}
+
+
+# The header is JSON naming each tensor's dtype, shape and byte range; safetensors itself takes
+# up to 100 MB of it. Ours (hundreds of tensors) are tens of KB.
+MAX_SAFETENSORS_HEADER = 16 << 20
+_SAFETENSORS_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+                         "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def check_safetensors_header(path: str | os.PathLike) -> dict:
+    """The header of a .safetensors file, checked before any tensor is read: an 8-byte
+    little-endian length, then that much JSON mapping each name to its dtype, shape and
+    [start, end) byte range, which must lie inside the file and hold exactly shape x dtype bytes.
+    Any fault is a ValueError naming the file and the entry."""
+    path = Path(path)
+    size = path.stat().st_size
+
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"pretrained weights file {path}: not a valid safetensors file ({reason})")
+
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise bad(f"its header claims {length:,} bytes; the file has {size - 8:,} after the length "
+                      f"(and headers are at most {MAX_SAFETENSORS_HEADER:,})")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, RecursionError):
+            raise bad("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            itemsize = _SAFETENSORS_ITEMSIZE[entry["dtype"]]
+            shape, (start, end) = list(entry["shape"]), entry["data_offsets"]
+            ok = all(isinstance(n, int) and n >= 0 for n in (*shape, start, end)) and start <= end <= data_size
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"entry {name!r}: expected dtype, shape and data_offsets [start, end]") from None
+        if not ok or (end - start) != math.prod(shape) * itemsize:
+            raise bad(f"entry {name!r}: {entry['dtype']} {shape} does not fit its bytes {start}..{end} of {data_size}")
+    return header
 
 
 def load_weights_file(trunk: nn.Module, path: str | os.PathLike) -> None:
@@ -171,6 +224,7 @@ def _key_summary(kind: str, keys: list[str], limit: int = 8) -> str:
 
 __all__ = [
     "backbone_label",
+    "check_safetensors_header",
     "create_trunk",
     "first_line",
     "is_network_error",

@@ -82,9 +82,14 @@ def fake_wheel(tmp_path, monkeypatch):
         path = package / FAKE_RELATIVE
         torch.save(state, path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:  # the conversion's pin, as the real source's is pinned in code
+            converted = P.tensors_sha256(P.convert_by_order(state, P._target_state("mobilenetv2_100")))
+        except ValueError:  # a broken source: its conversion fails before the pin is looked at
+            converted = "0" * 64
         return dataclasses.replace(
             P.DEEP_SORT_MOBILENETV2, distribution="reid-test-no-such-distribution",
-            relative_path=FAKE_RELATIVE, sha256=sha256 or digest, size=size, description="fake MobileNetV2 weights")
+            relative_path=FAKE_RELATIVE, sha256=sha256 or digest, size=size, converted_sha256=converted,
+            description="fake MobileNetV2 weights")
 
     return write
 
@@ -118,9 +123,7 @@ def test_conversion_maps_every_tensor_in_order(fake_wheel, fake_state, timm_stat
     for (src_key, src), (dst_key, dst) in pairs:
         assert torch.equal(src, dst), (src_key, dst_key)
     assert all(converted[k].item() == 0 for k in converted if k.endswith("num_batches_tracked"))
-    meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert meta["source_sha256"] == source.sha256 and meta["tensors"] == len(timm_state)
+    assert P.tensors_sha256(stored) == source.converted_sha256  # what the cache is checked against
     # the cached file loads into the timm trunk as a plain weights file
     trunk = build_backbone("mobilenetv2_100", pretrained=path, last_stride=None)
     assert all(torch.equal(v, converted[k]) for k, v in trunk.state_dict().items())
@@ -193,42 +196,56 @@ def test_wrong_source_size_is_refused(fake_wheel, fake_state, tmp_path):
 def test_cache_is_written_once_and_reused(fake_wheel, fake_state, tmp_path, count_source_reads):
     source = fake_wheel(fake_state)
     first = P.local_weights(source, cache_dir=tmp_path / "cache")
-    stamp = first.stat().st_mtime_ns, first.with_suffix(".json").stat().st_mtime_ns
+    stamp = first.stat().st_mtime_ns
     assert len(count_source_reads) == 1
     P.locate_source(source).unlink()  # the cache no longer needs the source
     second = P.local_weights(source, cache_dir=tmp_path / "cache")
     assert second == first and len(count_source_reads) == 1
-    assert (second.stat().st_mtime_ns, second.with_suffix(".json").stat().st_mtime_ns) == stamp
+    assert second.stat().st_mtime_ns == stamp
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        "mobilenetv2_100.imagenet.json", "mobilenetv2_100.imagenet.safetensors"]  # no temporaries left
+        "mobilenetv2_100.imagenet.safetensors"]  # no temporaries left
 
 
-@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "garbage sidecar", "no sidecar", "no weights",
-                                    "other source"])
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "replaced tensors", "garbage header"])
 def test_a_damaged_cache_is_rebuilt(fake_wheel, fake_state, tmp_path, count_source_reads, damage):
     source = fake_wheel(fake_state)
     path = P.local_weights(source, cache_dir=tmp_path / "cache")
     good = path.read_bytes()
-    sidecar = path.with_suffix(".json")
     if damage == "flip a byte":
         data = bytearray(good)
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
     elif damage == "truncate":
         path.write_bytes(good[: len(good) // 3])
-    elif damage == "garbage sidecar":
-        sidecar.write_text("{not json")
-    elif damage == "no sidecar":
-        sidecar.unlink()
-    elif damage == "no weights":
-        path.unlink()
-    else:  # made from another release of the source
-        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "source_sha256": "1" * 64}))
+    elif damage == "replaced tensors":  # a well-formed file of other weights, with a sidecar to match: no help
+        other = {k: torch.zeros_like(v) for k, v in safetensors.torch.load_file(str(path)).items()}
+        safetensors.torch.save_file(other, str(path), metadata={"format": "pt"})
+        path.with_suffix(".json").write_text(json.dumps({"format": 1, "sha256": hashlib.sha256(
+            path.read_bytes()).hexdigest(), "source_sha256": source.sha256}))
+    else:
+        path.write_bytes((10**12).to_bytes(8, "little") + good[8:])
     rebuilding = r"pretrained weights cache .*mobilenetv2_100.imagenet.safetensors: .*rebuilding"
     with pytest.warns(UserWarning, match=rebuilding):
         again = P.local_weights(source, cache_dir=tmp_path / "cache")
     assert again == path and again.read_bytes() == good and len(count_source_reads) == 2
-    assert json.loads(sidecar.read_text())["sha256"] == hashlib.sha256(good).hexdigest()
+    assert not path.with_suffix(".json").exists()
+
+
+def test_a_conversion_that_misses_its_pin_is_refused_and_not_cached(fake_wheel, fake_state, tmp_path):
+    source = dataclasses.replace(fake_wheel(fake_state), converted_sha256="2" * 64)
+    with pytest.raises(ValueError, match=r"conversion to timm mobilenetv2_100 names has sha256 [0-9a-f]{64}, "
+                                         r"not the pinned 2{64}"):
+        P.local_weights(source, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "mobilenetv2_100.imagenet.safetensors").exists()
+
+
+def test_tensors_sha256_covers_names_dtypes_shapes_and_bytes():
+    base = {"a": torch.arange(4, dtype=torch.float32), "b": torch.zeros((), dtype=torch.int64)}
+    digest = P.tensors_sha256(base)
+    assert P.tensors_sha256(dict(reversed(list(base.items())))) == digest  # name order, not insertion order
+    for other in ({"a": base["a"].double(), "b": base["b"]}, {"a": base["a"].reshape(2, 2), "b": base["b"]},
+                  {"c": base["a"], "b": base["b"]}, {"a": base["a"] + 1, "b": base["b"]}):
+        assert P.tensors_sha256(other) != digest
 
 
 def test_default_cache_folder(monkeypatch, tmp_path):
@@ -248,7 +265,7 @@ def test_local_weights_default_to_the_reid_cache(fake_wheel, fake_state, monkeyp
     monkeypatch.setenv("REID_CACHE", str(tmp_path / "rc"))
     path = P.local_weights(fake_wheel(fake_state))
     assert path == tmp_path / "rc" / "weights" / "mobilenetv2_100.imagenet.safetensors"
-    assert json.loads(path.with_suffix(".json").read_text())["sha256"] == reid.io.sha256_file(path)
+    assert P.tensors_sha256(safetensors.torch.load_file(str(path))) == fake_wheel(fake_state).converted_sha256
 
 
 # --- pretrained=true: lookup order -----------------------------------------------------------

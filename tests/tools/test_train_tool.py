@@ -84,9 +84,17 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_train_args, tmp_path, 
         assert torch.equal(straight[key], resumed[key]), key
 
 
-def test_non_finite_loss_stops_with_the_values(tiny_train_args):
-    with pytest.raises(FloatingPointError, match=r"non-finite loss: group=.*cross_entropy=nan"):
-        train_tool.main(tiny_train_args + ["losses=[{name: group}, {name: cross_entropy, weight: .nan}]"])
+class NanLoss(nn.Module):
+    """A loss term that turns non-finite (a weight of nan is refused by the config itself)."""
+
+    def forward(self, embeddings, logits, labels):
+        return embeddings.sum() * float("nan")
+
+
+def test_non_finite_loss_stops_with_the_values(tiny_train_args, monkeypatch):
+    monkeypatch.setitem(reid_losses.LOSSES, "nan_loss", NanLoss)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss: group=.*nan_loss=nan"):
+        train_tool.main(tiny_train_args + ["losses=[{name: group}, {name: nan_loss}]"])
 
 
 def test_bad_override_exits_with_a_message(tiny_train_args, capsys):

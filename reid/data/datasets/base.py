@@ -528,8 +528,8 @@ def check_image_file(path: str | os.PathLike) -> None:
 
         fmt = image_format(head)
         if fmt is None:
-            signature = f"not with the signature of a {KNOWN_FORMATS} file"
-            raise image_error(path, f"is not an image: it starts with {head[:8]!r}, {signature}")
+            # The file's own bytes stay out of the message: it may be anything, a secret included.
+            raise image_error(path, f"is not an image: it does not start with the signature of a {KNOWN_FORMATS} file")
         problem = structure_problem(fmt, head, tail, size, whole)
         if problem is not None:
             raise image_error(path, problem)
