@@ -46,6 +46,19 @@ def _key_values(keys: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
+def _first_accepted(accepts: Callable[[int, int], bool], neg_le: np.ndarray, pos_le: np.ndarray) -> int:
+    """The first index at which the monotone ``accepts(neg_le[i], pos_le[i])`` holds (it holds at
+    the last), by binary search."""
+    lo, hi = 0, neg_le.size - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if accepts(int(neg_le[mid]), int(pos_le[mid])):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 @dataclass
 class _Query:
     """One order statistic being narrowed: the smallest negative key in ``[base, base + 2^bits)``
@@ -164,14 +177,8 @@ class StreamedPairs:
         nonempty = np.flatnonzero(bins)
         cum = q.below + np.cumsum(bins[nonempty])
         tops = _key_values(bin_max[nonempty])
-        pos_le = np.searchsorted(self.positives, tops, "right")
-        lo, hi = 0, nonempty.size - 1  # the last bin is accepted: it holds the window's largest
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if q.accepts(int(cum[mid]), int(pos_le[mid])):
-                hi = mid
-            else:
-                lo = mid + 1
+        # the last bin is accepted: it holds the window's largest negative
+        lo = _first_accepted(q.accepts, cum, np.searchsorted(self.positives, tops, "right"))
         chosen = nonempty[lo]
         q.before = int(bin_max[nonempty[lo - 1]]) if lo > 0 else q.before
         q.below = int(cum[lo] - bins[chosen])
@@ -207,14 +214,7 @@ class StreamedPairs:
     def _settle_collected(self, q: _Query, keys: np.ndarray) -> None:
         unique, counts = np.unique(keys, return_counts=True)
         cum = q.below + np.cumsum(counts)
-        pos_le = np.searchsorted(self.positives, _key_values(unique), "right")
-        lo, hi = 0, unique.size - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if q.accepts(int(cum[mid]), int(pos_le[mid])):
-                hi = mid
-            else:
-                lo = mid + 1
+        lo = _first_accepted(q.accepts, cum, np.searchsorted(self.positives, _key_values(unique), "right"))
         q.answer = self._answer(int(unique[lo]), int(cum[lo] - counts[lo]), int(cum[lo]),
                                 int(unique[lo - 1]) if lo > 0 else q.before)
 
