@@ -29,7 +29,7 @@ import torch
 
 from ..progress import progress_bar
 from .arrays import ArrayLike
-from .distance import FeatureDistances
+from .distance import FeatureDistances, as_feature_pair
 from .ordering import _order_keys, block_rows_for
 from .protocol import Labels, PairKinds, pair_kinds
 
@@ -96,18 +96,18 @@ class StreamedPairs:
     def of_features(cls, query_features: ArrayLike, gallery_features: ArrayLike, q_pids: ArrayLike,
                     g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike, *, metric: str,
                     memory_mb: float | None, progress: bool | None) -> "StreamedPairs":
-        space = FeatureDistances(query_features, gallery_features, metric)
-        if space.num_query == 0 or space.num_gallery == 0:
-            raise ValueError(f"empty query or gallery features ({space.num_query} x {space.num_gallery})")
-        labels = Labels.of(space.num_query, space.num_gallery, q_pids, g_pids, q_camids, g_camids)
+        q, g = as_feature_pair(query_features, gallery_features, "query_features", "gallery_features")
+        if q.shape[0] == 0 or g.shape[0] == 0:
+            raise ValueError(f"empty query or gallery features ({q.shape[0]} x {g.shape[0]})")
+        labels = Labels.of(q.shape[0], g.shape[0], q_pids, g_pids, q_camids, g_camids)
         kinds = pair_kinds(labels)
         if not (kinds.kept_gallery.all() and kinds.usable_query.all()):  # junk takes part in no pair
-            rows, cols = (torch.from_numpy(np.flatnonzero(m)).to(space.device)
-                          for m in (kinds.usable_query, kinds.kept_gallery))
-            space = FeatureDistances(space.query.index_select(0, rows), space.gallery.index_select(0, cols), metric)
+            q = q.index_select(0, torch.from_numpy(np.flatnonzero(kinds.usable_query)).to(q.device))
+            g = g.index_select(0, torch.from_numpy(np.flatnonzero(kinds.kept_gallery)).to(g.device))
             labels = Labels(labels.q_pids[kinds.usable_query], labels.g_pids[kinds.kept_gallery],
                             labels.q_camids[kinds.usable_query], labels.g_camids[kinds.kept_gallery])
             kinds = pair_kinds(labels)
+        space = FeatureDistances(q, g, metric)  # built once, on the pairs that count
         return cls(space, kinds, memory_mb, progress)
 
     # ------------------------------------------------------------------ the passes

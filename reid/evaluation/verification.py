@@ -36,10 +36,14 @@ from typing import Iterable
 import numpy as np
 
 from .arrays import ArrayLike
+from .distance import pairwise_distance
+from .ordering import block_rows_for
 from .pairstream import StreamedPairs
 from .protocol import Labels, check_distmat, pair_kinds
 
 DEFAULT_FPRS = (1e-4, 1e-3, 1e-2)
+# bytes per pair of the dense path: the matrix, its sorted copy, the same-pid bookkeeping
+_DENSE_PAIR_BYTES = 12
 
 
 @dataclass(frozen=True)
@@ -306,15 +310,20 @@ def verification_from_features(query_features: ArrayLike, gallery_features: Arra
                                metric: str = "euclidean", fprs: Iterable[float] = DEFAULT_FPRS,
                                with_roc: bool = False, *, memory_mb: float | None = None,
                                progress: bool | None = None) -> VerificationResult:
-    """:func:`verification_metrics` of the canonical distances of two feature sets, without ever
-    holding the pairs: equal to ``verification_metrics(pairwise_distance(query_features,
-    gallery_features, metric), ...)`` to the last bit, at any size.
+    """:func:`verification_metrics` of the canonical distances of two feature sets at any size,
+    holding the pairs only where they fit: equal to ``verification_metrics(pairwise_distance(
+    query_features, gallery_features, metric), ...)`` to the last bit.
 
-    The distances are computed in blocks of query rows, each within ``memory_mb`` MiB (default:
-    a quarter of the memory available now), in two passes over the pairs (rarely three or four:
-    see ``reid.evaluation.pairstream``). ``with_roc``: the ROC vertices (``roc_curve``'s default).
+    When the pairs fit in ``memory_mb`` MiB (default: a quarter of the memory available now) they
+    are computed and sorted at once; otherwise they are streamed in blocks of query rows within
+    it, in two passes (``reid.evaluation.pairstream``). ``with_roc``: the ROC vertices (``roc_curve``'s default).
     """
     fprs = _check_fprs(fprs)
+    num_query, num_gallery = len(query_features), len(gallery_features)
+    if block_rows_for(num_gallery, memory_mb, _DENSE_PAIR_BYTES) >= num_query:
+        # the pairs fit: one product and one sort beat the two passes (the same result)
+        distmat = pairwise_distance(query_features, gallery_features, metric, progress=progress)
+        return _result(_split_pairs(distmat, q_pids, g_pids, q_camids, g_camids), fprs, with_roc)
     pairs = StreamedPairs.of_features(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids,
                                       metric=metric, memory_mb=memory_mb, progress=progress)
     return _result(_checked(pairs), fprs, with_roc)

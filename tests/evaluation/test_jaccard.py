@@ -7,6 +7,7 @@ import pytest
 
 from reid.evaluation import pairwise_distance, rerank
 from reid.evaluation.rerank import k_reciprocal_jaccard
+from tests.evaluation.test_rerank import dense_encoding  # the classic's steps in plain loops, one copy
 
 
 def _dense_jaccard(x: np.ndarray, k1: int, k2: int) -> np.ndarray:
@@ -14,25 +15,7 @@ def _dense_jaccard(x: np.ndarray, k1: int, k2: int) -> np.ndarray:
     n = x.shape[0]
     squared = np.square(pairwise_distance(x, x)).astype(np.float32)
     dist = squared / squared.max(axis=1, keepdims=True)
-    nearest = np.argsort(dist, axis=1, kind="stable")
-    half = int(np.around(k1 / 2))
-
-    def reciprocal(i: int, k: int) -> list[int]:
-        return [int(c) for c in nearest[i, : k + 1] if i in nearest[c, : k + 1]]
-
-    v = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        r = reciprocal(i, k1)
-        members = set(r)
-        for c in r:
-            rc = reciprocal(c, half)
-            if len(set(rc) & set(r)) > 2 / 3 * len(rc):
-                members |= set(rc)
-        idx = np.array(sorted(members), dtype=int)
-        weights = np.exp(-dist[i, idx])
-        v[i, idx] = weights / weights.sum()
-    if k2 != 1:
-        v = np.stack([v[nearest[i, :k2]].mean(axis=0) for i in range(n)])
+    v = dense_encoding(dist, k1, k2)
     shared = np.stack([np.minimum(v[i][None, :], v).sum(axis=1) for i in range(n)])
     return 1 - shared / (2 - shared)
 

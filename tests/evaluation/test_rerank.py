@@ -13,17 +13,10 @@ import torch
 from reid.evaluation import pairwise_distance, rerank, rerank_distances
 
 
-def _classic_dense(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
-    """The classic function step by step (docs/ARCHITECTURE.md), with dense N x N arrays and plain loops.
-
-    Ties are ordered by index (stable sort), the order re-ranking promises.
-    """
-    q = q_g.shape[0]
-    n = q + q_g.shape[1]
-    joint = np.block([[q_q, q_g], [q_g.T, g_g]])
-    squared = np.square(joint).astype(np.float32)
-    # the classic divides each column by its maximum and then transposes
-    dist = (squared / squared.max(axis=0)).T
+def dense_encoding(dist: np.ndarray, k1: int, k2: int) -> np.ndarray:
+    """The classic's V after the k2 query expansion, from its normalised N x N ``dist``, in plain
+    loops (the k-reciprocal sets, their expansion, the Gaussian weights; shared with test_jaccard)."""
+    n = dist.shape[0]
     nearest = np.argsort(dist, axis=1, kind="stable")
     half = int(np.around(k1 / 2))
 
@@ -43,6 +36,21 @@ def _classic_dense(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k
         v[i, idx] = weights / weights.sum()
     if k2 != 1:
         v = np.stack([v[nearest[i, :k2]].mean(axis=0) for i in range(n)])
+    return v
+
+
+def _classic_dense(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
+    """The classic function step by step (docs/ARCHITECTURE.md), with dense N x N arrays and plain loops.
+
+    Ties are ordered by index (stable sort), the order re-ranking promises.
+    """
+    q = q_g.shape[0]
+    n = q + q_g.shape[1]
+    joint = np.block([[q_q, q_g], [q_g.T, g_g]])
+    squared = np.square(joint).astype(np.float32)
+    # the classic divides each column by its maximum and then transposes
+    dist = (squared / squared.max(axis=0)).T
+    v = dense_encoding(dist, k1, k2)
     jaccard = np.empty((q, n), dtype=np.float32)
     for i in range(q):
         shared = np.minimum(v[i][None, :], v).sum(axis=1)

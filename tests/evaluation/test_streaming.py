@@ -182,3 +182,15 @@ def test_products_without_the_augmented_gallery_copy(monkeypatch) -> None:
     assert "torch.float32aug" not in space._cache
     assert (np.abs(fast.numpy().astype(np.float64) - space.exact(slice(None)).numpy()) <= bound[:, None]).all()
     _assert_same(evaluate_features(qf, gf, *labels, memory_mb=1e-9), dense)
+
+
+def test_verification_pairs_that_fit_take_the_dense_path(monkeypatch) -> None:
+    from reid.evaluation import pairstream
+    from reid.evaluation.verification import verification_from_features, verification_metrics
+
+    qf, gf, *labels = _case(5)
+    dense = verification_metrics(pairwise_distance(qf, gf), *labels)
+    monkeypatch.setattr(pairstream.StreamedPairs, "of_features", None)  # would fail if called
+    fitted = verification_from_features(qf, gf, *labels, memory_mb=10.0)
+    for name in _FIELDS:
+        assert getattr(fitted, name) == getattr(dense, name), name
