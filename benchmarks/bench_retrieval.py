@@ -169,6 +169,8 @@ def worker(contender: str, data: Path, repeats: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help=f"{SMALL_ITEMS} items (SOP's class sizes), a quick check")
+    parser.add_argument("--items", type=int, help=f"number of items (default: SOP's {SOP['num_items']}), "
+                        "with classes in SOP's proportion")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=1, help="runs per contender (the best is reported)")
     parser.add_argument("--seed", type=int, default=0)
@@ -190,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--contenders: expected 'ours' and any of {', '.join(CONTENDERS)}, got {args.contenders}")
     if any(c.startswith("pml") for c in contenders):
         check_peer()  # fail early, before building data, if the peer is missing
-    size = SOP if not args.small else {"num_items": SMALL_ITEMS,
-                                       "num_classes": round(SMALL_ITEMS * SOP["num_classes"] / SOP["num_items"])}
+    items = SMALL_ITEMS if args.small else args.items or SOP["num_items"]
+    size = {"num_items": items, "num_classes": round(items * SOP["num_classes"] / SOP["num_items"])}
     feats, labels = make_sop_like(dim=args.dim, seed=args.seed, **size)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['peak_mib']:.0f} / {r['peak_mib'] - r['baseline_mib']:.0f}"]
                     + [f"{r['metrics'][m]:.4f}" for m in METRICS] + [f"{diff:.1e}"])
     sizes = np.bincount(labels)
-    print(f"\nRetrieval metrics, {'SOP' if not args.small else 'small'} size: {len(labels)} items x {args.dim}-d, "
+    print(f"\nRetrieval metrics, {'SOP' if items == SOP['num_items'] else 'smaller'} size: {len(labels)} items x {args.dim}-d, "
           f"{len(sizes)} classes of {sizes.min()}..{sizes.max()}, leave-one-out, {os.cpu_count()} CPU cores; "
           f"seconds = best of {args.repeats}\n")
     print(markdown_table(["contender", "seconds", "CPU seconds", "time / ours", "peak RSS / above baseline (MiB)"]

@@ -38,12 +38,12 @@ import numpy as np
 
 from .arrays import ArrayLike, as_labels, as_numpy
 from .distance import FeatureDistances
+from .kmeans import kmeans_plus_plus, lloyd
 from .ordering import FeatureBlocks, LabelGroups, match_ranks
 from .protocol import Labels, protocol_camids
 
 KMEANS_BACKENDS = ("auto", "faiss", "numpy")
-# Points per k-means assignment block: ~4M distances. Beyond this n * k * dim, "auto" picks faiss.
-_CLUSTER_BLOCK = 1 << 22
+# Beyond this n * k * dim, "auto" picks faiss.
 _NUMPY_KMEANS_LIMIT = 1 << 36
 
 
@@ -272,85 +272,13 @@ def _faiss_kmeans(x: np.ndarray, k: int, seed: int, max_iter: int, restarts: int
     return assign[:, 0].astype(np.int64)
 
 
-def _nearest_centre(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index, canonical squared distance) of each point's nearest centre, ties to the lower
-    index: float32 products, and the canonical values where the bound leaves a choice."""
-    space = FeatureDistances(x, centres, "euclidean", names=("features", "centres"))
-    assign = np.empty(x.shape[0], dtype=np.int64)
-    rows = max(1, _CLUSTER_BLOCK // max(centres.shape[0], 1))
-    for start in range(0, x.shape[0], rows):
-        block = slice(start, min(start + rows, x.shape[0]))
-        values, bound = space.fast(block)
-        values = values.numpy()
-        best = values.min(axis=1)
-        close = values <= (best + 2 * bound * (1 + 2.0 ** -40))[:, None]  # may still be the nearest
-        assign[block] = values.argmin(axis=1)
-        r, c = np.nonzero(close & (close.sum(axis=1) > 1)[:, None])
-        if r.size:
-            canon = space.pairs(r + start, c)
-            order = np.lexsort((c, canon, r))  # per point: lowest canonical value, then index
-            first = np.ones(order.size, dtype=bool)
-            first[1:] = r[order][1:] != r[order][:-1]
-            assign[start + r[order][first]] = c[order][first]
-    points = np.arange(x.shape[0])
-    return assign, space.pairs(points, assign).astype(np.float64)
-
-
-def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur and Vassilvitskii, SODA 2007): each next centre is drawn with
-    probability proportional to the canonical squared distance to the nearest centre so far
-    (canonical values, so the draw does not depend on the machine)."""
-    space = FeatureDistances(x, x, "euclidean", names=("features", "features"))
-    n = x.shape[0]
-    chosen = [int(rng.integers(n))]
-    closest = space.exact([chosen[0]]).numpy()[0].astype(np.float64)
-    closest[chosen[0]] = 0.0
-    for _ in range(1, k):
-        total = closest.sum()
-        if total > 0:
-            pick = int(np.searchsorted(np.cumsum(closest), rng.random() * total, side="right"))
-            pick = min(pick, n - 1)
-            while closest[pick] == 0.0:  # rounding at the end of the cumulative sum
-                pick -= 1
-        else:  # every point sits on a centre: any point not chosen yet
-            rest = np.setdiff1d(np.arange(n), chosen)
-            pick = int(rest[rng.integers(rest.size)])
-        chosen.append(pick)
-        np.minimum(closest, space.exact([pick]).numpy()[0], out=closest)
-        closest[pick] = 0.0
-    return x[chosen].copy()
-
-
-def _lloyd(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int) -> tuple[np.ndarray, float]:
-    """Lloyd's k-means from a k-means++ seeding; stops when the assignments stop changing.
-    Returns (assignments, inertia: the sum of canonical squared distances to the centres)."""
-    centres = _kmeans_plus_plus(x, k, rng)
-    assign, best = _nearest_centre(x, centres)
-    x64 = x.astype(np.float64)
-    for _ in range(max_iter):
-        counts = np.bincount(assign, minlength=k)
-        order = np.argsort(assign, kind="stable")
-        nonempty = np.flatnonzero(counts)
-        starts = (np.cumsum(counts) - counts)[nonempty]
-        new = centres.astype(np.float64)
-        new[nonempty] = np.add.reduceat(x64[order], starts, axis=0) / counts[nonempty, None]
-        empty = np.flatnonzero(counts == 0)
-        if empty.size:  # re-seed empty clusters on the points farthest from their centre
-            new[empty] = x64[np.argsort(-best, kind="stable")[: empty.size]]
-        centres = new.astype(np.float32)
-        new_assign, best = _nearest_centre(x, centres)
-        if np.array_equal(new_assign, assign):
-            break
-        assign = new_assign
-    return assign, float(best.sum())
-
-
 def _numpy_kmeans(x: np.ndarray, k: int, seed: int, max_iter: int, restarts: int) -> np.ndarray:
     """The restart with the lowest inertia (the first of equal ones); restart r draws from
     ``np.random.default_rng([seed, r])``."""
     best_assign, best_inertia = None, np.inf
     for restart in range(restarts):
-        assign, inertia = _lloyd(x, k, np.random.default_rng([seed, restart]), max_iter)
+        rng = np.random.default_rng([seed, restart])
+        assign, inertia, _ = lloyd(x, kmeans_plus_plus(x, k, rng), max_iter)
         if inertia < best_inertia:
             best_assign, best_inertia = assign, inertia
     return best_assign

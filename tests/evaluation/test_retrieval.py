@@ -11,6 +11,7 @@ import torch
 
 from reid.evaluation import (ClusterResult, RetrievalResult, cluster_metrics, evaluate_retrieval,
                              normalized_mutual_info, pairwise_distance)
+from reid.evaluation import kmeans as kmeans_module
 from reid.evaluation import retrieval as retrieval_module
 from reid.evaluation.retrieval import pairwise_f1
 
@@ -456,7 +457,7 @@ def test_kmeans_does_not_depend_on_the_block_size_or_threads(monkeypatch: pytest
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        monkeypatch.setattr(retrieval_module, "_CLUSTER_BLOCK", 7 * 12)
+        monkeypatch.setattr(kmeans_module, "_CLUSTER_BLOCK", 7 * 12)
         got = cluster_metrics(feats, labels, backend="numpy", restarts=2)
     finally:
         torch.set_num_threads(threads)
