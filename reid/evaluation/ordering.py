@@ -73,7 +73,7 @@ class DistanceBlocks(Protocol):
 
     num_query: int
     num_gallery: int
-    parallel: bool  # whether blocks may run on several threads (False: the products use them)
+    parallel: bool  # whether blocks may run on several threads at once (each worker's torch ops on one thread)
     min_rows: int  # query rows per block at least (products run far below peak on fewer)
     max_rows: int  # query rows per block at most (a memory budget)
 
@@ -117,11 +117,15 @@ class MatrixBlocks:
 class FeatureBlocks:
     """Blocks computed from features (``FeatureDistances``): float32 products with their bound.
 
-    ``memory_mb``: the most a block and its ranking temporaries may take (default: a quarter of
-    the memory available now); blocks hold fewer query rows when a full-width block would not fit.
+    ``memory_mb``: the most the blocks in flight and their ranking temporaries may take (default:
+    a quarter of the memory available now); blocks hold fewer query rows when a full-width block
+    would not fit.
+
+    Blocks run on several threads, each worker's product on one thread: the ranking of a block
+    (numpy, one thread) then overlaps the products of the others instead of idling the cores.
     """
 
-    parallel = False
+    parallel = True
 
     def __init__(self, space: FeatureDistances, memory_mb: float | None = None) -> None:
         self.space = space
@@ -404,15 +408,21 @@ def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | N
     over the blocks of a source that allows it (default: torch's thread count)."""
     num_q, num_g = source.num_query, source.num_gallery
     groups = LabelGroups.of(labels.g_pids)
-    rows = max(1, min(num_q, source.max_rows, max(source.min_rows, _BLOCK_ELEMENTS // max(num_g, 1))))
+    threads = max(1, min(int(num_threads if num_threads is not None else torch.get_num_threads()),
+                         os.cpu_count() or 1))
+    workers = threads if source.parallel else 1
+    # every block in flight shares the memory budget
+    max_rows = max(1, source.max_rows // workers)
+    rows = max(1, min(num_q, max_rows, max(min(source.min_rows, max_rows), _BLOCK_ELEMENTS // max(num_g, 1))))
     blocks = [slice(s, min(s + rows, num_q)) for s in range(0, num_q, rows)]
+    workers = min(workers, len(blocks))
 
     def run(block: slice) -> BlockRanks:
+        if workers > 1:  # this worker thread's own torch thread count (an OpenMP setting per thread)
+            torch.set_num_threads(1)
         return block_ranks(source, block, labels.q_pids[block], labels.q_camids[block], groups, labels.g_camids,
                            depth=None if depth is None else depth[block])
 
-    workers = num_threads if num_threads is not None else torch.get_num_threads()
-    workers = max(1, min(int(workers), len(blocks), os.cpu_count() or 1)) if source.parallel else 1
     parts: list[BlockRanks] = []
     with progress_bar(total=num_q, desc=description, unit="query", progress=progress) as bar:
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,7 @@ def test_streaming_takes_torch_tensors() -> None:
     _assert_same(evaluate_features(torch.from_numpy(qf), torch.from_numpy(gf), *map(torch.from_numpy, labels)), dense)
 
 
-def test_memory_budget_sets_the_block_rows() -> None:
+def test_memory_budget_sets_the_block_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     assert block_rows_for(1000, 1e-9) == 1
     assert block_rows_for(1000, 1.0) == 2 ** 20 // (1000 * BLOCK_BYTES_PER_ENTRY)
     space = FeatureDistances(np.zeros((600, 4), np.float32), np.ones((1000, 4), np.float32))
@@ -73,8 +75,12 @@ def test_memory_budget_sets_the_block_rows() -> None:
     original = blocks.block
     blocks.block = lambda rows: (seen.append(rows.stop - rows.start), original(rows))[1]
     labels = Labels.of(600, 1000, np.zeros(600, int), np.zeros(1000, int), np.zeros(600, int), np.ones(1000, int))
-    match_ranks(blocks, labels, progress=False)
+    match_ranks(blocks, labels, num_threads=1, progress=False)
     assert max(seen) == 21 and sum(seen) == 600
+    seen.clear()  # two blocks in flight share the budget
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    match_ranks(blocks, labels, num_threads=2, progress=False)
+    assert max(seen) == 10 and sum(seen) == 600
 
 
 def test_bad_input_is_one_clear_error() -> None:
