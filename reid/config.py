@@ -233,6 +233,9 @@ class TestConfig:
     k1: int = _key(20, "re-ranking: size of the k-reciprocal neighbourhoods", check=_POSITIVE)
     k2: int = _key(6, "re-ranking: neighbours of the query expansion (at most k1 + 1)", check=_int_at_least(1))
     lambda_value: float = _key(0.3, "re-ranking: weight of the original distance", check=_FRACTION)
+    rerank_knn: str = _key("torch", "re-ranking neighbours: torch or faiss (exact search, the same result), or "
+                           "faiss-hnsw (approximate, for sets too large for the N x N sweep; its recall is "
+                           "logged)", choices=("torch", "faiss", "faiss-hnsw"))
     nmi: bool = _key(True, "retrieval (leave-one-out) sets: also k-means NMI and clustering F1 of the test set")
     max_rank: int = _key(50, "CMC ranks computed", check=_POSITIVE)
     datasets: list[str] = _key([], "the test sets evaluated, each on its own (cross-domain testing); []: each "

@@ -114,6 +114,7 @@ def metrics_from_features(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
+    rerank_knn: str = "torch",
     max_rank: int = 50,
     verification: bool = False,
     progress: bool | None = None,
@@ -122,7 +123,8 @@ def metrics_from_features(
 
     ``protocol="reid"`` (camera-aware, :func:`reid.evaluation.rank.evaluate_features`, which ranks
     straight from the features in bounded memory, equal to ``evaluate_rank`` of the matrix): mAP, mINP,
-    Rank-1/5/10, plus the same under k-reciprocal re-ranking when ``rerank``.
+    Rank-1/5/10, plus the same under k-reciprocal re-ranking when ``rerank`` (its neighbours
+    searched by ``rerank_knn``, ``knn_backend`` of :func:`reid.evaluation.rerank.rerank`).
     ``"leave_one_out"`` (query and gallery are one list; each query leaves out only itself) and
     ``"query_gallery"``: Recall@K for ``recall_ks``, precision@1, R-precision and MAP@R
     (:func:`reid.evaluation.retrieval.evaluate_retrieval`); leave-one-out sets also get the
@@ -149,7 +151,7 @@ def metrics_from_features(
             verification_from_features(qf, gf, *labels, metric=metric, progress=progress))
     if rerank:  # the re-ranked distances are ranked a block at a time too
         metrics["rerank"] = _summary(evaluate_reranked(qf, gf, *labels, k1=k1, k2=k2, lambda_value=lambda_value,
-                                                       max_rank=max_rank, progress=progress))
+                                                       max_rank=max_rank, knn_backend=rerank_knn, progress=progress))
     return metrics
 
 

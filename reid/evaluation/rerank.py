@@ -35,6 +35,8 @@ ties in ``D`` the neighbour lists are identical.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -49,7 +51,18 @@ from .ordering import block_rows_for
 from .protocol import JUNK_PID, Labels
 from .rank import RankResult, check_ap, check_max_rank, rank_result
 
-KNN_BACKENDS = ("torch", "faiss")
+KNN_BACKENDS = ("torch", "faiss", "faiss-hnsw")
+# Approximate neighbours (faiss HNSW graph): its degree, and the breadth of its build, of the
+# neighbours' search and of the reflected search for the farthest (faiss's defaults are 32, 40, 16).
+_HNSW_M = 32
+_HNSW_BUILD = 40
+_HNSW_SEARCH = 64
+_HNSW_FAR_SEARCH = 32
+# Approximate row maxima: the items farthest from the mean, which hold most rows' farthest item.
+_FAR_POOL = 4096
+# Sampled rows on which approximate search is compared with exact search.
+_QUALITY_ROWS = 256
+log = logging.getLogger("reid")
 # Extra neighbours kept beyond k1+1 so that ties, the products' rounding and the float32
 # normalisation can be settled without recomputing a row (rows where they cannot be are
 # recomputed in full); farthest items kept per row to settle its maximum the same way.
@@ -299,15 +312,15 @@ def _canonical_lists(joint: _Joint, cand: _Candidates, sign: float = 1.0) -> Non
     cand.keys.sort(axis=1)
 
 
-def _row_maxima(joint: _Joint, far: _Candidates) -> np.ndarray:
+def _row_maxima(joint: _Joint, far: _Candidates, settle: bool = True) -> np.ndarray:
     """max_j of each row's canonical distances. ``far`` holds the row's largest float32 products
     (negated): the maximum is among the items within 2e of the largest product, so a row is
     settled from its list when its last kept product lies below that; other rows are computed
-    canonically in full."""
+    canonically in full (``settle=False``: the largest of the list is taken as it is)."""
     largest = -far.values[:, 0].astype(np.float64)
     last = -far.values[:, -1].astype(np.float64)
     complete = (far.columns >= 0).sum(axis=1) >= joint.n
-    unsettled = np.flatnonzero(~complete & (last >= largest - 2 * joint.bound))
+    unsettled = np.flatnonzero(settle & ~complete & (last >= largest - 2 * joint.bound))
     _canonical_lists(joint, far, sign=-1.0)
     maxima = -far.values[:, 0]
     for start in range(0, unsettled.size, 256):
@@ -330,17 +343,20 @@ def _check_row_max(row_max2: np.ndarray, rows: np.ndarray) -> None:
                          f"divides by the row maximum, expected it to be > 0")
 
 
-def _finish_neighbours(cand: _Candidates, outside: np.ndarray, row_max2: np.ndarray, count: int, n: int,
+def _finish_neighbours(cand: _Candidates, outside: np.ndarray | None, row_max2: np.ndarray, count: int, n: int,
                        full_rows: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """``argsort(D)[:, :count]`` (stable) from the candidate lists (canonical values), where
     ``outside`` bounds from below the raw distance of every item not in a row's list. The
     order is settled when that bound's key exceeds the count-th key (rows whose list holds all
     n columns are settled); ``full_rows(rows)`` returns the normalised rows of the others.
+    ``outside=None`` (approximate lists): each list's order is taken as it is.
     """
     present = cand.columns >= 0
     keys = np.where(present, _normalise(_sq32(cand.values), row_max2), np.inf).astype(np.float32)
     cols = np.where(present, cand.columns, n)
     knn, sorted_keys = _sorted_neighbours(keys, cols, count)
+    if outside is None:
+        return knn
     key_t = np.divide(_sq32(np.maximum(outside, 0).astype(np.float32)), row_max2, dtype=np.float32)
     complete = present.sum(axis=1) >= n
     settled = complete | (key_t > sorted_keys[:, count - 1])
@@ -536,8 +552,13 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, k1: int = 20,
             device; float64 features are evaluated from their float64 values).
         k1, k2, lambda_value: the paper's parameters (defaults 20, 6, 0.3).
         knn_backend: ``"torch"`` (blocked matrix products, each pair of blocks once) or
-            ``"faiss"`` (faiss-cpu exact ``IndexFlatL2`` search proposes the neighbours, for very
-            large N). Both give the same result.
+            ``"faiss"`` (faiss-cpu exact ``IndexFlatL2`` search proposes the neighbours). Both
+            give the same result. ``"faiss-hnsw"``: approximate neighbours from a faiss HNSW
+            graph and row maxima from the items farthest from the mean, for sets where the
+            N x N sweep takes too long (Market-1501+500k); not the exact result, and not the
+            same bits on every machine. Its recall against exact search, and how many row
+            maxima are exact, are measured on sampled rows and logged (the ``reid`` logger,
+            INFO; the record's ``neighbour_quality`` is a :class:`NeighbourQuality`).
         block_size: rows per block of the distance sweep (>= 64).
         progress: a bar over the distance sweep, then over the queries of the Jaccard step
             (see :mod:`reid.progress`; None: on a terminal only).
@@ -590,11 +611,18 @@ def _from_features(query_features: ArrayLike, gallery_features: ArrayLike, k1: i
         # every item outside a row's list has a product >= the last kept one
         outside = near.values[:, -1].astype(np.float64) - joint.bound
     else:
-        outside = _faiss_candidates(joint, near, far)
+        if knn_backend == "faiss":
+            outside = _faiss_candidates(joint, near, far)
+        else:  # approximate lists: nothing bounds the items they miss
+            outside = _hnsw_candidates(joint, near, far, bar)
         for a in _blocks(q, q, block_size) if out is not None else ():
             out[a[0]:a[1]] = joint.space.exact(slice(*a), slice(q, n)).cpu().numpy()
-    row_max2 = _squared_row_max(_row_maxima(joint, far))
+    maxima = _row_maxima(joint, far, settle=outside is not None)
+    row_max2 = _squared_row_max(maxima)
     _canonical_lists(joint, near)
+    if outside is None:
+        quality = _neighbour_quality(joint, near, maxima, k)
+        log.info("re-ranking neighbours (%s): %s", knn_backend, quality, extra={"neighbour_quality": quality})
     knn = _finish_neighbours(near, outside, row_max2, k, n, full_rows)
     return _finish(knn, pair_keys, k, h, k2_eff, q, lambda_value, fill_normalised), out
 
@@ -823,6 +851,101 @@ def _lookup(cand: _Candidates, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
     return raw
 
 
+@dataclass(frozen=True)
+class NeighbourQuality:
+    """Approximate neighbour lists against exact search, on ``rows`` seeded sample items:
+    ``recall``, the mean fraction of a row's ``k`` nearest (exact search) found among its ``k``;
+    ``maxima_exact``, the fraction of rows whose row maximum is the exact one, and
+    ``maxima_shortfall``, the largest (exact - found) / exact of the others."""
+
+    k: int
+    rows: int
+    recall: float
+    maxima_exact: float
+    maxima_shortfall: float
+
+    def __str__(self) -> str:
+        return (f"recall@{self.k} {self.recall:.4f} against exact search on {self.rows} sampled items; row maxima "
+                f"exact on {100 * self.maxima_exact:.1f}% of them, at most {100 * self.maxima_shortfall:.2f}% short")
+
+
+def _import_faiss(backend: str):
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError(f"knn_backend={backend!r} needs faiss-cpu (pip install faiss-cpu, or reid[faiss])") from err
+    return faiss
+
+
+def _hnsw_candidates(joint: _Joint, near: _Candidates, far: _Candidates, bar: Optional[tqdm]) -> None:
+    """Approximate lists: each row's nearest from a faiss HNSW graph (Malkov and Yashunin, 2018;
+    the row itself always among them); its farthest from the same graph searched from the
+    reflected row -x (exact for unit rows, up to the graph's recall) and from the items farthest
+    from the mean (which hold the farthest item of most rows of unnormalised features).
+
+    Only the lists are approximate: their values become canonical ones afterwards. The graph is
+    built on several threads, so the lists (and the result) can differ between runs and machines,
+    unlike the exact backends'."""
+    faiss = _import_faiss("faiss-hnsw")
+    x = joint.space.query.cpu().numpy().astype(np.float32, copy=False)
+    n, dim = x.shape
+    if bar is not None:
+        bar.set_description("re-ranking (HNSW neighbours)")
+    index = faiss.IndexHNSWFlat(dim, _HNSW_M)
+    index.hnsw.efConstruction = _HNSW_BUILD
+    index.add(x)
+    index.hnsw.efSearch = max(_HNSW_SEARCH, near.width)
+    _, cols = index.search(x, near.width)
+    # unit rows: |x - y|^2 = 2 - 2 <x, y> is largest where |-x - y|^2 = 2 + 2 <x, y> is smallest
+    index.hnsw.efSearch = max(_HNSW_FAR_SEARCH, far.width)
+    _, reflected = index.search(np.negative(x), far.width)
+    del index
+    rows = np.arange(n)
+    lost = ~(cols == rows[:, None]).any(axis=1)
+    cols[lost, -1] = rows[lost]  # an item is its own nearest (distance 0)
+    near.keys[:] = np.where(cols >= 0, _pack(np.zeros(cols.shape, np.float32), np.maximum(cols, 0)), _EMPTY_KEY)
+    # the farthest: of the reflected search's and of the pool's, by canonical distance
+    both = np.hstack([reflected, _farthest_in_pool(joint.space, far.width)])
+    values = np.full(both.shape, -np.inf, dtype=np.float32)
+    r, c = np.nonzero(both >= 0)
+    values[r, c] = joint.space.pairs(r, both[r, c])
+    keep = np.argsort(-values, axis=1, kind="stable")[:, :far.width]
+    far.keys[:] = _pack(np.zeros(keep.shape, np.float32), np.take_along_axis(both, keep, axis=1))
+
+
+def _farthest_in_pool(space: FeatureDistances, width: int) -> np.ndarray:
+    """Per row, the ``width`` farthest (by float32 products) of the ``_FAR_POOL`` items farthest
+    from the mean: most rows' farthest item is among them (``NeighbourQuality`` says how many)."""
+    x, n = space.query, space.num_query
+    chunks = range(0, n, 1 << 16)  # float64 per chunk: no float64 copy of the whole set
+    mean = sum(x[s:s + (1 << 16)].double().sum(dim=0) for s in chunks) / n
+    spread = torch.cat([((x[s:s + (1 << 16)].double() - mean) ** 2).sum(dim=1) for s in chunks]).cpu().numpy()
+    pool = np.argsort(-spread, kind="stable")[:min(_FAR_POOL, n)]
+    pooled = FeatureDistances(x, x.index_select(0, torch.as_tensor(pool, device=x.device)), "euclidean",
+                              names=("features", "features"))
+    width = min(width, pool.size)
+    out = np.empty((n, width), dtype=np.int64)
+    step = max(1, _JACCARD_ELEMENTS // pool.size)
+    for start in range(0, n, step):
+        values = pooled.fast(slice(start, start + step))[0].cpu().numpy()
+        out[start:start + step] = pool[np.argpartition(-values, width - 1, axis=1)[:, :width]]
+    return out
+
+
+def _neighbour_quality(joint: _Joint, near: _Candidates, maxima: np.ndarray, k: int) -> NeighbourQuality:
+    """``NeighbourQuality`` of the (canonical, sorted) lists ``near`` and the row ``maxima``."""
+    n = joint.n
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(_QUALITY_ROWS, n), replace=False))
+    exact = joint.space.exact(sample).cpu().numpy()
+    truth = np.argsort(exact, axis=1, kind="stable")[:, :k]
+    found = near.columns[sample, :k]
+    recall = float((truth[:, :, None] == found[:, None, :]).any(axis=2).mean())
+    true_max, got = exact.max(axis=1).astype(np.float64), maxima[sample].astype(np.float64)
+    short = (true_max - got) / np.where(true_max > 0, true_max, 1.0)
+    return NeighbourQuality(k=k, rows=sample.size, recall=recall, maxima_exact=float(np.mean(got >= true_max)),
+                            maxima_shortfall=float(max(short.max(initial=0.0), 0.0)))
+
+
 def _faiss_candidates(joint: _Joint, near: _Candidates, far: _Candidates) -> np.ndarray:
     """Nearest and farthest items of every row proposed by faiss-cpu flat (exact) indexes;
     returns a lower bound of the canonical distance of every item outside a row's near list.
@@ -831,10 +954,7 @@ def _faiss_candidates(joint: _Joint, near: _Candidates, far: _Candidates) -> np.
     products of the torch sweep), so it only proposes: the lists' values are then replaced by
     canonical ones, and its k-th value, lowered by both roundings, bounds the rest.
     """
-    try:
-        import faiss
-    except ImportError as err:
-        raise ImportError("knn_backend='faiss' needs faiss-cpu (pip install faiss-cpu, or reid[faiss])") from err
+    faiss = _import_faiss("faiss")
     x = joint.space.query.cpu().numpy().astype(np.float32, copy=False)
     n, dim = x.shape
     index = faiss.IndexFlatL2(dim)

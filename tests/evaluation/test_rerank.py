@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import tracemalloc
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from reid.evaluation import pairwise_distance, rerank, rerank_distances
+from reid.evaluation.rerank import evaluate_reranked
 
 
 def dense_encoding(dist: np.ndarray, k1: int, k2: int) -> np.ndarray:
@@ -205,6 +207,41 @@ def test_faiss_backend_matches_torch_backend() -> None:
         a = rerank(qf, gf, knn_backend="torch", block_size=64)
         b = rerank(qf, gf, knn_backend="faiss")
         np.testing.assert_array_equal(a, b)
+
+
+def _hnsw_quality(caplog: pytest.LogCaptureFixture, qf: np.ndarray, gf: np.ndarray) -> tuple[np.ndarray, object]:
+    """rerank with knn_backend='faiss-hnsw', and the NeighbourQuality it logged."""
+    with caplog.at_level(logging.INFO, logger="reid"):
+        got = rerank(qf, gf, knn_backend="faiss-hnsw")
+    quality = [r.neighbour_quality for r in caplog.records if hasattr(r, "neighbour_quality")]
+    assert len(quality) == 1
+    caplog.clear()
+    return got, quality[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss-cpu not installed")
+def test_hnsw_backend_finds_everything_on_a_small_set(caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # 325 items: the graph's search reaches every item, so the approximate lists are the exact ones
+    qf, gf = _features(8, 25, 300)
+    got, quality = _hnsw_quality(caplog, qf, gf)
+    np.testing.assert_array_equal(got, rerank(qf, gf))
+    assert (quality.k, quality.rows, quality.recall, quality.maxima_exact, quality.maxima_shortfall) == (21, 256, 1.0,
+                                                                                                       1.0, 0.0)
+    labels = (np.arange(25) % 7, np.arange(300) % 7, np.zeros(25, int), np.ones(300, int))
+    want = evaluate_reranked(qf, gf, *labels)
+    approx = evaluate_reranked(qf, gf, *labels, knn_backend="faiss-hnsw")
+    np.testing.assert_array_equal(approx.all_AP, want.all_AP)
+    # unit rows, a pool of one item: the farthest come from the reflected search (-x) alone
+    rerank_module = importlib.import_module("reid.evaluation.rerank")
+    monkeypatch.setattr(rerank_module, "_FAR_POOL", 1)
+    unit_q, unit_g = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (qf, gf))
+    got, quality = _hnsw_quality(caplog, unit_q, unit_g)
+    np.testing.assert_array_equal(got, rerank(unit_q, unit_g))
+    assert quality.maxima_exact == 1.0
+    # unnormalised rows, the same pool: reflection no longer finds the farthest, and it shows
+    got, quality = _hnsw_quality(caplog, qf * np.linspace(0.5, 3, 25)[:, None].astype(np.float32), gf)
+    assert 0.0 < quality.maxima_exact < 1.0 and quality.maxima_shortfall > 0.0 and quality.recall == 1.0
 
 
 @pytest.mark.parametrize(
