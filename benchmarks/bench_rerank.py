@@ -19,7 +19,9 @@ element-wise (largest absolute difference), and both are scored with the Market 
     bash benchmarks/setup_peer.sh
     benchmarks/.venv/bin/python benchmarks/bench_rerank.py --dim 512     # classic ~100 s, ~9 GiB
     benchmarks/.venv/bin/python benchmarks/bench_rerank.py --dim 2048
-    .venv/bin/python benchmarks/bench_rerank.py --msmt --dim 512         # ours alone, MSMT17 size
+    .venv/bin/python benchmarks/bench_rerank.py --msmt --dim 512         # ours alone, MSMT17 size: dense, streamed
+    .venv/bin/python benchmarks/bench_rerank.py --approximate --with-exact                 # HNSW vs exact, Market
+    .venv/bin/python benchmarks/bench_rerank.py --approximate --distractors 500000         # Market+500k, HNSW
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ sys.path.insert(0, str(REPO))
 
 # MSMT17 test split: 11,659 queries, 82,161 gallery images of 3,060 identities, 15 cameras.
 MSMT17 = {"num_query": 11659, "num_gallery": 82161, "num_ids": 3060, "num_distractors": 0, "num_cameras": 15}
+# evaluate_reranked contenders: their neighbour search
+STREAMED = {"ours-streamed": "torch", "ours-hnsw": "faiss-hnsw"}
 
 
 def worker(contender: str, data: Path, out: Path | None, k1: int, k2: int, lambda_value: float) -> None:
@@ -79,6 +83,8 @@ def worker(contender: str, data: Path, out: Path | None, k1: int, k2: int, lambd
             q_q = distance(q, q).numpy()
             g_g = distance(g, g).numpy()
             return re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lambda_value)
+    elif contender in STREAMED:
+        return streamed_worker(contender, inputs, k1, k2, lambda_value)
     else:
         backend = "faiss" if contender == "ours-faiss" else "torch"
 
@@ -98,6 +104,40 @@ def worker(contender: str, data: Path, out: Path | None, k1: int, k2: int, lambd
         labels = [inputs[k] for k in ("q_pids", "g_pids", "q_camids", "g_camids")]
         r = evaluate_rank(result, *labels)
         info.update(mAP=r.mAP, rank1=float(r.cmc[0]), mINP=r.mINP)
+    print(json.dumps(info))
+
+
+def streamed_worker(contender: str, inputs: dict[str, np.ndarray], k1: int, k2: int, lambda_value: float) -> None:
+    """evaluate_reranked (the re-ranked rows made a block at a time and ranked at once, never the
+    q x g matrix): exact neighbours (torch) or approximate ones (faiss-hnsw, whose logged
+    neighbour quality is kept)."""
+    import json
+    import logging
+
+    from reid.evaluation.rerank import evaluate_reranked
+
+    qualities: list[Any] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if hasattr(record, "neighbour_quality"):
+                qualities.append(record.neighbour_quality)
+
+    logger = logging.getLogger("reid")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Keep())
+    labels = [inputs[k] for k in ("q_pids", "g_pids", "q_camids", "g_camids")]
+    baseline = max_rss_mib()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
+    r = evaluate_reranked(inputs["query_features"], inputs["gallery_features"], *labels, k1=k1, k2=k2,
+                          lambda_value=lambda_value, knn_backend=STREAMED[contender], progress=False)
+    info: dict[str, Any] = {"seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - start_cpu,
+                            "peak_mib": max_rss_mib(), "baseline_mib": baseline, "mAP": r.mAP,
+                            "rank1": float(r.cmc[0]), "mINP": r.mINP}
+    if qualities:
+        q = qualities[0]
+        info.update(recall=q.recall, recall_k=q.k, sampled=q.rows, maxima_exact=q.maxima_exact,
+                    maxima_shortfall=q.maxima_shortfall)
     print(json.dumps(info))
 
 
@@ -154,18 +194,50 @@ def msmt(args: argparse.Namespace) -> None:
     # What the classic would hold: the N x N float32 joint matrix, V, and the float32 argsort
     # ranks (int32) -- each N^2 * 4 bytes -- plus q x N Jaccard and result arrays.
     dense_gib = n * n * 4 / 2**30
+    results = run_streamed(data, ["ours", "ours-streamed"], args)
+    print(f"\nRe-ranking from features, MSMT17 size: {q} x {g} (N = {n}), {args.dim}-d: rerank (the q x g output, "
+          f"{q * g * 4 / 2**30:.2f} GiB, then scored) and evaluate_reranked (streamed into the ranking); one dense "
+          f"N x N float32 array would be {dense_gib:.1f} GiB\n")
+    print(streamed_table(results))
+
+
+def run_streamed(data: dict[str, np.ndarray], contenders: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_arrays(Path(tmp) / "inputs", **data)
-        info = run_worker(Path(__file__), ["--worker", "ours", "--data", str(folder), "--k1", str(args.k1),
-                                           "--k2", str(args.k2), "--lambda-value", str(args.lambda_value)])
-    print(f"\nRe-ranking from features, MSMT17 size: {q} x {g} (N = {n}), {args.dim}-d, ours alone "
-          f"(one dense N x N float32 array would be {dense_gib:.1f} GiB; the q x g output is "
-          f"{q * g * 4 / 2**30:.2f} GiB)\n")
-    print(markdown_table(["contender", "seconds", "CPU seconds", "peak RSS / above baseline (MiB)",
-                          "mAP / Rank-1 / mINP after re-ranking"],
-                         [["ours", f"{info['seconds']:.1f}", f"{info['cpu_seconds']:.1f}",
-                           f"{info['peak_mib']:.0f} / {info['peak_mib'] - info['baseline_mib']:.0f}",
-                           f"{info['mAP']:.4f} / {info['rank1']:.4f} / {info['mINP']:.4f}"]]))
+        for name in contenders:
+            results[name] = run_worker(Path(__file__), ["--worker", name, "--data", str(folder), "--k1", str(args.k1),
+                                                        "--k2", str(args.k2), "--lambda-value", str(args.lambda_value)])
+            print(f"{name}: {results[name]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def streamed_table(results: dict[str, dict]) -> str:
+    rows = []
+    for name, info in results.items():
+        quality = "exact search" if "recall" not in info else (
+            f"recall@{info['recall_k']} {info['recall']:.4f}, maxima exact {100 * info['maxima_exact']:.1f}% "
+            f"(at most {100 * info['maxima_shortfall']:.2f}% short), {info['sampled']} sampled rows")
+        rows.append([name, f"{info['seconds']:.1f}", f"{info['cpu_seconds']:.1f}",
+                     f"{info['peak_mib']:.0f} / {info['peak_mib'] - info['baseline_mib']:.0f}",
+                     f"{info['mAP']:.6f} / {info['rank1']:.6f} / {info['mINP']:.6f}", quality])
+    return markdown_table(["contender", "seconds", "CPU seconds", "peak RSS / above baseline (MiB)",
+                           "mAP / Rank-1 / mINP after re-ranking", "neighbours"], rows)
+
+
+def approximate(args: argparse.Namespace) -> None:
+    """Market-1501 with extra distractors: approximate neighbours (HNSW) against exact ones."""
+    sizes = dict(MARKET, num_gallery=MARKET["num_gallery"] + args.distractors,
+                 num_distractors=MARKET["num_distractors"] + args.distractors)
+    data = make_features(dim=args.dim, seed=args.seed, **sizes)
+    for key in ("query_features", "gallery_features"):  # unit rows, as reid test ranks them (test.normalize)
+        data[key] /= np.linalg.norm(data[key], axis=1, keepdims=True)
+    contenders = (["ours-streamed"] if args.with_exact else []) + ["ours-hnsw"]
+    results = run_streamed(data, contenders, args)
+    q, g = sizes["num_query"], sizes["num_gallery"]
+    print(f"\nRe-ranking evaluated in blocks (evaluate_reranked), Market-1501 + {args.distractors:,} distractors: "
+          f"{q} x {g} (N = {q + g:,}), {args.dim}-d unit rows, {os.cpu_count()} CPU cores\n")
+    print(streamed_table(results))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--with-faiss", action="store_true", help="also ours with knn_backend='faiss'")
     parser.add_argument("--msmt", action="store_true", help="ours alone at MSMT17 size (11,659 x 82,161)")
     parser.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)  # smaller MSMT-shaped trial runs
+    parser.add_argument("--approximate", action="store_true",
+                        help="evaluate_reranked with knn_backend='faiss-hnsw' on Market-1501 + --distractors")
+    parser.add_argument("--distractors", type=int, default=0, help="extra distractors of --approximate (500k: 500000)")
+    parser.add_argument("--with-exact", action="store_true", help="--approximate: also exact neighbours (N x N sweep)")
     parser.add_argument("--check-peer", action="store_true", help="only check that the classic functions load")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -190,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         worker(args.worker, args.data, args.out, args.k1, args.k2, args.lambda_value)
     elif args.msmt:
         msmt(args)
+    elif args.approximate:
+        approximate(args)
     else:
         compare(args)
 
