@@ -33,6 +33,10 @@ from bench_evaluation import (MARKET, load_arrays, load_classic, make_features, 
                               run_worker, save_arrays, timed)
 
 
+STREAMED_VERIFICATION = "streamed verification (verification_from_features)"
+DENSE_VERIFICATION = "dense verification (pairwise_distance + verification_metrics)"
+
+
 def worker(contender: str, data: Path, out: Path, memory_mb: float, max_rank: int) -> None:
     from reid.evaluation import evaluate_features, evaluate_rank, pairwise_distance
     from reid.evaluation.distance import FeatureDistances
@@ -55,13 +59,22 @@ def worker(contender: str, data: Path, out: Path, memory_mb: float, max_rank: in
         "dense (pairwise_distance + evaluate_rank)": lambda: evaluate_rank(
             pairwise_distance(qf, gf), *labels, max_rank=max_rank, progress=False),
     }
+    from reid.evaluation import verification_metrics
+    from reid.evaluation.verification import verification_from_features
+
+    calls[STREAMED_VERIFICATION] = lambda: verification_from_features(qf, gf, *labels, memory_mb=memory_mb,
+                                                                      progress=False)
+    calls[DENSE_VERIFICATION] = lambda: verification_metrics(pairwise_distance(qf, gf), *labels)
     if contender == "classic compiled (dense matrix)":
         peer = load_classic()
         calls[contender] = lambda: peer["evaluate_rank"](
             peer["compute_distance_matrix"](*map(__import__("torch").from_numpy, (qf, gf))).numpy(),
             *labels, max_rank=max_rank, use_cython=True)
     result, timing = timed(calls[contender], 1)
-    if contender.startswith(("streamed", "dense")):
+    if contender in (STREAMED_VERIFICATION, DENSE_VERIFICATION):
+        np.savez(out, verification=np.array([result.auc, result.eer, *result.tpr_at_fpr.values(),
+                                             *result.threshold_at_fpr.values()], dtype=np.float64))
+    elif contender.startswith(("streamed", "dense")):
         np.savez(out, cmc=result.cmc, mAP=result.mAP, mINP=result.mINP, all_AP=result.all_AP)
     elif contender.startswith("classic"):
         np.savez(out, cmc=np.asarray(result[0], dtype=np.float64), mAP=float(result[1]))
@@ -82,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rank", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--with-peer", action="store_true", help="also the classic compiled evaluation")
+    parser.add_argument("--with-verification", action="store_true",
+                        help="also verification_from_features (and the dense verification_metrics when it fits)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -98,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         contenders.append("dense (pairwise_distance + evaluate_rank)")
     if args.with_peer and 3 * dense_bytes < available_mib() * 2 ** 20 / 2:
         contenders.append("classic compiled (dense matrix)")
+    if args.with_verification:  # the dense one sorts every pair: about 4x the matrix
+        contenders.append(STREAMED_VERIFICATION)
+        if 5 * dense_bytes < available_mib() * 2 ** 20 / 2:
+            contenders.append(DENSE_VERIFICATION)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_arrays(Path(tmp) / "inputs", **data)
@@ -121,15 +140,19 @@ def main(argv: list[str] | None = None) -> None:
         if "all_AP" in r and name != "streamed (evaluate_features)":
             same = "bit-identical" if (np.array_equal(r["all_AP"], streamed["all_AP"], equal_nan=True)
                                        and np.array_equal(r["cmc"], streamed["cmc"])) else "DIFFERENT"
+        elif name == DENSE_VERIFICATION:
+            same = "bit-identical" if np.array_equal(r["verification"], results[STREAMED_VERIFICATION]["verification"]) \
+                else "DIFFERENT"
         elif "cmc" in r and name.startswith("classic"):
             same = f"max diff {max(abs(float(r['mAP']) - float(streamed['mAP'])), float(np.abs(r['cmc'] - streamed['cmc']).max())):.1e}"
         rows.append([name, f"{r['seconds']:.1f}", f"{r['seconds'] / floor:.2f}x",
                      f"{r['peak_mib'] - r['baseline_mib']:.0f}",
-                     f"{float(r['mAP']):.4f}" if "mAP" in r else "-", same])
+                     f"{float(r['mAP']):.4f}" if "mAP" in r else (f"AUC {r['verification'][0]:.6f}"
+                                                                  if "verification" in r else "-"), same])
     feats = (q + g) * args.dim * 4 / 2 ** 20
     print(f"\nRe-ID evaluation from features: {q} queries x {g} gallery, {args.dim}-d float32 "
           f"({feats:.0f} MiB of features), memory_mb={args.memory_mb:g}, {os.cpu_count()} CPU cores\n")
-    print(markdown_table(["contender", "seconds", "vs products only", "peak above features (MiB)", "mAP",
+    print(markdown_table(["contender", "seconds", "vs products only", "peak above features (MiB)", "mAP / AUC",
                           "vs streamed"], rows))
 
 
