@@ -123,13 +123,13 @@ def reid_case(tiny_market, tmp_path_factory):
                 "flip <i>": metrics_from_features(query, gallery, max_rank=10, beta=0.1)}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # consistent inputs: no warning at all
-        index = rp.write_report(out, query=query, gallery=gallery, distmat=distmat, metrics=metrics,
-                                reranked_distmat=reranked, ablation=ablation,
-                                training_log=_training_log(odd_dir / "log.jsonl"), title="tiny <b>report</b>",
-                                top_k=5, num_worst=3, num_best=2, num_random=2, seed=1)
+        index = rp.write_report(out, query=query, gallery=gallery, metrics=metrics, rerank=True, k1=5, k2=2,
+                                ablation=ablation, training_log=_training_log(odd_dir / "log.jsonl"),
+                                title="tiny <b>report</b>", top_k=5, num_worst=3, num_best=2, num_random=2, seed=1,
+                                metric_name="squared Euclidean")
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     return {"index": index, "out": out, "query": query, "gallery": gallery, "distmat": distmat, "labels": labels,
-            "metrics": metrics, "html": index.read_text(encoding="utf-8")}
+            "reranked": reranked, "metrics": metrics, "html": index.read_text(encoding="utf-8")}
 
 
 # --------------------------------------------------------------------------- files and numbers
@@ -249,8 +249,7 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     metrics = metrics_from_features(data, data, protocol="leave_one_out", nmi=False)
     features = postprocess_features(data.features)
     distmat = np.asarray(pairwise_distance(features, features))
-    index = rp.write_report(tmp_path / "loo", query=data, gallery=None, distmat=distmat, metrics=metrics,
-                            protocol="leave_one_out", num_worst=2, num_best=1, num_random=1, top_k=4)
+    index = rp.write_report(tmp_path / "loo", query=data, gallery=None, metrics=metrics, protocol="leave_one_out", num_worst=2, num_best=1, num_random=1, top_k=4)
     text = index.read_text()
     n = len(items)
     counts = np.bincount(data.pids)
@@ -283,8 +282,7 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     gf = postprocess_features(gallery.features)
     distmat = np.asarray(pairwise_distance(features, gf))
     metrics = metrics_from_features(query, gallery, protocol="query_gallery")
-    rp.write_report(tmp_path / "qg", query=query, gallery=gallery, distmat=distmat, metrics=metrics,
-                    protocol="query_gallery", num_worst=1, num_best=0, num_random=0)
+    rp.write_report(tmp_path / "qg", query=query, gallery=gallery, metrics=metrics, protocol="query_gallery", num_worst=1, num_best=0, num_random=0)
     block = json.loads((tmp_path / "qg" / "metrics.json").read_text())["verification"]
     assert block["num_excluded_pairs"] == 0
     assert block["auc"] == verification_metrics(distmat, query.pids, gallery.pids, np.zeros(n, dtype=np.int64),
@@ -302,8 +300,7 @@ def test_reid_page_names_identities_and_cameras(reid_case):
 
 
 def _case_data(case, **overrides) -> rp.ReportData:
-    args = {"query": case["query"], "gallery": case["gallery"], "distmat": case["distmat"],
-            "metrics": case["metrics"], "top_k": 3, "num_worst": 2, "num_best": 1, "num_random": 1, "seed": 3}
+    args = {"query": case["query"], "gallery": case["gallery"], "metrics": case["metrics"], "top_k": 3, "num_worst": 2, "num_best": 1, "num_random": 1, "seed": 3}
     return rp.evaluate_for_report(**{**args, **overrides})
 
 
@@ -319,8 +316,7 @@ def test_the_page_is_built_from_one_report_data(reid_case, tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         data.title = "changed"  # type: ignore[misc]
     # write_report writes exactly what its object says: the same page, the same files
-    index = rp.write_report(tmp_path / "full", query=case["query"], gallery=case["gallery"], distmat=case["distmat"],
-                            metrics=case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1, seed=3,
+    index = rp.write_report(tmp_path / "full", query=case["query"], gallery=case["gallery"], metrics=case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1, seed=3,
                             title="one <object>")
     assert index.read_text(encoding="utf-8") == rp._page(data)
     assert sorted(p.name for p in index.parent.glob("rank_list_*.png")) == sorted(data.drawn.values())
@@ -361,8 +357,7 @@ def test_a_write_failing_midway_leaves_no_partial_file(reid_case, tmp_path, monk
     _fail_writes_midway(monkeypatch, lambda path: path.name.startswith(failing))
     out = tmp_path / "report"
     with pytest.raises(OSError, match="disk full"):
-        rp.write_report(out, query=reid_case["query"], gallery=reid_case["gallery"], distmat=reid_case["distmat"],
-                        metrics=reid_case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1)
+        rp.write_report(out, query=reid_case["query"], gallery=reid_case["gallery"], metrics=reid_case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1)
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if n.startswith(failing) or n.endswith(".tmp") or n.startswith(".")]
     assert "index.html" not in names  # the page comes last: no page pointing at a missing file
@@ -377,24 +372,30 @@ def test_bad_inputs_and_inconsistent_metrics(reid_case, tmp_path):
     case = reid_case
     args = {"query": case["query"], "gallery": case["gallery"], "metrics": case["metrics"],
             "num_worst": 0, "num_best": 0, "num_random": 0}
+    q, g = case["query"], case["gallery"]
     with pytest.raises(ValueError, match="protocol='market'"):
-        rp.write_report(tmp_path / "a", distmat=case["distmat"], protocol="market", **args)
-    with pytest.raises(ValueError, match=r"distmat: expected shape"):
-        rp.write_report(tmp_path / "b", distmat=case["distmat"][:, 1:], **args)
+        rp.write_report(tmp_path / "a", protocol="market", **args)
+    narrow = dataclasses.replace(g, features=g.features[:, 1:])
+    with pytest.raises(ValueError, match=r"feature widths differ: query_features is \(\d+, 32\), gallery_features is "
+                                         r"\(\d+, 31\)"):
+        rp.write_report(tmp_path / "b", **{**args, "gallery": narrow})
     with pytest.raises(ValueError, match="gallery=None"):
-        rp.write_report(tmp_path / "c", distmat=case["distmat"], **{**args, "gallery": None})
+        rp.write_report(tmp_path / "c", **{**args, "gallery": None})
     with pytest.raises(ValueError, match="top_k=0"):
-        rp.write_report(tmp_path / "d", distmat=case["distmat"], top_k=0, **args)
-    with pytest.warns(UserWarning, match="are these the distances the metrics used") as caught:
-        index = rp.write_report(tmp_path / "e", distmat=case["distmat"][:, ::-1].copy() + 1.0,
-                                training_log=tmp_path / "missing.jsonl", **args)
+        rp.write_report(tmp_path / "d", top_k=0, **args)
+    with pytest.raises(ValueError, match=r"fprs: expected false positive rates in \(0, 1\], got 2"):
+        rp.write_report(tmp_path / "d", verification_fprs=(2,), **args)
+    with pytest.raises(ValueError, match=r"gallery: 3 rows of features but \d+ paths; expected one path per row"):
+        rp.write_report(tmp_path / "d", **{**args, "gallery": dataclasses.replace(g, features=g.features[:3])})
+    with pytest.raises(TypeError, match="query: expected a FeatureSet \\(features, pids, camids, paths\\), got tuple"):
+        rp.write_report(tmp_path / "d", **{**args, "query": (q.paths, q.pids, q.camids)})
+    assert not [p for p in tmp_path.iterdir()]  # every refusal before any file
+    # metrics of other features (here: another mAP) are written as given, with a warning
+    other = {**case["metrics"], "mAP": case["metrics"]["mAP"] + 0.1}
+    with pytest.warns(UserWarning, match="are these the features and options the metrics used") as caught:
+        index = rp.write_report(tmp_path / "e", training_log=tmp_path / "missing.jsonl", **{**args, "metrics": other})
     assert {w.filename for w in caught} == {__file__}  # the warning names the caller's line
     assert "training curves not drawn" in index.read_text() and not (tmp_path / "e" / "training_curves.png").exists()
-    # tuples work as well as FeatureSets
-    q, g = case["query"], case["gallery"]
-    rp.write_report(tmp_path / "f", distmat=case["distmat"], query=(q.paths, q.pids, q.camids),
-                    gallery=(g.paths, g.pids, g.camids), metrics=case["metrics"], num_worst=1, num_best=0,
-                    num_random=0)
 
 
 def test_plot_roc(tmp_path):
