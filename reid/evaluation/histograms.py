@@ -84,7 +84,8 @@ class _Binned:
             self.size += part.size
             finite = np.isfinite(part)
             if not finite.all():  # inf and NaN: the float sum that numpy's mean would give
-                self.special += float(np.sum(part[~finite], dtype=np.float64))
+                with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in numpy's mean, without its warning
+                    self.special += float(np.sum(part[~finite], dtype=np.float64))
                 part = part[finite]
             self.exact += exact_float32_sum(part)
 
