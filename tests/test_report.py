@@ -251,7 +251,8 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     metrics = metrics_from_features(data, data, protocol="leave_one_out", nmi=False)
     features = postprocess_features(data.features)
     distmat = np.asarray(pairwise_distance(features, features))
-    index = rp.write_report(tmp_path / "loo", query=data, gallery=None, metrics=metrics, protocol="leave_one_out", num_worst=2, num_best=1, num_random=1, top_k=4)
+    index = rp.write_report(tmp_path / "loo", query=data, gallery=None, metrics=metrics, protocol="leave_one_out",
+                            num_worst=2, num_best=1, num_random=1, top_k=4)
     text = index.read_text()
     n = len(items)
     counts = np.bincount(data.pids)
@@ -284,7 +285,8 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     gf = postprocess_features(gallery.features)
     distmat = np.asarray(pairwise_distance(features, gf))
     metrics = metrics_from_features(query, gallery, protocol="query_gallery")
-    rp.write_report(tmp_path / "qg", query=query, gallery=gallery, metrics=metrics, protocol="query_gallery", num_worst=1, num_best=0, num_random=0)
+    rp.write_report(tmp_path / "qg", query=query, gallery=gallery, metrics=metrics, protocol="query_gallery",
+                    num_worst=1, num_best=0, num_random=0)
     block = json.loads((tmp_path / "qg" / "metrics.json").read_text())["verification"]
     assert block["num_excluded_pairs"] == 0
     assert block["auc"] == verification_metrics(distmat, query.pids, gallery.pids, np.zeros(n, dtype=np.int64),
@@ -302,7 +304,8 @@ def test_reid_page_names_identities_and_cameras(reid_case):
 
 
 def _case_data(case, **overrides) -> rp.ReportData:
-    args = {"query": case["query"], "gallery": case["gallery"], "metrics": case["metrics"], "top_k": 3, "num_worst": 2, "num_best": 1, "num_random": 1, "seed": 3}
+    args = {"query": case["query"], "gallery": case["gallery"], "metrics": case["metrics"], "top_k": 3,
+            "num_worst": 2, "num_best": 1, "num_random": 1, "seed": 3}
     return rp.evaluate_for_report(**{**args, **overrides})
 
 
@@ -318,8 +321,8 @@ def test_the_page_is_built_from_one_report_data(reid_case, tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         data.title = "changed"  # type: ignore[misc]
     # write_report writes exactly what its object says: the same page, the same files
-    index = rp.write_report(tmp_path / "full", query=case["query"], gallery=case["gallery"], metrics=case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1, seed=3,
-                            title="one <object>")
+    index = rp.write_report(tmp_path / "full", query=case["query"], gallery=case["gallery"], metrics=case["metrics"],
+                            top_k=3, num_worst=2, num_best=1, num_random=1, seed=3, title="one <object>")
     assert index.read_text(encoding="utf-8") == rp._page(data)
     assert sorted(p.name for p in index.parent.glob("rank_list_*.png")) == sorted(data.drawn.values())
     # the page reads the object and nothing else: a value changed in it is the value shown
@@ -359,7 +362,8 @@ def test_a_write_failing_midway_leaves_no_partial_file(reid_case, tmp_path, monk
     _fail_writes_midway(monkeypatch, lambda path: path.name.startswith(failing))
     out = tmp_path / "report"
     with pytest.raises(OSError, match="disk full"):
-        rp.write_report(out, query=reid_case["query"], gallery=reid_case["gallery"], metrics=reid_case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1)
+        rp.write_report(out, query=reid_case["query"], gallery=reid_case["gallery"], metrics=reid_case["metrics"],
+                        top_k=3, num_worst=2, num_best=1, num_random=1)
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if n.startswith(failing) or n.endswith(".tmp") or n.startswith(".")]
     assert "index.html" not in names  # the page comes last: no page pointing at a missing file

@@ -27,6 +27,17 @@ def test_exact_float32_sum_is_the_sum_of_the_exact_values():
     assert exact_float32_sum(np.array([1.5, 0.25], dtype=np.float32)) == 7 << 147  # 1.75 = 7 * 2^-2
 
 
+def test_bin_counts_are_numpys_histogram():
+    rng = np.random.default_rng(4)
+    for edges in (np.linspace(0.1, 0.9, 9), np.linspace(0.125, 0.875, 7)):  # the second: float32 values, ties
+        near = edges.astype(np.float32)
+        values = np.concatenate([rng.random(10_000).astype(np.float32), near, np.nextafter(near, np.float32(-1)),
+                                 np.nextafter(near, np.float32(2)), [np.inf, -np.inf, np.nan, -3.0, 5.0]])
+        values = values.astype(np.float32)
+        np.testing.assert_array_equal(histograms.bin_counts(values, edges), np.histogram(values, bins=edges)[0])
+        assert histograms.bin_counts(values[:0], edges).tolist() == [0] * (edges.size - 1)
+
+
 def test_counts_and_densities_are_numpys_and_means_exact():
     rng = np.random.default_rng(1)
     matches = (rng.random(300) * 0.7).astype(np.float32)
