@@ -33,7 +33,10 @@ EER, TPR and distance threshold at FPR 1e-4/1e-3/1e-2). The page holds the metri
 and without re-ranking), CMC and ROC curves, match / non-match distance histograms, a sortable
 per-query table (AP, INP, rank of the first true match; filter to failures), rank lists of the
 worst, best and random queries, and the training curves when a log.jsonl is beside the
-checkpoint. An existing report in DIR is replaced only with --overwrite.
+checkpoint. Any set size: the page is computed from the features a block of query rows at a
+time, never from the whole query x gallery matrix (test.memory_mb=MIB: the most a block may take;
+0, the default: a quarter of the available memory). An existing report in DIR is replaced only
+with --overwrite.
 `reid test --report DIR` writes the same page at the end of an evaluation."""
 EPILOG = """examples:
   reid report --weights outputs/demo/best.pt --rerank --output outputs/demo/report

@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 
 DEFAULT_BINS = 60
-_CHUNK = 1 << 20  # values binned at once: bounded temporaries within a block of pairs
+_CHUNK = 1 << 18  # values binned at once: a few MiB of temporaries, whatever the block of pairs
 _SUBNORMAL_EXPONENT = 149  # float32's smallest subnormal is 2^-149: the unit of the exact sums
 
 
