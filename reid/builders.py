@@ -266,6 +266,7 @@ def metric_options(cfg: Config, dataset: ReidDataset | None = None, *, rerank: b
     keys, and the dataset's protocol and Recall@K when a dataset is given."""
     options = {k: v for k, v in dataclasses.asdict(cfg.test).items()
                if k not in embedding_options(cfg) and k not in TEST_SET_KEYS}
+    options["memory_mb"] = options["memory_mb"] or None  # 0: the library's default budget
     if rerank is not None:
         options["rerank"] = rerank
     if dataset is not None:

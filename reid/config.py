@@ -238,6 +238,9 @@ class TestConfig:
                            "logged)", choices=("torch", "faiss", "faiss-hnsw"))
     nmi: bool = _key(True, "retrieval (leave-one-out) sets: also k-means NMI and clustering F1 of the test set")
     max_rank: int = _key(50, "CMC ranks computed", check=_POSITIVE)
+    memory_mb: float = _key(0.0, "MiB one block of the re-ID evaluation and the report may take (the query x gallery "
+                            "distances are never held whole; results do not depend on it); 0: a quarter of the "
+                            "memory available", check=_at_least(0))
     datasets: list[str] = _key([], "the test sets evaluated, each on its own (cross-domain testing); []: each "
                                "data.name dataset", choices=_dataset_names)
     roots: list[str] = _key([], "one folder per test.datasets entry; []: the data.root of the data.name entry "

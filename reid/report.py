@@ -1,9 +1,10 @@
 """One self-contained HTML evaluation report: metrics, curves, a per-query table and rank lists.
 
-:func:`write_report` is a pure function of the evaluation's arrays (labels, paths, the distance
-matrix the metrics used, the metrics themselves): no config, no model. It computes everything
-the report shows once, into one :class:`ReportData` (:func:`evaluate_for_report`), then writes
-each part from that object alone, every file atomically (``reid.io``), into one folder:
+:func:`write_report` is a pure function of the evaluation's arrays (the query and gallery
+feature sets with their labels and paths, the options the metrics were computed with, the
+metrics themselves): no config, no model. It computes everything the report shows once, into one
+:class:`ReportData` (:func:`evaluate_for_report`), then writes each part from that object alone,
+every file atomically (``reid.io``), into one folder:
 
 * ``index.html`` (:func:`write_page`): plain HTML with inline CSS and a few lines of inline
   JavaScript, no network (no CDN, no external font): it opens from ``file://``. Every text taken
@@ -23,6 +24,13 @@ Per query (table and rank lists): AP, INP and the rank of the first true match a
 ``evaluate_rank``'s ``all_AP`` / ``all_INP`` / ``first_hit_rank`` (the rank lists draw the same
 stable (distance, gallery index) order and exclusions). Queries without a true match after the
 exclusions are left out of the table, as from every metric, and counted in a note.
+
+At any size: the query x gallery distance matrix is never held. The numbers come straight from
+the features, equal to those of the dense matrix to the last bit, each pass over the gallery a
+block of query rows at a time within ``memory_mb``: the ranking (``rank.evaluate_features``), the
+re-ranking (``rerank.evaluate_reranked``), the verification metrics and ROC and the distance
+histograms (``verification.protocol_pairs``, ``histograms.pair_histograms``); only the drawn
+queries' rows of canonical distances are computed whole, for their rank lists.
 """
 
 from __future__ import annotations
@@ -40,11 +48,15 @@ from typing import Any
 import numpy as np
 
 from . import visualization as vis
-from .evaluation.arrays import ArrayLike, as_labels, as_numpy
-from .evaluation.evaluator import metric_columns, verification_summary
+from .evaluation.arrays import as_labels
+from .evaluation.distance import FeatureDistances
+from .evaluation.evaluator import metric_columns, postprocess_pair, verification_summary
+from .evaluation.histograms import PairHistograms, pair_histograms
 from .evaluation.protocol import check_protocol, protocol_camids
-from .evaluation.rank import RankResult, evaluate_rank
-from .evaluation.verification import DEFAULT_FPRS, VerificationResult, verification_metrics
+from .evaluation.rank import RankResult, evaluate_features
+from .evaluation.rerank import evaluate_reranked
+from .evaluation.verification import (DEFAULT_FPRS, VerificationResult, check_fprs, protocol_pairs,
+                                      verification_of_pairs)
 from .io import atomic_write_json, atomic_write_text
 
 
@@ -76,10 +88,12 @@ class ReportData:
     q_paths, q_pids, q_cams: the queries as given (the table shows the given camera).
     q_camids, g_camids: the protocol's camera ids (``protocol_camids``): every number and rank list
         is computed with them.
-    distmat: the float32 query x gallery distances the metrics used.
-    result, reranked: ``evaluate_rank`` of ``distmat`` and of the re-ranked distances (None without).
+    result, reranked: ``evaluate_rank`` of the query x gallery distances and of the re-ranked
+        distances (None without), computed from the features without the matrix.
+    verification, histograms: of the protocol's pairs (the ROC is ``verification.roc``).
     metrics: the metrics given plus their ``"verification"`` block: ``metrics.json``.
     sections: the rank-list sections, (heading, query indices), in page order; a query is in one.
+    rank_rows: each drawn query's float32 distances to the whole gallery (its row of the matrix).
     figures: (file name, caption) of the plots, in page order; ``notes``: why one is missing.
     training_log: the ``log.jsonl`` drawn as ``training_curves.png`` (None: not drawn).
     """
@@ -95,13 +109,14 @@ class ReportData:
     g_paths: tuple[str, ...] = field(repr=False)
     g_pids: np.ndarray = field(repr=False)
     g_camids: np.ndarray = field(repr=False)
-    distmat: np.ndarray = field(repr=False)
     result: RankResult
     reranked: RankResult | None
     verification: VerificationResult = field(repr=False)
+    histograms: PairHistograms = field(repr=False)
     metrics: Mapping[str, Any]
     ablation: Mapping[str, Mapping[str, Any]] | None
     sections: tuple[tuple[str, tuple[int, ...]], ...]
+    rank_rows: Mapping[int, np.ndarray] = field(repr=False)
     figures: tuple[tuple[str, str], ...]
     notes: tuple[str, ...]
     training_log: Path | None
@@ -137,24 +152,15 @@ class ReportData:
 
 
 def _labelled(items: Any, name: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """(paths, pids, camids) of a FeatureSet-like object or of a (paths, pids, camids) tuple."""
-    if all(hasattr(items, attr) for attr in ("paths", "pids", "camids")):
-        paths, pids, camids = items.paths, items.pids, items.camids
-    else:
-        try:
-            paths, pids, camids = items
-        except (TypeError, ValueError):
-            raise TypeError(f"{name}: expected a FeatureSet or a (paths, pids, camids) tuple") from None
-    paths = tuple(os.fspath(p) for p in paths)
-    return (paths, as_labels(pids, f"{name} pids", len(paths), "one per path"),
-            as_labels(camids, f"{name} camids", len(paths), "one per path"))
-
-
-def _distances(distmat: ArrayLike, name: str, shape: tuple[int, int], expected: str) -> np.ndarray:
-    dist = np.ascontiguousarray(as_numpy(distmat, name), dtype=np.float32)
-    if dist.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape} ({expected}), got {dist.shape}")
-    return dist
+    """(paths, pids, camids) of a FeatureSet, checked against its rows of features."""
+    if not all(hasattr(items, attr) for attr in ("features", "paths", "pids", "camids")):
+        raise TypeError(f"{name}: expected a FeatureSet (features, pids, camids, paths), got {type(items).__name__}")
+    paths = tuple(os.fspath(p) for p in items.paths)
+    if len(paths) != len(items.features):
+        raise ValueError(f"{name}: {len(items.features)} rows of features but {len(paths)} paths; expected one "
+                         "path per row")
+    return (paths, as_labels(items.pids, f"{name} pids", len(paths), "one per path"),
+            as_labels(items.camids, f"{name} camids", len(paths), "one per path"))
 
 
 def _check_counts(**counts: Any) -> None:
@@ -187,25 +193,39 @@ def _outside_stacklevel() -> int:
 
 
 def _check_consistent(metrics: Mapping[str, Any], result: RankResult, what: str) -> None:
-    """Warn when the metrics given are not those of the distances given (a wrong matrix)."""
+    """Warn when the metrics given are not those of the features and options given."""
     for key, value in (("mAP", result.mAP), ("rank1", float(result.cmc[0]))):
         given = metrics.get(key)
         if isinstance(given, (int, float)) and not math.isclose(float(given), value, rel_tol=1e-4, abs_tol=1e-5):
             warnings.warn(f"write_report: metrics{what}[{key!r}] = {given:.6f} but {'re-ranked ' if what else ''}"
-                          f"distmat gives {value:.6f}; are these the distances the metrics used?",
+                          f"distances of the features give {value:.6f}; are these the features and options the "
+                          "metrics used?",
                           stacklevel=_outside_stacklevel())
 
 
-def _reranked_result(reranked_distmat: ArrayLike | None, shape: tuple[int, int], labels: tuple, max_rank: int,
-                     metrics: Mapping[str, Any]) -> RankResult | None:
-    """``evaluate_rank`` of the re-ranked distances (the matrix itself is not kept)."""
-    if reranked_distmat is None:
+def _reranked_result(features: tuple[np.ndarray, np.ndarray], labels: tuple, rerank: Mapping[str, Any] | None,
+                     max_rank: int, metrics: Mapping[str, Any], memory_mb: float | None,
+                     progress: bool | None) -> RankResult | None:
+    """``evaluate_rank`` of the re-ranked distances (``rerank``: k1, k2, lambda_value, knn_backend; None: not
+    evaluated), a block of rows at a time."""
+    if rerank is None:
         return None
-    reranked = _distances(reranked_distmat, "reranked_distmat", shape, "as distmat")
-    result = evaluate_rank(reranked, *labels, max_rank=max_rank)
+    result = evaluate_reranked(*features, *labels, **rerank, max_rank=max_rank, memory_mb=memory_mb,
+                               progress=progress)
     if isinstance(metrics.get("rerank"), Mapping):
         _check_consistent(metrics["rerank"], result, "['rerank']")
     return result
+
+
+def _rank_rows(features: tuple[np.ndarray, np.ndarray], metric: str,
+               sections: tuple[tuple[str, tuple[int, ...]], ...]) -> dict[int, np.ndarray]:
+    """The canonical distances of the drawn queries to the whole gallery: exactly their rows of
+    ``pairwise_distance`` (a distance depends on its two features alone), and only those rows."""
+    drawn = sorted(i for _, picks in sections for i in picks)
+    if not drawn:
+        return {}
+    rows = FeatureDistances(*features, metric).exact(np.array(drawn, dtype=np.int64)).cpu().numpy()
+    return {i: row for i, row in zip(drawn, rows)}
 
 
 def _sections(all_ap: np.ndarray, num_worst: int, num_best: int, num_random: int,
@@ -247,9 +267,17 @@ def evaluate_for_report(
     *,
     query: Any,
     gallery: Any,
-    distmat: ArrayLike,
     metrics: Mapping[str, Any],
-    reranked_distmat: ArrayLike | None = None,
+    normalize: bool = True,
+    beta: float = 0.0,
+    metric: str = "euclidean",
+    rerank: bool = False,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    rerank_knn: str = "torch",
+    memory_mb: float | None = None,
+    progress: bool | None = None,
     ablation: Mapping[str, Mapping[str, Any]] | None = None,
     training_log: str | os.PathLike | None = None,
     verification_fprs: Sequence[float] = DEFAULT_FPRS,
@@ -259,20 +287,24 @@ def evaluate_for_report(
     num_best: int = 4,
     num_random: int = 4,
     seed: int = 0,
-    metric_name: str = "squared Euclidean",
+    metric_name: str | None = None,
     protocol: str = "reid",
 ) -> ReportData:
     """Everything the report shows, computed once; writes nothing (:func:`write_report` writes it).
 
     Args:
-        query, gallery: a ``FeatureSet`` (only ``paths``, ``pids``, ``camids`` are read) or a
-            ``(paths, pids, camids)`` tuple each. For ``leave_one_out`` pass the same list twice
-            (or ``gallery=None``).
-        distmat: num_query x num_gallery distances, the ones the metrics were computed from
-            (numpy or torch). The per-query table, rank lists, histogram and verification use it.
+        query, gallery: ``FeatureSet`` s (features, pids, camids, paths). For ``leave_one_out``
+            pass the same set twice (or ``gallery=None``).
         metrics: the test metrics as reid produces them (``reid.evaluation.evaluator.metrics_from_features``),
             with ``"rerank"`` when re-ranking was evaluated; copied into ``metrics.json``.
-        reranked_distmat: the re-ranked distances, for a second CMC curve.
+        normalize, beta, metric, rerank, k1, k2, lambda_value, rerank_knn: as ``metrics_from_features`` (the
+            features are post-processed and compared as the metrics did): the per-query table,
+            rank lists, histograms and verification use these distances; ``rerank`` adds the
+            re-ranked CMC curve.
+        memory_mb: the most a block of query rows may take in each pass over the gallery (None: a
+            quarter of the memory available now); the query x gallery matrix is never held, and
+            nothing shown depends on the budget.
+        progress: bars over the passes (see :mod:`reid.progress`; None: on a terminal only).
         ablation: extra metrics-table rows (name -> metrics), e.g. ``ablate_inference``'s result.
         training_log: a ``log.jsonl``; its curves are drawn when the file exists.
         verification_fprs: the FPRs of ``tpr_at_fpr`` / ``threshold_at_fpr`` (marked on the ROC).
@@ -280,7 +312,7 @@ def evaluate_for_report(
         top_k: gallery columns per rank list.
         num_worst, num_best, num_random: rank lists of that many lowest-AP, highest-AP and random
             (``seed``) valid queries; a query is drawn once.
-        metric_name: the distance's name, for legends and the table.
+        metric_name: the distance's name, for legends and the table (default: ``metric``).
         protocol: ``"reid"``, ``"leave_one_out"`` or ``"query_gallery"`` (``reid.evaluation.protocol``).
 
     Raises:
@@ -288,28 +320,35 @@ def evaluate_for_report(
     """
     check_protocol(protocol)
     _check_counts(top_k=top_k, num_worst=num_worst, num_best=num_best, num_random=num_random)
+    fprs = check_fprs(verification_fprs)
     if gallery is None:
         if protocol != "leave_one_out":
             raise ValueError(f"gallery=None is only for protocol leave_one_out (got {protocol!r})")
         gallery = query
     q_paths, q_pids, q_cams = _labelled(query, "query")
     g_paths, g_pids, g_cams = _labelled(gallery, "gallery")
-    dist = _distances(distmat, "distmat", (len(q_paths), len(g_paths)), "queries x gallery")
     q_camids, g_camids = protocol_camids(protocol, q_cams, g_cams)
     labels = (q_pids, g_pids, q_camids, g_camids)
-    max_rank = min(_CMC_RANKS, dist.shape[1])
-    result = evaluate_rank(dist, *labels, max_rank=max_rank)
+    features = postprocess_pair(query, gallery, normalize=normalize, beta=beta)
+    max_rank = min(_CMC_RANKS, len(g_paths))
+    result = evaluate_features(*features, *labels, metric=metric, max_rank=max_rank, memory_mb=memory_mb,
+                               progress=progress)
     if protocol == "reid":
         _check_consistent(metrics, result, "")
-    reranked = _reranked_result(reranked_distmat, dist.shape, labels, max_rank, metrics)
-    verification = verification_metrics(dist, *labels, fprs=verification_fprs, with_roc=True)
+    reranking = {"k1": k1, "k2": k2, "lambda_value": lambda_value, "knn_backend": rerank_knn} if rerank else None
+    reranked = _reranked_result(features, labels, reranking, max_rank, metrics, memory_mb, progress)
+    pairs = protocol_pairs(*features, *labels, metric=metric, memory_mb=memory_mb, progress=progress)
+    verification = verification_of_pairs(pairs, fprs, with_roc=True)
+    histograms = pair_histograms(pairs)
+    del pairs  # the pairs in memory, when they fit: gone before the rank lists
+    sections = _sections(result.all_AP, num_worst, num_best, num_random, seed)
     figures, notes, log_path = _figures(training_log)
     return ReportData(
-        title=title, protocol=protocol, metric_name=metric_name, top_k=int(top_k), q_paths=q_paths, q_pids=q_pids,
-        q_cams=q_cams, q_camids=q_camids, g_paths=g_paths, g_pids=g_pids, g_camids=g_camids, distmat=dist,
-        result=result, reranked=reranked, verification=verification,
+        title=title, protocol=protocol, metric_name=metric if metric_name is None else metric_name, top_k=int(top_k),
+        q_paths=q_paths, q_pids=q_pids, q_cams=q_cams, q_camids=q_camids, g_paths=g_paths, g_pids=g_pids,
+        g_camids=g_camids, result=result, reranked=reranked, verification=verification, histograms=histograms,
         metrics={**metrics, "verification": verification_summary(verification)}, ablation=ablation,
-        sections=_sections(result.all_AP, num_worst, num_best, num_random, seed), figures=figures, notes=notes,
+        sections=sections, rank_rows=_rank_rows(features, metric, sections), figures=figures, notes=notes,
         training_log=log_path)
 
 
@@ -343,8 +382,7 @@ def _draw_roc(data: ReportData, path: Path) -> None:
 
 
 def _draw_distances(data: ReportData, path: Path) -> None:
-    vis.plot_distance_histogram(data.distmat, *data.labels, path,
-                                title=f"query-gallery distances ({data.metric_name})")
+    vis.plot_pair_histograms(data.histograms, path, title=f"query-gallery distances ({data.metric_name})")
 
 
 def _draw_training_curves(data: ReportData, path: Path) -> None:
@@ -372,7 +410,7 @@ def write_rank_lists(data: ReportData, output_dir: str | os.PathLike) -> list[Pa
     gallery = (data.g_paths, data.g_pids, data.g_camids)
     written = []
     for i, name in data.drawn.items():
-        image = vis.compose_rank_list(data.distmat[i], (data.q_paths[i], data.q_pids[i], data.q_camids[i]), gallery,
+        image = vis.compose_rank_list(data.rank_rows[i], (data.q_paths[i], data.q_pids[i], data.q_camids[i]), gallery,
                                       top_k=data.top_k, ap=float(data.result.all_AP[i]), cameras=data.cameras)
         written.append(vis.save_image(image, out / name))
     return written

@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .data.transforms import read_image
 from .evaluation.arrays import ArrayLike, as_labels, as_numpy
+from .evaluation.histograms import DEFAULT_BINS, PairHistograms, value_histograms
 from .evaluation.protocol import JUNK_PID, Labels, block_pair_masks, check_distmat, list_mask
 from .evaluation.rank import average_precision, query_average_precision
 from .io import atomic_write, atomic_write_text
@@ -450,28 +451,30 @@ def split_distances(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_
 
 
 def plot_distance_histogram(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike,
-                            g_camids: ArrayLike, path: str | Path, *, bins: int = 60,
+                            g_camids: ArrayLike, path: str | Path, *, bins: int = DEFAULT_BINS,
                             figsize: tuple[float, float] = (5.0, 3.6), dpi: int = 100,
                             title: str = "query-gallery distances") -> Path:
-    """Histograms of match and non-match distances (see ``split_distances``), each normalised
-    to unit area: non-matches outnumber matches by orders of magnitude."""
+    """Histograms of match and non-match distances of a matrix (see ``split_distances``), each
+    normalised to unit area: non-matches outnumber matches by orders of magnitude."""
     matches, non_matches = split_distances(distmat, q_pids, g_pids, q_camids, g_camids)
-    if matches.size == 0 and non_matches.size == 0:
-        raise ValueError("plot_distance_histogram: no match or non-match pair left after the exclusions")
-    # The range from each side's finite values, and histograms binned in place: no combined or
-    # float64 copy of what can be tens of millions of pair distances.
-    bounds = [(float(d[np.isfinite(d)].min()), float(d[np.isfinite(d)].max()))
-              for d in (matches, non_matches) if np.isfinite(d).any()]
-    low, high = (min(b[0] for b in bounds), max(b[1] for b in bounds)) if bounds else (0.0, 1.0)
-    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    return plot_pair_histograms(value_histograms(matches, non_matches, bins), path, figsize=figsize, dpi=dpi,
+                                title=title)
+
+
+def plot_pair_histograms(histograms: PairHistograms, path: str | Path, *, figsize: tuple[float, float] = (5.0, 3.6),
+                         dpi: int = 100, title: str = "query-gallery distances") -> Path:
+    """The match and non-match histograms of ``reid.evaluation.histograms`` (binned already, from a
+    matrix or streamed from features), each normalised to unit area, with each kind's count and mean."""
+    if histograms.matches.size == 0 and histograms.non_matches.size == 0:
+        raise ValueError("plot_pair_histograms: no match or non-match pair left after the exclusions")
+    edges = histograms.edges
     fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
-    for name, data, color in (("match", matches, np.array(MATCH_COLOR) / 255),
-                              ("non-match", non_matches, np.array(NON_MATCH_COLOR) / 255)):
-        if data.size:
-            density, _ = np.histogram(data, bins=edges, density=True)
-            ax.stairs(density, edges, fill=True, alpha=0.55, color=color,
-                      label=f"{name} (n={data.size:,}, mean {np.mean(data, dtype=np.float64):.3f})")
+    for name, counts, color in (("match", histograms.matches, np.array(MATCH_COLOR) / 255),
+                                ("non-match", histograms.non_matches, np.array(NON_MATCH_COLOR) / 255)):
+        if counts.size:
+            ax.stairs(counts.density(edges), edges, fill=True, alpha=0.55, color=color,
+                      label=f"{name} (n={counts.size:,}, mean {counts.mean:.3f})")
     ax.set_xlabel("distance")
     ax.set_ylabel("density")
     ax.set_title(title)

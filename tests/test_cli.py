@@ -636,13 +636,27 @@ def test_extract_says_same_person_with_the_threshold_of_a_chosen_fpr(run_dir, we
     assert_one_error_line(code, err, "test.metric=euclidean", "--threshold")
 
 
-def test_report_refuses_a_set_too_large_for_a_dense_page_before_any_work(weights, tmp_path, no_model_work, capsys,
-                                                                          monkeypatch):
-    import reid.cli.report
+def test_report_has_no_size_limit_and_its_memory_budget_changes_no_byte(tiny_market, tmp_path, capsys):
+    """From saved features: the report streams within test.memory_mb (here: one query row per
+    block), and every file it writes is the one the default budget writes."""
+    from reid.data import build_dataset
+    from reid.evaluation.features import FeatureSet
 
-    monkeypatch.setattr(reid.cli.report, "MAX_REPORT_PAIRS", 10)
-    for argv in (["report", "--weights", weights, "--output", tmp_path / "a"],
-                 ["test", "--weights", weights, "--report", tmp_path / "b"]):
-        code, _, err = run_cli(argv, capsys)
-        assert_one_error_line(code, err, "M pairs", "evaluate this set with reid test")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    dataset = build_dataset("market1501", str(tiny_market))
+    rng = np.random.default_rng(0)
+    for name, items in (("q", dataset.query), ("g", dataset.gallery)):
+        paths, pids, camids = zip(*items)
+        FeatureSet(rng.normal(size=(len(items), 16)).astype(np.float32), np.array(pids), np.array(camids),
+                   [str(p) for p in paths]).save(tmp_path / f"{name}.npz")
+    base = ["report", "--query-features", tmp_path / "q.npz", "--gallery-features", tmp_path / "g.npz", "--rerank",
+            "--worst", "2", "--best", "1", "--random", "1", "--quiet"]
+    assert run_cli([*base, "--output", tmp_path / "default", "test.max_rank=10"], capsys)[0] == 0
+    assert run_cli([*base, "--output", tmp_path / "tiny", "test.max_rank=10", "test.memory_mb=1e-9"], capsys)[0] == 0
+    names = sorted(p.name for p in (tmp_path / "default").iterdir())
+    assert "distances.png" in names and "metrics.json" in names and any(n.startswith("rank_list_") for n in names)
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "tiny" / name).read_bytes() == (tmp_path / "default" / name).read_bytes(), name
+    code, _, err = run_cli([*base, "--output", tmp_path / "bad", "test.memory_mb=-1"], capsys)
+    assert_one_error_line(code, err, "test.memory_mb", ">= 0")
+    assert not (tmp_path / "bad").exists()

@@ -357,6 +357,15 @@ def test_save_config_replaces_through_a_temporary_file_in_the_same_folder(tmp_pa
     assert load_config(tmp_path / "config.yaml") == Config()
 
 
+def test_the_memory_budget_reaches_the_metrics_in_mib_or_as_the_default():
+    from reid import builders
+
+    assert Config().test.memory_mb == 0.0 and builders.metric_options(Config())["memory_mb"] is None
+    assert builders.metric_options(load_config(None, ["test.memory_mb=512"]))["memory_mb"] == 512
+    with pytest.raises(ConfigError, match=r"test\.memory_mb.*a number >= 0"):
+        load_config(None, ["test.memory_mb=-1"])
+
+
 # The Group Loss paper's retrieval settings (temperature, classes x samples per batch, anchors).
 @pytest.mark.parametrize("name, temperature, batch, anchors", [
     ("cub200_group.yaml", 24.0, (6, 9), 2), ("cars196_group.yaml", 79.0, (5, 7), 3), ("sop_group.yaml", 54.0, (10, 6), 2)])

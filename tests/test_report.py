@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import warnings
+from fractions import Fraction
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from reid.evaluation import evaluate_rank, pairwise_distance, rerank, verificati
 from reid.evaluation.evaluator import metrics_from_features
 from reid.evaluation.protocol import protocol_camids
 from reid.evaluation.features import FeatureSet, postprocess_features
+from reid.evaluation.rank import RankResult
 
 ODD_NAME = 'q<script>window.injected=1<&"x".jpg'  # escaped everywhere, never a tag
 SKIPPED_PID = 999  # a query identity absent from the gallery: no true match
@@ -121,15 +123,15 @@ def reid_case(tiny_market, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "nested" / "report"  # parents missing too
     ablation = {"baseline": metrics_from_features(query, gallery, max_rank=10),
                 "flip <i>": metrics_from_features(query, gallery, max_rank=10, beta=0.1)}
+    args = dict(query=query, gallery=gallery, metrics=metrics, rerank=True, k1=5, k2=2, ablation=ablation,
+                training_log=_training_log(odd_dir / "log.jsonl"), title="tiny <b>report</b>", top_k=5, num_worst=3,
+                num_best=2, num_random=2, seed=1, metric_name="squared Euclidean")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # consistent inputs: no warning at all
-        index = rp.write_report(out, query=query, gallery=gallery, distmat=distmat, metrics=metrics,
-                                reranked_distmat=reranked, ablation=ablation,
-                                training_log=_training_log(odd_dir / "log.jsonl"), title="tiny <b>report</b>",
-                                top_k=5, num_worst=3, num_best=2, num_random=2, seed=1)
+        index = rp.write_report(out, **args)
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
     return {"index": index, "out": out, "query": query, "gallery": gallery, "distmat": distmat, "labels": labels,
-            "metrics": metrics, "html": index.read_text(encoding="utf-8")}
+            "reranked": reranked, "metrics": metrics, "args": args, "html": index.read_text(encoding="utf-8")}
 
 
 # --------------------------------------------------------------------------- files and numbers
@@ -249,8 +251,8 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     metrics = metrics_from_features(data, data, protocol="leave_one_out", nmi=False)
     features = postprocess_features(data.features)
     distmat = np.asarray(pairwise_distance(features, features))
-    index = rp.write_report(tmp_path / "loo", query=data, gallery=None, distmat=distmat, metrics=metrics,
-                            protocol="leave_one_out", num_worst=2, num_best=1, num_random=1, top_k=4)
+    index = rp.write_report(tmp_path / "loo", query=data, gallery=None, metrics=metrics, protocol="leave_one_out",
+                            num_worst=2, num_best=1, num_random=1, top_k=4)
     text = index.read_text()
     n = len(items)
     counts = np.bincount(data.pids)
@@ -283,8 +285,8 @@ def test_leave_one_out_and_query_gallery_protocols(tiny_market, tmp_path):
     gf = postprocess_features(gallery.features)
     distmat = np.asarray(pairwise_distance(features, gf))
     metrics = metrics_from_features(query, gallery, protocol="query_gallery")
-    rp.write_report(tmp_path / "qg", query=query, gallery=gallery, distmat=distmat, metrics=metrics,
-                    protocol="query_gallery", num_worst=1, num_best=0, num_random=0)
+    rp.write_report(tmp_path / "qg", query=query, gallery=gallery, metrics=metrics, protocol="query_gallery",
+                    num_worst=1, num_best=0, num_random=0)
     block = json.loads((tmp_path / "qg" / "metrics.json").read_text())["verification"]
     assert block["num_excluded_pairs"] == 0
     assert block["auc"] == verification_metrics(distmat, query.pids, gallery.pids, np.zeros(n, dtype=np.int64),
@@ -302,8 +304,8 @@ def test_reid_page_names_identities_and_cameras(reid_case):
 
 
 def _case_data(case, **overrides) -> rp.ReportData:
-    args = {"query": case["query"], "gallery": case["gallery"], "distmat": case["distmat"],
-            "metrics": case["metrics"], "top_k": 3, "num_worst": 2, "num_best": 1, "num_random": 1, "seed": 3}
+    args = {"query": case["query"], "gallery": case["gallery"], "metrics": case["metrics"], "top_k": 3,
+            "num_worst": 2, "num_best": 1, "num_random": 1, "seed": 3}
     return rp.evaluate_for_report(**{**args, **overrides})
 
 
@@ -319,9 +321,8 @@ def test_the_page_is_built_from_one_report_data(reid_case, tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         data.title = "changed"  # type: ignore[misc]
     # write_report writes exactly what its object says: the same page, the same files
-    index = rp.write_report(tmp_path / "full", query=case["query"], gallery=case["gallery"], distmat=case["distmat"],
-                            metrics=case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1, seed=3,
-                            title="one <object>")
+    index = rp.write_report(tmp_path / "full", query=case["query"], gallery=case["gallery"], metrics=case["metrics"],
+                            top_k=3, num_worst=2, num_best=1, num_random=1, seed=3, title="one <object>")
     assert index.read_text(encoding="utf-8") == rp._page(data)
     assert sorted(p.name for p in index.parent.glob("rank_list_*.png")) == sorted(data.drawn.values())
     # the page reads the object and nothing else: a value changed in it is the value shown
@@ -361,8 +362,8 @@ def test_a_write_failing_midway_leaves_no_partial_file(reid_case, tmp_path, monk
     _fail_writes_midway(monkeypatch, lambda path: path.name.startswith(failing))
     out = tmp_path / "report"
     with pytest.raises(OSError, match="disk full"):
-        rp.write_report(out, query=reid_case["query"], gallery=reid_case["gallery"], distmat=reid_case["distmat"],
-                        metrics=reid_case["metrics"], top_k=3, num_worst=2, num_best=1, num_random=1)
+        rp.write_report(out, query=reid_case["query"], gallery=reid_case["gallery"], metrics=reid_case["metrics"],
+                        top_k=3, num_worst=2, num_best=1, num_random=1)
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if n.startswith(failing) or n.endswith(".tmp") or n.startswith(".")]
     assert "index.html" not in names  # the page comes last: no page pointing at a missing file
@@ -377,24 +378,142 @@ def test_bad_inputs_and_inconsistent_metrics(reid_case, tmp_path):
     case = reid_case
     args = {"query": case["query"], "gallery": case["gallery"], "metrics": case["metrics"],
             "num_worst": 0, "num_best": 0, "num_random": 0}
+    q, g = case["query"], case["gallery"]
     with pytest.raises(ValueError, match="protocol='market'"):
-        rp.write_report(tmp_path / "a", distmat=case["distmat"], protocol="market", **args)
-    with pytest.raises(ValueError, match=r"distmat: expected shape"):
-        rp.write_report(tmp_path / "b", distmat=case["distmat"][:, 1:], **args)
+        rp.write_report(tmp_path / "a", protocol="market", **args)
+    narrow = dataclasses.replace(g, features=g.features[:, 1:])
+    with pytest.raises(ValueError, match=r"feature widths differ: query_features is \(\d+, 32\), gallery_features is "
+                                         r"\(\d+, 31\)"):
+        rp.write_report(tmp_path / "b", **{**args, "gallery": narrow})
     with pytest.raises(ValueError, match="gallery=None"):
-        rp.write_report(tmp_path / "c", distmat=case["distmat"], **{**args, "gallery": None})
+        rp.write_report(tmp_path / "c", **{**args, "gallery": None})
     with pytest.raises(ValueError, match="top_k=0"):
-        rp.write_report(tmp_path / "d", distmat=case["distmat"], top_k=0, **args)
-    with pytest.warns(UserWarning, match="are these the distances the metrics used") as caught:
-        index = rp.write_report(tmp_path / "e", distmat=case["distmat"][:, ::-1].copy() + 1.0,
-                                training_log=tmp_path / "missing.jsonl", **args)
+        rp.write_report(tmp_path / "d", top_k=0, **args)
+    with pytest.raises(ValueError, match=r"fprs: expected false positive rates in \(0, 1\], got 2"):
+        rp.write_report(tmp_path / "d", verification_fprs=(2,), **args)
+    with pytest.raises(ValueError, match=r"gallery: 3 rows of features but \d+ paths; expected one path per row"):
+        rp.write_report(tmp_path / "d", **{**args, "gallery": dataclasses.replace(g, features=g.features[:3])})
+    with pytest.raises(TypeError, match="query: expected a FeatureSet \\(features, pids, camids, paths\\), got tuple"):
+        rp.write_report(tmp_path / "d", **{**args, "query": (q.paths, q.pids, q.camids)})
+    assert not [p for p in tmp_path.iterdir()]  # every refusal before any file
+    # metrics of other features (here: another mAP) are written as given, with a warning
+    other = {**case["metrics"], "mAP": case["metrics"]["mAP"] + 0.1}
+    with pytest.warns(UserWarning, match="are these the features and options the metrics used") as caught:
+        index = rp.write_report(tmp_path / "e", training_log=tmp_path / "missing.jsonl", **{**args, "metrics": other})
     assert {w.filename for w in caught} == {__file__}  # the warning names the caller's line
     assert "training curves not drawn" in index.read_text() and not (tmp_path / "e" / "training_curves.png").exists()
-    # tuples work as well as FeatureSets
-    q, g = case["query"], case["gallery"]
-    rp.write_report(tmp_path / "f", distmat=case["distmat"], query=(q.paths, q.pids, q.camids),
-                    gallery=(g.paths, g.pids, g.camids), metrics=case["metrics"], num_worst=1, num_best=0,
-                    num_random=0)
+
+
+# --------------------------------------------------------------------------- at any size: equal to the dense matrix
+
+
+def _hard_case(seed: int = 7) -> tuple[FeatureSet, FeatureSet]:
+    """Junk queries and gallery items (pid -1), distractors (pid 0), a query whose identity the
+    gallery lacks, and exact ties (repeated gallery features); no images (nothing is drawn)."""
+    rng = np.random.default_rng(seed)
+    q_pids, g_pids = rng.integers(1, 9, 24), rng.integers(0, 9, 90)
+    q_pids[:2], q_pids[2], g_pids[:5] = -1, 50, -1
+    directions = rng.normal(size=(51, 16)).astype(np.float32)
+    qf = rng.normal(size=(24, 16)).astype(np.float32) + 0.8 * directions[np.maximum(q_pids, 0)]
+    gf = rng.normal(size=(90, 16)).astype(np.float32) + 0.8 * directions[np.maximum(g_pids, 0)]
+    gf[11], gf[12], gf[40] = gf[10], gf[10], gf[39]
+    query = FeatureSet(qf, q_pids, rng.integers(0, 3, 24), [f"q/{i}.jpg" for i in range(24)])
+    gallery = FeatureSet(gf, g_pids, rng.integers(0, 3, 90), [f"g/{i}.jpg" for i in range(90)])
+    return query, gallery
+
+
+def _dense_reference(query: FeatureSet, gallery: FeatureSet, metric: str, reranking: dict | None):
+    """Today's dense computation: the whole matrix, evaluate_rank of it, verification of it, and the
+    histograms of its masked entries, brute force."""
+    qf, gf = postprocess_features(query.features), postprocess_features(gallery.features)
+    distmat = np.asarray(pairwise_distance(qf, gf, metric))
+    labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+    max_rank = min(50, len(gallery))
+    result = evaluate_rank(distmat, *labels, max_rank=max_rank)
+    reranked = None if reranking is None else evaluate_rank(rerank(qf, gf, **reranking), *labels, max_rank=max_rank)
+    verification = verification_metrics(distmat, *labels, with_roc=True)
+    usable = (query.pids != -1)[:, None] & (gallery.pids != -1)[None, :]
+    same_pid = query.pids[:, None] == gallery.pids[None, :]
+    other_camera = query.camids[:, None] != gallery.camids[None, :]
+    matches, non_matches = distmat[usable & same_pid & other_camera], distmat[usable & ~same_pid]
+    both = np.concatenate([matches, non_matches])
+    edges = np.linspace(float(both.min()), float(both.max()), 61)
+    return distmat, result, reranked, verification, (edges, matches, non_matches)
+
+
+def _assert_same_ranking(found: RankResult, want: RankResult) -> None:
+    for name in ("cmc", "all_AP", "all_INP", "first_hit_rank"):
+        np.testing.assert_array_equal(getattr(found, name), getattr(want, name), err_msg=name)
+    assert (found.mAP, found.mINP, found.num_valid_queries) == (want.mAP, want.mINP, want.num_valid_queries)
+
+
+@pytest.mark.parametrize("metric, memory_mb, rerank_on", [
+    ("euclidean", 1e-9, True),  # one query row per block in every pass; the pairs streamed
+    ("euclidean", None, True),  # the default budget: the pairs fit, in memory and sorted
+    ("cosine", 1e-9, False),
+    ("cosine", None, True),
+])
+def test_report_data_equals_the_dense_computation(metric, memory_mb, rerank_on):
+    query, gallery = _hard_case()
+    reranking = {"k1": 6, "k2": 3, "lambda_value": 0.2} if rerank_on else None
+    metrics = metrics_from_features(query, gallery, metric=metric, rerank=rerank_on, verification=True,
+                                    **(reranking or {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the metrics are those of the features: no warning
+        data = rp.evaluate_for_report(query=query, gallery=gallery, metrics=metrics, metric=metric, rerank=rerank_on,
+                                      memory_mb=memory_mb, num_worst=3, num_best=2, num_random=3,
+                                      **(reranking or {}))
+    distmat, result, reranked, verification, (edges, matches, non_matches) = _dense_reference(
+        query, gallery, metric, reranking)
+    assert result.num_skipped_queries == 3  # the two junk queries and the one without a match
+    _assert_same_ranking(data.result, result)
+    if rerank_on:
+        _assert_same_ranking(data.reranked, reranked)
+    else:
+        assert data.reranked is None
+    assert dataclasses.replace(data.verification, roc=None) == dataclasses.replace(verification, roc=None)
+    for found, want in zip(data.verification.roc, verification.roc):
+        np.testing.assert_array_equal(found, want)
+    assert data.metrics["verification"] == metrics["verification"]  # metrics.json: as reid test writes it
+    # the histograms: numpy's counts and densities over the same edges, exact means
+    np.testing.assert_array_equal(data.histograms.edges, edges)
+    for side, values in ((data.histograms.matches, matches), (data.histograms.non_matches, non_matches)):
+        np.testing.assert_array_equal(side.counts, np.histogram(values, bins=edges)[0])
+        np.testing.assert_array_equal(side.density(edges), np.histogram(values, bins=edges, density=True)[0])
+        assert side.size == values.size > 0
+        assert side.mean == float(sum((Fraction(float(v)) for v in values), Fraction(0)) / values.size)
+        assert f"{side.mean:.3f}" == f"{np.mean(values, dtype=np.float64):.3f}"  # the legend
+    # the rank lists: exactly the drawn queries' rows of the matrix, and only those
+    drawn = sorted(data.drawn)
+    assert len(drawn) == 8 and sorted(data.rank_rows) == drawn
+    for i in drawn:
+        assert data.rank_rows[i].dtype == np.float32
+        np.testing.assert_array_equal(data.rank_rows[i], distmat[i])
+
+
+def test_a_tiny_memory_budget_writes_the_same_report(reid_case, tmp_path):
+    """Every file (page, metrics.json, every PNG) byte for byte, with one query row per block."""
+    index = rp.write_report(tmp_path / "tiny", **reid_case["args"], memory_mb=1e-9)
+    names = sorted(p.name for p in reid_case["out"].iterdir())
+    assert sorted(p.name for p in index.parent.iterdir()) == names
+    for name in names:
+        assert (index.parent / name).read_bytes() == (reid_case["out"] / name).read_bytes(), name
+
+
+def test_leave_one_out_report_equals_the_dense_computation(tmp_path):
+    data = _hard_case(seed=8)[1]
+    data = dataclasses.replace(data, pids=np.maximum(data.pids, 0) % 6)  # no junk: every item is a query
+    metrics = metrics_from_features(data, data, protocol="leave_one_out", nmi=False)
+    found = rp.evaluate_for_report(query=data, gallery=None, metrics=metrics, protocol="leave_one_out",
+                                   memory_mb=1e-9, num_worst=2, num_best=1, num_random=1)
+    features = postprocess_features(data.features)
+    distmat = np.asarray(pairwise_distance(features, features))
+    q_cams, g_cams = protocol_camids("leave_one_out", data.camids, data.camids)
+    _assert_same_ranking(found.result, evaluate_rank(distmat, data.pids, data.pids, q_cams, g_cams, max_rank=50))
+    want = verification_metrics(distmat, data.pids, data.pids, q_cams, g_cams)
+    assert dataclasses.replace(found.verification, roc=None) == want
+    for i in found.drawn:
+        np.testing.assert_array_equal(found.rank_rows[i], distmat[i])
 
 
 def test_plot_roc(tmp_path):

@@ -137,19 +137,16 @@ def evaluation_setup(args: argparse.Namespace) -> tuple["Config", Any, "ReidData
     return cfg, device, dataset, state
 
 
-def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_sizes=None):
+def evaluation_features(args: argparse.Namespace, *, check_queries=None):
     """(config, query, gallery, protocol, recall_ks, base folder, training log) for the commands
     that work from a checkpoint (``--weights``: the dataset's test split, features extracted as
     its ``test`` section says) or from saved features (``--query-features``/``--gallery-features``
-    .npz, re-ID protocol). ``check_queries(num_queries, source)`` and ``check_sizes(num_queries,
-    num_gallery)`` run before any feature work.
+    .npz, re-ID protocol). ``check_queries(num_queries, source)`` runs before any feature work.
     """
     if args.weights is not None:
         cfg, device, dataset, state = evaluation_setup(args)
         if check_queries is not None:
             check_queries(len(dataset.query), f"the query split of {dataset.name} ({dataset.root})")
-        if check_sizes is not None:
-            check_sizes(len(dataset.query), len(dataset.gallery))
 
         query, gallery = test_features(cfg, dataset, load_model(state, args.weights, device), device,
                                        progress=progress_setting(args))
@@ -162,8 +159,6 @@ def evaluation_features(args: argparse.Namespace, *, check_queries=None, check_s
     query, gallery = FeatureSet.load(args.query_features), FeatureSet.load(args.gallery_features)
     if check_queries is not None:
         check_queries(len(query), str(args.query_features))
-    if check_sizes is not None:
-        check_sizes(len(query), len(gallery))
     return cfg, query, gallery, "reid", (1, 5, 10), args.query_features.parent, getattr(args, "log", None)
 
 

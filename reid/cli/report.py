@@ -14,7 +14,6 @@ from .common import (
     METRIC_NAMES,
     add_weights_argument,
     check_new_files_in,
-    distances,
     evaluation_features,
     positive_int,
     progress_setting,
@@ -34,7 +33,10 @@ EER, TPR and distance threshold at FPR 1e-4/1e-3/1e-2). The page holds the metri
 and without re-ranking), CMC and ROC curves, match / non-match distance histograms, a sortable
 per-query table (AP, INP, rank of the first true match; filter to failures), rank lists of the
 worst, best and random queries, and the training curves when a log.jsonl is beside the
-checkpoint. An existing report in DIR is replaced only with --overwrite.
+checkpoint. Any set size: the page is computed from the features a block of query rows at a
+time, never from the whole query x gallery matrix (test.memory_mb=MIB: the most a block may take;
+0, the default: a quarter of the available memory). An existing report in DIR is replaced only
+with --overwrite.
 `reid test --report DIR` writes the same page at the end of an evaluation."""
 EPILOG = """examples:
   reid report --weights outputs/demo/best.pt --rerank --output outputs/demo/report
@@ -72,36 +74,24 @@ def check_report_folder(folder: Path, *, overwrite: bool) -> None:
     check_new_files_in(folder, REPORT_FILES, overwrite=overwrite, what="a report")
 
 
-# The page is drawn from the dense query x gallery distances (and verification sorts a copy):
-# 250 M pairs is a 1 GB float32 matrix. Market-1501 has 54 M; SOP leave-one-out 3,660 M.
-MAX_REPORT_PAIRS = 250_000_000
-
-
-def check_report_size(num_query: int, num_gallery: int) -> None:
-    pairs = num_query * num_gallery
-    if pairs > MAX_REPORT_PAIRS:
-        raise ValueError(f"{num_query:,} queries x {num_gallery:,} gallery images = {pairs / 1e6:,.0f} M pairs: the "
-                         f"report draws from the dense distance matrix ({pairs * 4 / 2**30:.1f} GiB) and takes at most "
-                         f"{MAX_REPORT_PAIRS / 1e6:.0f} M pairs; evaluate this set with reid test")
-
-
 def write(args: argparse.Namespace, folder: Path, cfg, query, gallery, *, protocol: str, recall_ks,
           log_file: Path | None, metrics: dict[str, Any] | None = None, ablation: dict | None = None) -> Path:
-    """Distances as the evaluation computes them, the metrics (unless given) and the page."""
+    """The metrics (unless given) and the page, from the features as the evaluation compares them
+    (``cfg.test``: post-processing, metric, re-ranking, the memory budget ``test.memory_mb``)."""
     from reid import builders
     from reid.evaluation.evaluator import metrics_from_features
     from reid.report import write_report
 
     progress = progress_setting(args)
     rerank = bool(args.rerank) and protocol == "reid"
-    plain, reranked = distances(query, gallery, cfg, rerank=rerank, progress=progress)
+    options = builders.metric_options(cfg, rerank=rerank)
     if metrics is None:
-        options = builders.metric_options(cfg, rerank=rerank)
         metrics = metrics_from_features(query, gallery, protocol=protocol, recall_ks=tuple(recall_ks),
                                         verification=protocol == "reid", progress=progress, **options)
+    keys = ("normalize", "beta", "metric", "rerank", "k1", "k2", "lambda_value", "rerank_knn", "memory_mb")
     title = f"{args.weights}" if getattr(args, "weights", None) else f"{query.paths[0] if len(query) else 'features'}"
     page = write_report(
-        folder, query=query, gallery=gallery, distmat=plain, metrics=metrics, reranked_distmat=reranked,
+        folder, query=query, gallery=gallery, metrics=metrics, **{k: options[k] for k in keys}, progress=progress,
         ablation=ablation, training_log=log_file, title=f"reid evaluation: {title}", top_k=args.top_k,
         num_worst=args.worst, num_best=args.best, num_random=args.random, seed=args.seed,
         metric_name=METRIC_NAMES[cfg.test.metric], protocol=protocol,
@@ -122,6 +112,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise FileNotFoundError(f"--log {args.log}: no such file")
     check_report_folder(args.output, overwrite=args.overwrite)
     setup_logging()
-    cfg, query, gallery, protocol, recall_ks, _, log_file = evaluation_features(args, check_sizes=check_report_size)
+    cfg, query, gallery, protocol, recall_ks, _, log_file = evaluation_features(args)
     page = write(args, args.output, cfg, query, gallery, protocol=protocol, recall_ks=recall_ks, log_file=log_file)
     return {"index": page, "metrics": json.loads((args.output / "metrics.json").read_text())}

@@ -314,10 +314,12 @@ class FeatureDistances:
         if "cpu_q" not in self._cache:
             q = self.query.detach().cpu()
             g = q if self.same_set else self.gallery.detach().cpu()
-            self._cache.update(cpu_q=q, cpu_g=g)
+            made = {"cpu_q": q, "cpu_g": g}
             if self.metric == "cosine":
                 qn = _canonical_norms(q)
-                self._cache.update(cpu_qn=qn, cpu_gn=qn if self.same_set else _canonical_norms(g))
+                made.update(cpu_qn=qn, cpu_gn=qn if self.same_set else _canonical_norms(g))
+            # one update: ranking threads share this object, and may read the cache meanwhile
+            self._cache.update(made)
         return self._cache["cpu_q"], self._cache["cpu_g"], self._cache.get("cpu_qn"), self._cache.get("cpu_gn")
 
     def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

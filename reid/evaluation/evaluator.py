@@ -65,8 +65,10 @@ def _retrieval_summary(result) -> dict[str, Any]:
     }
 
 
-def _postprocessed(query: FeatureSet, gallery: FeatureSet, normalize: bool, beta: float) -> tuple[np.ndarray, np.ndarray]:
-    """The post-processed features of both sets (one array when they are one set)."""
+def postprocess_pair(query: FeatureSet, gallery: FeatureSet, *, normalize: bool = True,
+                     beta: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The post-processed features of both sets, as the re-ID metrics compare them (one array when
+    they are one set: a leave-one-out set passes the same FeatureSet twice)."""
     qf = postprocess_features(query.features, normalize=normalize, beta=beta)
     return qf, qf if gallery is query else postprocess_features(gallery.features, normalize=normalize, beta=beta)
 
@@ -75,10 +77,10 @@ def query_gallery_distances(query: FeatureSet, gallery: FeatureSet, *, normalize
                             metric: str = "euclidean", rerank: bool = False, k1: int = 20, k2: int = 6,
                             lambda_value: float = 0.3,
                             progress: bool | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(distances, re-ranked distances or None) of post-processed features: the q x g matrices
-    the re-ID evaluation ranks, and that the report, rank lists and ``reid extract`` use. A
-    leave-one-out set passes the same FeatureSet twice."""
-    qf, gf = _postprocessed(query, gallery, normalize, beta)
+    """(distances, re-ranked distances or None) of post-processed features: the dense q x g
+    matrices the re-ID evaluation ranks (without holding them: ``metrics_from_features``), which
+    ``reid visualize`` draws. A leave-one-out set passes the same FeatureSet twice."""
+    qf, gf = postprocess_pair(query, gallery, normalize=normalize, beta=beta)
     plain = np.asarray(pairwise_distance(qf, gf, metric=metric, progress=progress))
     if not rerank:
         return plain, None
@@ -117,6 +119,7 @@ def metrics_from_features(
     rerank_knn: str = "torch",
     max_rank: int = 50,
     verification: bool = False,
+    memory_mb: float | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """The metrics of the dataset's protocol (fractions), from post-processed features.
@@ -133,6 +136,8 @@ def metrics_from_features(
     ``verification`` (re-ID): also the ``"verification"`` block (ROC AUC, EER, TPR and distance
     threshold at FPR 1e-4/1e-3/1e-2 over the protocol's query-gallery pairs,
     :func:`reid.evaluation.verification.verification_metrics`), about a second at Market size.
+    ``memory_mb``: the most one block of the re-ID evaluation (ranking, re-ranking, verification)
+    may take, in MiB (None: a quarter of the memory available now); the results do not depend on it.
     ``progress``: bars over the distances, the ranking and the re-ranking (see
     :mod:`reid.progress`; None: on a terminal only).
     """
@@ -140,18 +145,19 @@ def metrics_from_features(
     if protocol != "reid":
         return _retrieval_metrics(query, gallery, protocol, recall_ks, nmi, normalize, beta, metric)
     labels = (query.pids, gallery.pids, query.camids, gallery.camids)
-    qf, gf = _postprocessed(query, gallery, normalize, beta)
+    qf, gf = postprocess_pair(query, gallery, normalize=normalize, beta=beta)
     # straight from the features: never the q x g matrix (equal to ranking it, bit for bit)
     metrics: dict[str, Any] = _summary(evaluate_features(qf, gf, *labels, metric=metric, max_rank=max_rank,
-                                                         progress=progress))
+                                                         memory_mb=memory_mb, progress=progress))
     if verification:  # streamed too: equal to the metrics of the dense matrix
         from .verification import verification_from_features
 
         metrics["verification"] = verification_summary(
-            verification_from_features(qf, gf, *labels, metric=metric, progress=progress))
+            verification_from_features(qf, gf, *labels, metric=metric, memory_mb=memory_mb, progress=progress))
     if rerank:  # the re-ranked distances are ranked a block at a time too
         metrics["rerank"] = _summary(evaluate_reranked(qf, gf, *labels, k1=k1, k2=k2, lambda_value=lambda_value,
-                                                       max_rank=max_rank, knn_backend=rerank_knn, progress=progress))
+                                                       max_rank=max_rank, knn_backend=rerank_knn, memory_mb=memory_mb,
+                                                       progress=progress))
     return metrics
 
 

@@ -112,7 +112,7 @@ class StreamedPairs:
 
     # ------------------------------------------------------------------ the passes
 
-    def _negatives(self, description: str) -> Iterator[np.ndarray]:
+    def negative_blocks(self, description: str) -> Iterator[np.ndarray]:
         """The negative distances of each block of query rows (float32, 1-D)."""
         num_q = self.space.num_query
         with progress_bar(total=num_q, desc=description, unit="query", progress=self.progress) as bar:
@@ -135,9 +135,10 @@ class StreamedPairs:
         largest = torch.full((m + 1,), -np.inf, dtype=torch.float32)
         bins = torch.zeros(1 << _BITS, dtype=torch.int64)
         bin_max = torch.full((1 << _BITS,), -1, dtype=torch.int64)
-        total = 0
-        for negatives in self._negatives("verification pairs"):
+        total, smallest = 0, np.inf
+        for negatives in self.negative_blocks("verification pairs"):
             total += negatives.size
+            smallest = min(smallest, float(negatives.min(initial=np.inf)))
             values = torch.from_numpy(negatives)
             slot = torch.searchsorted(distinct, values)  # positives < v: v lies in (D[slot-1], D[slot]]
             equal = (slot < m) & (distinct[slot.clamp(max=max(m - 1, 0))] == values) if m else slot < 0
@@ -148,7 +149,7 @@ class StreamedPairs:
             top = keys >> (32 - _BITS)
             bins += torch.bincount(top, minlength=1 << _BITS)
             bin_max.scatter_reduce_(0, top, keys, "amax")
-        self._num_negatives = total
+        self._num_negatives, self._smallest_negative = total, smallest
         le = torch.cumsum(at_or_below, 0)[:m].numpy()
         self._le, self._lt = le, le - equal_to[:m].numpy()
         self._largest_below = torch.cummax(largest, 0).values[:m].numpy()
@@ -197,7 +198,7 @@ class StreamedPairs:
         gathered: list[list[np.ndarray]] = [[] for _ in collect]
         bins = [np.zeros(1 << _BITS, dtype=np.int64) for _ in wide]
         bin_max = [np.full(1 << _BITS, -1, dtype=np.int64) for _ in wide]
-        for negatives in self._negatives("verification thresholds"):
+        for negatives in self.negative_blocks("verification thresholds"):
             keys = _order_keys(negatives)
             for q, parts in zip(collect, gathered):
                 parts.append(keys[(keys >= q.base) & (keys < q.base + (1 << q.bits))])
@@ -234,6 +235,13 @@ class StreamedPairs:
         if not self._counted:
             self._count()
         return float(max(self._largest_negative, self.positives[-1]))
+
+    @property
+    def smallest(self) -> float:
+        """The smallest distance of any pair."""
+        if not self._counted:
+            self._count()
+        return float(min(self._smallest_negative, self.positives[0]))
 
     @property
     def num_negatives(self) -> int:

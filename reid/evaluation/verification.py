@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator, Union
 
 import numpy as np
 
@@ -102,6 +102,15 @@ class _Pairs:
     def largest(self) -> float:
         """The largest distance of any pair."""
         return float(max(self.negatives[-1], self.positives[-1]))
+
+    @property
+    def smallest(self) -> float:
+        """The smallest distance of any pair."""
+        return float(min(self.negatives[0], self.positives[0]))
+
+    def negative_blocks(self, description: str) -> Iterator[np.ndarray]:
+        """The negative distances, as ``StreamedPairs`` hands them over (here: one block)."""
+        yield self.negatives
 
     def below(self, values: np.ndarray | np.floating, side: str) -> tuple[np.ndarray, np.ndarray]:
         """(negatives, positives) with distance < (side="left") or <= (side="right") each value."""
@@ -178,7 +187,7 @@ def _checked(pairs):
     return pairs
 
 
-def _check_fprs(fprs: Iterable[float]) -> tuple[float, ...]:
+def check_fprs(fprs: Iterable[float]) -> tuple[float, ...]:
     if isinstance(fprs, (numbers.Number, np.ndarray)) and np.ndim(fprs) == 0:
         raise TypeError(f"fprs={fprs!r}: expected a sequence of false positive rates, e.g. (1e-3,)")
     checked = []
@@ -286,7 +295,7 @@ def verification_metrics(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLik
         VerificationResult (definitions there and in the module docstring). Raises ValueError
         when there is no positive pair (same pid, different camera) or no negative pair.
     """
-    fprs = _check_fprs(fprs)
+    fprs = check_fprs(fprs)
     return _result(_split_pairs(distmat, q_pids, g_pids, q_camids, g_camids), fprs, with_roc)
 
 
@@ -316,17 +325,41 @@ def verification_from_features(query_features: ArrayLike, gallery_features: Arra
 
     When the pairs fit in ``memory_mb`` MiB (default: a quarter of the memory available now) they
     are computed and sorted at once; otherwise they are streamed in blocks of query rows within
-    it, in two passes (``reid.evaluation.pairstream``). ``with_roc``: the ROC vertices (``roc_curve``'s default).
+    it, in two passes (``reid.evaluation.pairstream``; see :func:`protocol_pairs`). ``with_roc``:
+    the ROC vertices (``roc_curve``'s default).
     """
-    fprs = _check_fprs(fprs)
+    fprs = check_fprs(fprs)
+    pairs = protocol_pairs(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids, metric=metric,
+                           memory_mb=memory_mb, progress=progress)
+    return _result(pairs, fprs, with_roc)
+
+
+Pairs = Union[_Pairs, StreamedPairs]
+
+
+def protocol_pairs(query_features: ArrayLike, gallery_features: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike,
+                   q_camids: ArrayLike, g_camids: ArrayLike, *, metric: str = "euclidean",
+                   memory_mb: float | None = None, progress: bool | None = None) -> Pairs:
+    """The protocol's query x gallery pairs of two feature sets (canonical distances), as the
+    verification metrics and the distance histograms read them: computed and sorted in memory
+    when they fit in ``memory_mb`` MiB (default: a quarter of the memory available now), else
+    streamed in blocks of query rows within it (``reid.evaluation.pairstream.StreamedPairs``).
+    Raises ValueError without a positive or a negative pair. Read it with
+    :func:`verification_of_pairs` and ``reid.evaluation.histograms.pair_histograms``."""
     num_query, num_gallery = len(query_features), len(gallery_features)
     if block_rows_for(num_gallery, memory_mb, _DENSE_PAIR_BYTES) >= num_query:
         # the pairs fit: one product and one sort beat the two passes (the same result)
         distmat = pairwise_distance(query_features, gallery_features, metric, progress=progress)
-        return _result(_split_pairs(distmat, q_pids, g_pids, q_camids, g_camids), fprs, with_roc)
-    pairs = StreamedPairs.of_features(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids,
-                                      metric=metric, memory_mb=memory_mb, progress=progress)
-    return _result(_checked(pairs), fprs, with_roc)
+        return _split_pairs(distmat, q_pids, g_pids, q_camids, g_camids)
+    return _checked(StreamedPairs.of_features(query_features, gallery_features, q_pids, g_pids, q_camids, g_camids,
+                                              metric=metric, memory_mb=memory_mb, progress=progress))
+
+
+def verification_of_pairs(pairs: Pairs, fprs: Iterable[float] = DEFAULT_FPRS,
+                          with_roc: bool = False) -> VerificationResult:
+    """The verification metrics of :func:`protocol_pairs` (``fprs``, ``with_roc``: as
+    :func:`verification_metrics`)."""
+    return _result(pairs, check_fprs(fprs), with_roc)
 
 
 def _full_curve(pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

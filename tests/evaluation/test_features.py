@@ -77,6 +77,17 @@ def test_metrics_from_features_match_the_building_blocks():
     assert m["rerank"]["mAP"] == pytest.approx(reranked.mAP) and m["rerank"]["mINP"] == pytest.approx(reranked.mINP)
 
 
+def test_metrics_do_not_depend_on_the_memory_budget():
+    rng = np.random.default_rng(1)
+    q = FeatureSet(rng.normal(size=(12, 8)).astype(np.float32), rng.integers(0, 4, 12), rng.integers(0, 3, 12), [""] * 12)
+    g = FeatureSet(rng.normal(size=(40, 8)).astype(np.float32), rng.integers(0, 4, 40), rng.integers(0, 3, 40), [""] * 40)
+    options = dict(rerank=True, k1=5, k2=2, max_rank=10, verification=True)
+    # one query row per block in every pass (the verification pairs streamed) against the default budget
+    assert metrics_from_features(q, g, memory_mb=1e-9, **options) == metrics_from_features(q, g, **options)
+    with pytest.raises(ValueError, match=r"memory_mb=-1: expected a positive number of MiB or None"):
+        metrics_from_features(q, g, memory_mb=-1)
+
+
 def test_load_refuses_non_finite_features_naming_the_file_and_row(tmp_path) -> None:
     feats = np.ones((4, 3), dtype=np.float32)
     feats[2, 1] = np.nan
