@@ -614,7 +614,8 @@ def _from_features(query_features: ArrayLike, gallery_features: ArrayLike, k1: i
         if knn_backend == "faiss":
             outside = _faiss_candidates(joint, near, far)
         else:  # approximate lists: nothing bounds the items they miss
-            outside = _hnsw_candidates(joint, near, far, bar)
+            _hnsw_candidates(joint, near, far, bar)
+            outside = None
         for a in _blocks(q, q, block_size) if out is not None else ():
             out[a[0]:a[1]] = joint.space.exact(slice(*a), slice(q, n)).cpu().numpy()
     maxima = _row_maxima(joint, far, settle=outside is not None)
