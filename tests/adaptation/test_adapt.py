@@ -12,7 +12,7 @@ from reid.checkpoint import load_checkpoint
 from reid.crops import TRACKLETS_FILE
 
 ADAPT_ARGS = ["adapt.rounds=2", "adapt.k1=5", "adapt.k2=2", "adapt.eps=0.7", "adapt.min_samples=2",
-              "adapt.iters_per_round=2", "data.num_identities=2", "data.num_instances=2", "data.num_workers=0",
+              "adapt.iters_per_round=2", "adapt.num_identities=2", "adapt.num_instances=2", "data.num_workers=0",
               "train.device=cpu"]
 
 
@@ -35,6 +35,9 @@ def test_adapt_writes_a_checkpoint_that_reid_test_takes(source, tiny_market, tmp
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2] and all(r["clusters"] >= 2 for r in records)
+    log_lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert [line.split(" ", 2)[2].split(":")[0] for line in log_lines if " cluster_memory " in line] == \
+        ["round 1", "round 2"]  # rounds, not epochs
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["progress"]["epoch"] == 2 and state["num_classes"] == 6 and state["config"]["adapt"]["rounds"] == 2
     before = load_checkpoint(source)["model"]
