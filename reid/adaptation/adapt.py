@@ -3,11 +3,15 @@
 Each round (Cluster Contrast, Dai et al. 2022; SpCL, Ge et al. 2020):
 
 1. extract the L2-normalised features of every image (``adapt.feature``) with the current model;
-2. their k-reciprocal Jaccard distance (:func:`reid.evaluation.rerank.k_reciprocal_jaccard`);
-3. DBSCAN pseudo-identities with the video constraints (:mod:`.pseudo_labels`); outliers are
-   left out (``adapt.outliers=drop``) or one pseudo-identity each (``instances``);
+2. for clustering, standardise them per camera (``adapt.camera_standardized``,
+   :func:`.pseudo_labels.camera_standardized`), then their k-reciprocal Jaccard distance
+   (:func:`reid.evaluation.rerank.k_reciprocal_jaccard`);
+3. DBSCAN pseudo-identities with the video constraints (:mod:`.pseudo_labels`; ``adapt.eps``,
+   or the automatic eps of :func:`.pseudo_labels.automatic_eps`); outliers are left out
+   (``adapt.outliers=drop``) or one pseudo-identity each (``instances``);
 4. the cluster memory (:class:`reid.losses.ClusterMemoryLoss`) starts from each cluster's mean
-   feature, and the model trains on P x K batches of pseudo-identities, camera-balanced
+   feature (of the model's own features), and the model trains on ``adapt.num_identities`` x
+   ``adapt.num_instances`` batches of pseudo-identities, camera-balanced
    (``adapt.camera_balanced``), for one pass of the sampler (or ``adapt.iters_per_round``).
 
 After each round ``RUN/last.pt`` is written: a normal checkpoint (the source's config with
