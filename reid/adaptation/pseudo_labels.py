@@ -186,8 +186,8 @@ def camera_standardized(features: np.ndarray, camids: np.ndarray) -> np.ndarray:
     only normalised.
 
     Why: a source model's features on new cameras carry each camera's style (light, colour,
-    blur), so an image's nearest neighbour is mostly another person of its camera (about 90% of
-    the nearest neighbours on the synthetic dusk domain) and DBSCAN splits people by camera.
+    blur), so an image's nearest neighbour is mostly another person of its camera (91% of the
+    nearest neighbours on the synthetic dusk domain) and DBSCAN splits people by camera.
     Removing each camera's mean and scale (the camera ids come from the file names, as
     unsupervised re-ID methods use them) raised the pairwise F1 of the first round's
     pseudo-labels there from 0.36 to 0.52 (``benchmarks/bench_adapt.py``, seed 0), and the
