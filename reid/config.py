@@ -255,13 +255,17 @@ class AdaptConfig:
     iters_per_round: int = _key(0, "training batches per round; 0: one pass of the identity sampler over the "
                                 "pseudo-labelled images", check=_int_at_least(0))
     lr: float = _key(3.5e-4, "Adam learning rate (constant)", check=_above(0))
-    k1: int = _key(30, "Jaccard distance: size of the k-reciprocal neighbourhoods", check=_POSITIVE)
+    num_identities: int = _key(16, "P: pseudo-identities per batch (the source's data.num_identities is its own "
+                               "recipe's)", check=_int_at_least(2))
+    num_instances: int = _key(4, "K: images per pseudo-identity in a batch", check=_int_at_least(1))
+    k1: int = _key(20, "Jaccard distance: size of the k-reciprocal neighbourhoods (about the images of one "
+                   "person; SpCL's 30 is for Market's 12,936)", check=_POSITIVE)
     k2: int = _key(6, "Jaccard distance: neighbours of the query expansion (at most k1 + 1)", check=_POSITIVE)
-    eps: float = _key(0.0, "DBSCAN: largest Jaccard distance between neighbours; 0: automatic, the mean of "
-                      "the rho fraction of smallest pair distances (SSG / MMT)",
+    eps: float = _key(0.0, "DBSCAN: largest Jaccard distance between neighbours; 0: automatic, each round "
+                      "the eps that makes adapt.core_fraction of the images core points",
                       check=(lambda v: 0 <= v < 1, "a number in [0, 1)"))
-    rho: float = _key(1.6e-3, "adapt.eps=0: the fraction of all pairs whose mean distance is eps",
-                      check=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    core_fraction: float = _key(0.6, "adapt.eps=0: eps is this quantile of each image's distance to its "
+                                "(min_samples - 1)-th nearest image", check=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
     min_samples: int = _key(4, "DBSCAN: neighbours (itself included) that make an image a core point",
                             check=_POSITIVE)
     outliers: str = _key("drop", "DBSCAN's noise: drop (left out of the round) or instances (one "
@@ -270,6 +274,8 @@ class AdaptConfig:
     momentum: float = _key(0.1, "cluster memory: weight of the old centroid in each update", check=_FRACTION)
     feature: str = _key("bn", "the feature clustered and trained: bn (after BNNeck) or pre_bn",
                         choices=FEATURE_KINDS)
+    camera_standardized: bool = _key(True, "cluster features standardised per camera (each dimension's mean and "
+                                     "std over the camera's images): people, not camera styles, cluster")
     camera_balanced: bool = _key(True, "each pseudo-identity's K images of a batch from as many cameras as possible")
     tracklets: bool = _key(True, "use IMAGES/tracklets.csv (reid crops): one tracklet is one person, two crops "
                            "of one frame are two")
@@ -378,6 +384,8 @@ def _merge(obj: Any, values: dict, prefix: str = "") -> Any:
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in names:
+            if (prefix, name) in RETIRED_KEYS:
+                raise ConfigError(f"{key}: this key was retired; use {RETIRED_KEYS[prefix, name]}")
             where = f"section '{prefix}'" if prefix else "the top level"
             raise ConfigError(f"unknown key '{key}'; valid keys in {where}: {_field_names(obj)}")
         tp = hints[name]
@@ -561,8 +569,18 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Keys an earlier version stored in every checkpoint's config and this one no longer has: a stored
+# config drops them (its checkpoint still loads); a config file or override naming one is refused.
+RETIRED_KEYS = {("adapt", "rho"): "adapt.core_fraction (the automatic eps rule changed)"}
+
+
 def from_dict(values: dict) -> Config:
-    """Rebuild a Config from ``to_dict`` output (e.g. the copy stored in a checkpoint)."""
+    """Rebuild a Config from ``to_dict`` output (e.g. the copy stored in a checkpoint), less the
+    ``RETIRED_KEYS`` an earlier version stored."""
+    values = dict(values)
+    for section, key in RETIRED_KEYS:
+        if isinstance(values.get(section), dict) and key in values[section]:
+            values[section] = {k: v for k, v in values[section].items() if k != key}
     return _merge(Config(), values)
 
 

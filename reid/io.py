@@ -20,7 +20,7 @@ from typing import IO, Any
 CACHE_ENV = "REID_CACHE"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, sync: bool = True) -> Path:
     """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
 
     The temporary file lives in the same folder so that ``os.replace`` is a rename on one file
@@ -31,6 +31,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     A process killed outright leaves its ``.NAME.PID.*.tmp``: :func:`remove_stale_temporaries`
     clears those of dead processes. The file gets the mode a plain ``open`` would give it
     (0666 less the umask), not mkstemp's private 0600.
+
+    ``sync=False`` skips the fsync, for a caller that writes many small files and makes them
+    durable together with one :func:`sync_files` before it writes the file that lists them
+    (``reid crops``: thousands of crops, then ``tracklets.csv``); the rename is still atomic.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +48,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(handle)  # type: ignore[arg-type]
             written = True
             raw.flush()
-            os.fsync(raw.fileno())
+            if sync:
+                os.fsync(raw.fileno())
         os.replace(tmp_name, path)
     except BaseException as err:
         Path(tmp_name).unlink(missing_ok=True)
@@ -77,6 +82,12 @@ class _WriteErrors:
 
     def __getattr__(self, name: str) -> Any:  # seek, tell, flush, fileno, ... of the real file
         return getattr(self._raw, name)
+
+
+def sync_files() -> None:
+    """Flush every written file and rename to disk (``os.sync``): one call makes all the files
+    that :func:`atomic_write` wrote with ``sync=False`` durable."""
+    os.sync()
 
 
 def _umask() -> int:

@@ -288,9 +288,11 @@ class RunFiles:
         if self._writer is not None:
             self._writer.close()
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: dict[str, Any], unit: str = "epoch") -> None:
+        """One line in ``train.log`` (``unit`` names the step: reid adapt logs rounds), one in
+        ``log.jsonl``, and the TensorBoard scalars at step ``record["epoch"]``."""
         losses = ", ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
-        line = f"epoch {record['epoch']}: {losses}, lr {record['lr']:.2e}, {record['images_per_s']:.1f} img/s"
+        line = f"{unit} {record['epoch']}: {losses}, lr {record['lr']:.2e}, {record['images_per_s']:.1f} img/s"
         if "metrics" in record:
             line += " | " + run_metrics_line(record["metrics"])
         log.info(line)

@@ -376,3 +376,12 @@ def test_retrieval_configs_carry_the_papers_settings(repo_root, name, temperatur
                                                       "num_iterations": 1}
     assert (cfg.data.num_identities, cfg.data.num_instances) == batch
     assert (cfg.data.pipeline, cfg.model.embedding_dim, cfg.train.optimizer) == ("retrieval", 512, "radam")
+
+
+def test_retired_key_is_dropped_from_a_stored_config_and_refused_elsewhere() -> None:
+    """A checkpoint of an earlier version stored adapt.rho: it still loads; naming it is an error."""
+    stored = to_dict(load_config(None, ["adapt.k1=12"]))
+    stored["adapt"]["rho"] = 0.0016
+    assert from_dict(stored) == load_config(None, ["adapt.k1=12"])
+    with pytest.raises(ConfigError, match=r"^adapt.rho: this key was retired; use adapt.core_fraction "):
+        load_config(None, ["adapt.rho=0.01"])

@@ -194,3 +194,27 @@ def test_reid_crops_command(video, tmp_path) -> None:
     assert summary["tracklets"] == 2 and (tmp_path / "out" / "0001_c2s1_000001_00.jpg").is_file()
     with pytest.raises(SystemExit):  # a second run into the same folder refuses
         reid.cli.main(["crops", str(path), "--detections", str(det), "--output", str(tmp_path / "out"), "--quiet"])
+
+
+def test_crops_are_synced_once_before_the_csv(video, tmp_path, monkeypatch) -> None:
+    """One sync for all the crops, then the csv (the only file fsync'ed on its own): a csv on
+    disk never lists a crop that a power loss could take back."""
+    import os
+
+    import reid.crops
+
+    path, det = video
+    out = tmp_path / "crops"
+    fsynced, synced = [], []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        fsynced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(reid.crops, "sync_files", lambda: synced.append(
+        (len(list(out.glob("*.jpg"))), (out / "tracklets.csv").exists())))
+    write_crops([path, path], out, detections=[det, det], min_height=40)
+    assert synced == [(2 * (FRAMES + 8), False)]
+    assert len(fsynced) == 1 and os.path.basename(fsynced[0]).startswith(".tracklets.csv.")

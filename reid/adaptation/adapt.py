@@ -3,11 +3,15 @@
 Each round (Cluster Contrast, Dai et al. 2022; SpCL, Ge et al. 2020):
 
 1. extract the L2-normalised features of every image (``adapt.feature``) with the current model;
-2. their k-reciprocal Jaccard distance (:func:`reid.evaluation.rerank.k_reciprocal_jaccard`);
-3. DBSCAN pseudo-identities with the video constraints (:mod:`.pseudo_labels`); outliers are
-   left out (``adapt.outliers=drop``) or one pseudo-identity each (``instances``);
+2. for clustering, standardise them per camera (``adapt.camera_standardized``,
+   :func:`.pseudo_labels.camera_standardized`), then their k-reciprocal Jaccard distance
+   (:func:`reid.evaluation.rerank.k_reciprocal_jaccard`);
+3. DBSCAN pseudo-identities with the video constraints (:mod:`.pseudo_labels`; ``adapt.eps``,
+   or the automatic eps of :func:`.pseudo_labels.automatic_eps`); outliers are left out
+   (``adapt.outliers=drop``) or one pseudo-identity each (``instances``);
 4. the cluster memory (:class:`reid.losses.ClusterMemoryLoss`) starts from each cluster's mean
-   feature, and the model trains on P x K batches of pseudo-identities, camera-balanced
+   feature (of the model's own features), and the model trains on ``adapt.num_identities`` x
+   ``adapt.num_instances`` batches of pseudo-identities, camera-balanced
    (``adapt.camera_balanced``), for one pass of the sampler (or ``adapt.iters_per_round``).
 
 After each round ``RUN/last.pt`` is written: a normal checkpoint (the source's config with
@@ -46,7 +50,7 @@ from ..losses.weighted import WeightedLosses
 from ..models.model import ModelOutput
 from ..optim import Optimization, build_optimizer
 from ..training import RunFiles, _differences, check_output_folder
-from .pseudo_labels import OUTLIER, VideoConstraints, automatic_eps, pseudo_labels
+from .pseudo_labels import OUTLIER, VideoConstraints, automatic_eps, camera_standardized, pseudo_labels
 
 log = logging.getLogger("reid")
 
@@ -123,8 +127,9 @@ def round_labels(model: nn.Module, cfg: Config, images: AdaptImages, device: tor
     loader = builders.test_loader_from_config(cfg, images.items)
     features = extract_features(model, loader, device, feature=a.feature, normalize=True, progress=progress,
                                 description="adapt: extracting").features
-    distance = k_reciprocal_jaccard(features, a.k1, a.k2, progress=progress)
-    eps = a.eps if a.eps > 0 else automatic_eps(distance, a.rho)
+    clustered = camera_standardized(features, images.camids) if a.camera_standardized else features
+    distance = k_reciprocal_jaccard(clustered, a.k1, a.k2, progress=progress)
+    eps = a.eps if a.eps > 0 else automatic_eps(distance, a.min_samples, a.core_fraction)
     labels = pseudo_labels(distance, eps=eps, min_samples=a.min_samples, constraints=images.constraints)
     return labels, features, eps
 
@@ -151,7 +156,10 @@ def centroids(features: np.ndarray, labels: np.ndarray) -> torch.Tensor:
 def _train_round(view: nn.Module, cfg: Config, images: AdaptImages, labels: np.ndarray, criterion: WeightedLosses,
                  optimization: Optimization, device: torch.device, round_index: int, stop: StopRequest):
     items = [(p, int(y), int(c)) for p, y, c in zip(images.paths, labels, images.camids) if y >= 0]
-    loader = builders.train_loader_from_config(cfg, None, items=items, camera_balanced=cfg.adapt.camera_balanced)
+    batches = dataclasses.replace(cfg.data, num_identities=cfg.adapt.num_identities,
+                                  num_instances=cfg.adapt.num_instances)  # adaptation's P x K, not the source's
+    loader = builders.train_loader_from_config(dataclasses.replace(cfg, data=batches), None, items=items,
+                                               camera_balanced=cfg.adapt.camera_balanced)
     loader.batch_sampler.set_epoch(round_index)
     steps = len(loader) if cfg.adapt.iters_per_round == 0 else cfg.adapt.iters_per_round
     result, done = None, 0
@@ -208,9 +216,9 @@ def adapt(cfg: Config, source: dict, source_path: str | Path, image_folders: Seq
     if resume_state is None:
         check_output_folder(output, overwrite=cfg.overwrite)
     images = list_images(image_folders, use_tracklets=cfg.adapt.tracklets, skip_invalid=cfg.data.skip_invalid)
-    if len(images.paths) < cfg.data.num_identities * 2:
+    if len(images.paths) < cfg.adapt.num_identities * 2:
         raise ValueError(f"{len(images.paths)} images under {', '.join(map(str, image_folders))}: too few to cluster "
-                         f"into batches of data.num_identities={cfg.data.num_identities} pseudo-identities")
+                         f"into batches of adapt.num_identities={cfg.adapt.num_identities} pseudo-identities")
     seed_everything(cfg.train.seed)
     model = builders.model_from_checkpoint(source, source_path, device)
     view = _FeatureView(model, cfg.adapt.feature)
@@ -237,7 +245,7 @@ def adapt(cfg: Config, source: dict, source_path: str | Path, image_folders: Seq
                 raise TrainingInterrupted(f"stopped in round {round_index + 1}; resume=true redoes it from "
                                           f"{output / 'last.pt' if round_index else 'the source weights'}")
             checkpointer.save("last.pt", Progress(epoch=round_index + 1))
-            files.log_epoch(record)
+            files.log_epoch(record, unit="round")
             summary["rounds"].append(record)
     summary["checkpoint"] = str(output / "last.pt")
     return summary
@@ -251,11 +259,11 @@ def _one_round(view, cfg, images, criterion, memory, optimization, device, round
     clusters = int(labels.max(initial=-1)) + 1
     outliers = int((labels == OUTLIER).sum())
     identities = int(train_labels.max(initial=-1)) + 1
-    if identities < cfg.data.num_identities:
+    if identities < cfg.adapt.num_identities:
         raise ValueError(f"round {round_index + 1}: DBSCAN found {clusters} clusters ({outliers} of "
-                         f"{labels.size} images outliers), fewer than the data.num_identities="
-                         f"{cfg.data.num_identities} a batch needs (DBSCAN eps {eps:.3f}); set adapt.eps, lower adapt.min_samples or "
-                         "data.num_identities, or try adapt.outliers=instances")
+                         f"{labels.size} images outliers), fewer than the adapt.num_identities="
+                         f"{cfg.adapt.num_identities} a batch needs (DBSCAN eps {eps:.3f}); set adapt.eps, lower "
+                         "adapt.min_samples or adapt.num_identities, or try adapt.outliers=instances")
     memory.reset(centroids(features, train_labels))
     result = _train_round(view, cfg, images, train_labels, criterion, optimization, device, round_index, stop)
     if result.interrupted:

@@ -14,14 +14,14 @@ log = logging.getLogger("reid")
 SUMMARY = "adapt a model to unlabelled images (DBSCAN pseudo-labels, cluster-memory loss)"
 DESCRIPTION = f"""{SUMMARY}.
 
-Each round extracts the features of the images, computes their k-reciprocal Jaccard distance,
-clusters them with DBSCAN into pseudo-identities (with the video constraints of a
+Each round extracts the features of the images, standardises them per camera, computes their
+k-reciprocal Jaccard distance, clusters them with DBSCAN into pseudo-identities (with the video constraints of a
 tracklets.csv written by `reid crops`: one tracklet is one person, two crops of one frame are
 two people) and trains on them with a cluster-memory contrastive loss, camera-balanced.
 RUN/last.pt, written after every round, is a normal checkpoint for `reid test`, `extract` and
 `report`; train.log and log.jsonl hold one record per round. key=value overrides apply to the
-source checkpoint's config: the adapt.* keys (configs/base.yaml), the batch (data.num_identities,
-data.num_instances), train.device. Ctrl-C stops; resume=true continues after the last finished
+source checkpoint's config: the adapt.* keys (configs/base.yaml; the batch: adapt.num_identities,
+adapt.num_instances), train.device. Ctrl-C stops; resume=true continues after the last finished
 round; overwrite=true replaces a run in RUN."""
 EPILOG = """examples:
   reid adapt --weights outputs/demo/last.pt --images crops/ --output outputs/adapted

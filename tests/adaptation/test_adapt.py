@@ -12,7 +12,7 @@ from reid.checkpoint import load_checkpoint
 from reid.crops import TRACKLETS_FILE
 
 ADAPT_ARGS = ["adapt.rounds=2", "adapt.k1=5", "adapt.k2=2", "adapt.eps=0.7", "adapt.min_samples=2",
-              "adapt.iters_per_round=2", "data.num_identities=2", "data.num_instances=2", "data.num_workers=0",
+              "adapt.iters_per_round=2", "adapt.num_identities=2", "adapt.num_instances=2", "data.num_workers=0",
               "train.device=cpu"]
 
 
@@ -35,6 +35,9 @@ def test_adapt_writes_a_checkpoint_that_reid_test_takes(source, tiny_market, tmp
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2] and all(r["clusters"] >= 2 for r in records)
+    log_lines = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert [line.split(" ", 2)[2].split(":")[0] for line in log_lines if " cluster_memory " in line] == \
+        ["round 1", "round 2"]  # rounds, not epochs
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["progress"]["epoch"] == 2 and state["num_classes"] == 6 and state["config"]["adapt"]["rounds"] == 2
     before = load_checkpoint(source)["model"]
@@ -112,3 +115,27 @@ def test_adapt_settings_start_from_the_defaults(source, tmp_path) -> None:
     save_checkpoint(state, tmp_path / "old.pt")
     cfg, _ = adaptation_config(tmp_path / "old.pt", ["adapt.rounds=3"], tmp_path / "run")
     assert cfg.adapt == AdaptConfig(rounds=3) and str(cfg.output_dir) == str(tmp_path / "run")
+
+
+def test_batch_size_is_adaptations_own(source, tiny_market, tmp_path, capsys) -> None:
+    """adapt.num_identities sizes the pseudo-id batches (the source recipe's data.* do not), and
+    too few images for it is one error line, before any file."""
+    images = sorted(tiny_market.joinpath("query").glob("*.jpg"))
+    with pytest.raises(SystemExit):
+        _adapt(source, tiny_market / "query", tmp_path / "run", f"adapt.num_identities={len(images)}")
+    assert capsys.readouterr().err.strip() == (
+        f"error: {len(images)} images under {tiny_market / 'query'}: too few to cluster into batches of "
+        f"adapt.num_identities={len(images)} pseudo-identities")
+    assert not (tmp_path / "run").exists()
+
+
+def test_source_checkpoint_of_an_earlier_version_with_adapt_rho_adapts(source, tmp_path) -> None:
+    """The first version stored adapt.rho in every checkpoint: such a source still loads."""
+    from reid.adaptation.adapt import adaptation_config
+    from reid.checkpoint import save_checkpoint
+
+    state = load_checkpoint(source)
+    state["config"]["adapt"]["rho"] = 1.6e-3
+    save_checkpoint(state, tmp_path / "old.pt")
+    cfg, _ = adaptation_config(tmp_path / "old.pt", [], tmp_path / "run")
+    assert cfg.adapt.core_fraction == 0.6

@@ -78,12 +78,39 @@ def test_cannot_link_keeps_the_larger_tracklet() -> None:
     np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1])  # A leaves B's cluster as one of its own
 
 
-def test_automatic_eps_is_the_mean_of_the_smallest_pairs() -> None:
+def test_automatic_eps_is_the_quantile_of_the_k_distance() -> None:
     from reid.adaptation.pseudo_labels import automatic_eps
 
-    d = _sparse(5, {(0, 1): 0.1, (1, 2): 0.3, (3, 4): 0.2})  # 10 pairs, 7 of them unstored (1.0)
-    assert automatic_eps(d, rho=0.2) == pytest.approx((0.1 + 0.2) / 2)  # the 2 smallest
-    assert automatic_eps(d, rho=0.5) == pytest.approx((0.1 + 0.2 + 0.3 + 1 + 1) / 5)
+    d = _sparse(5, {(0, 1): 0.1, (1, 2): 0.3, (3, 4): 0.2})  # unstored pairs count as 1
+    # min_samples=2: each image's nearest other image: 0.1, 0.1, 0.3, 0.2, 0.2 -> sorted 0.1 0.1 0.2 0.2 0.3
+    assert automatic_eps(d, 2, 0.5) == pytest.approx(0.2)
+    assert automatic_eps(d, 2, 0.9) == pytest.approx(0.2 + 0.6 * 0.1)  # position 3.6 of 0..4
+    assert automatic_eps(d, 2, 1.0) == pytest.approx(0.3)
+    # min_samples=3: the second nearest: 1 (one stored neighbour), 0.3, 1, 1, 1 -> 0.3 1 1 1 1
+    assert automatic_eps(d, 3, 0.1) == pytest.approx(0.3 + 0.4 * 0.7)
+    with pytest.raises(ValueError, match=r"min_samples=1: the automatic eps needs min_samples >= 2"):
+        automatic_eps(d, 1)
+
+
+def test_automatic_eps_makes_the_core_fraction_core_points() -> None:
+    """Against a brute-force k-distance on a dense random distance; DBSCAN then finds at least
+    that fraction of core points."""
+    from sklearn.cluster import DBSCAN
+
+    from reid.adaptation.pseudo_labels import automatic_eps
+
+    rng = np.random.default_rng(3)
+    dense = rng.uniform(0.05, 1.0, (40, 40))
+    dense = np.triu(dense, 1) + np.triu(dense, 1).T
+    dense[dense > 0.6] = 1.0  # unstored
+    stored = sp.csr_matrix(np.where(dense < 1, dense, 0))
+    stored.setdiag(0.0)  # the diagonal as explicit zeros, as k_reciprocal_jaccard stores it
+    for min_samples, fraction in [(2, 0.6), (4, 0.5), (4, 0.8)]:
+        k_distance = np.sort(dense + np.diag(np.full(40, np.inf)), axis=1)[:, min_samples - 2]
+        eps = automatic_eps(stored, min_samples, fraction)
+        assert eps == pytest.approx(np.quantile(k_distance, fraction))
+        core = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit(stored).core_sample_indices_
+        assert core.size >= fraction * 40
 
 
 def test_constrained_distance_entries() -> None:
@@ -134,3 +161,19 @@ def test_training_labels_and_centroids() -> None:
 def test_bad_parameters() -> None:
     with pytest.raises(ValueError, match="eps=0"):
         pseudo_labels(_sparse(3, {}), eps=0.0)
+
+
+def test_camera_standardized_values_and_camera_offsets_vanish() -> None:
+    from reid.adaptation.pseudo_labels import camera_standardized
+
+    features = np.array([[1.0, 2.0], [3.0, 2.0], [10.0, 0.0], [10.0, 4.0], [5.0, 5.0]])
+    camids = np.array([1, 1, 2, 2, 3])
+    out = camera_standardized(features, camids)
+    # camera 1: x centred 2 -> -1, +1 (std 1); y constant -> centred to 0, not scaled
+    # camera 2: x constant -> 0; y 0, 4 -> -1, +1; camera 3 (one image): only normalised
+    s = 1 / np.sqrt(2)
+    np.testing.assert_allclose(out, [[-1, 0], [1, 0], [0, -1], [0, 1], [s, s]], atol=1e-6)
+    shifted = features + np.where(camids[:, None] == 2, [[7.0, -3.0]], 0.0) * np.array([[1.0], [1.0], [1.0], [1.0], [0.0]])
+    np.testing.assert_allclose(camera_standardized(shifted, camids)[:4], out[:4], atol=1e-6)
+    with pytest.raises(ValueError, match=r"camids: expected one per feature row \(5\), got shape \(4,\)"):
+        camera_standardized(features, camids[:4])
