@@ -283,28 +283,40 @@ class FeatureDistances:
         return self._product(index, torch.float32, cols), self.fast_bound(index)
 
     def exact(self, rows: Rows, cols: slice = slice(None)) -> torch.Tensor:
-        """Canonical float32 distances of ``rows`` x gallery[cols], on the features' device."""
+        """Canonical float32 distances of ``rows`` x gallery[cols], on the features' device.
+
+        Computed in tiles of at least 256 rows (or all of them) by the columns that keep a tile
+        within ``_BLOCK_ELEMENTS``: a wide gallery is then read once per 256 rows, not once
+        per few rows."""
         index = _row_index(rows, self.num_query)
-        col_index = np.arange(self.num_gallery)[cols]
-        out = torch.empty((index.size, col_index.size), dtype=torch.float32, device=self.device)
-        step = max(1, _BLOCK_ELEMENTS // max(col_index.size, 1))
-        for start in range(0, index.size, step):
-            part = index[start:start + step]
-            wide = self._product(part, torch.float64, cols)
+        columns = range(self.num_gallery)[cols]
+        out = torch.empty((index.size, len(columns)), dtype=torch.float32, device=self.device)
+        row_step = max(1, min(index.size, max(256, _BLOCK_ELEMENTS // max(len(columns), 1))))
+        col_step = max(1, _BLOCK_ELEMENTS // row_step)
+        for start in range(0, index.size, row_step):
+            part = index[start:start + row_step]
             bound = torch.as_tensor(self._bound(part, _U64), device=self.device)[:, None]
-            # round(wide - bound) == round(wide + bound): the canonical value rounds there too
-            # (rounding is monotone); in place, the block's float64 temporaries are the cost
-            wide.sub_(bound).clamp_(min=0)
-            block = wide.to(torch.float32)
-            wide.add_(2 * bound)
-            if self.metric == "cosine":
-                wide.clamp_(max=2)
-            r, c = torch.nonzero(block != wide.to(torch.float32), as_tuple=True)
-            if r.numel():
-                fixed = self.pairs(part[r.cpu().numpy()], col_index[c.cpu().numpy()])
-                block[r, c] = torch.from_numpy(fixed).to(self.device)
-            out[start:start + part.size] = block
+            for first in range(0, len(columns), col_step):
+                tile = columns[first:first + col_step]
+                out[start:start + part.size, first:first + len(tile)] = self._exact_tile(
+                    part, slice(tile.start, tile.stop, tile.step), bound)
         return out
+
+    def _exact_tile(self, part: np.ndarray, cols: slice, bound: torch.Tensor) -> torch.Tensor:
+        wide = self._product(part, torch.float64, cols)
+        # round(wide - bound) == round(wide + bound): the canonical value rounds there too
+        # (rounding is monotone); in place, the tile's float64 temporaries are the cost
+        wide.sub_(bound).clamp_(min=0)
+        block = wide.to(torch.float32)
+        wide.add_(2 * bound)
+        if self.metric == "cosine":
+            wide.clamp_(max=2)
+        r, c = torch.nonzero(block != wide.to(torch.float32), as_tuple=True)
+        if r.numel():
+            col_index = np.arange(self.num_gallery)[cols]
+            fixed = self.pairs(part[r.cpu().numpy()], col_index[c.cpu().numpy()])
+            block[r, c] = torch.from_numpy(fixed).to(self.device)
+        return block
 
     # ------------------------------------------------------------------ canonical values
 

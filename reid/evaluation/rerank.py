@@ -486,11 +486,13 @@ class _Reranking:
         hit = np.flatnonzero(shared)
         return hit, shared[hit].astype(np.float32)
 
-    def rows_into(self, start: int, stop: int, block: np.ndarray) -> None:
-        """Write query rows start..stop-1 (one step) into the contiguous ``block``."""
+    def rows_into(self, start: int, stop: int, block: np.ndarray, filled: bool = False) -> None:
+        """Write query rows start..stop-1 (one step) into the contiguous ``block`` (``filled``:
+        it holds D's normalised rows already)."""
         hit, m = self.shared(start, stop)
         jaccard = 1 - m / (2 - m)
-        self.fill_normalised(start, stop, block)
+        if not filled:
+            self.fill_normalised(start, stop, block)
         flat = block.reshape(-1)  # a view: the block's rows are contiguous
         d_hit = flat[hit]
         # same float32 operations as the classic's jaccard * (1 - lambda) + D * lambda, J = 1 here
@@ -501,8 +503,9 @@ class _Reranking:
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Query rows start..stop-1 as a new float32 array."""
         block = np.empty((stop - start, self.g), dtype=np.float32)
+        self.fill_normalised(start, stop, block)  # one product for the block, not one per step
         for a, b in self.steps(start, stop):
-            self.rows_into(a, b, block[a - start:b - start])
+            self.rows_into(a, b, block[a - start:b - start], filled=True)
         return block
 
     def into(self, out: np.ndarray, bar: Optional[tqdm] = None) -> np.ndarray:
@@ -676,7 +679,6 @@ class RerankedBlocks:
     are the ones :func:`rerank` returns (the same operations), so rankings equal those of it."""
 
     parallel = False  # the blocks' products use the threads
-    min_rows = 1
 
     def __init__(self, reranking: _Reranking, memory_mb: float | None, keep: np.ndarray | None = None) -> None:
         self.reranking, self.memory_mb, self.keep = reranking, memory_mb, keep
@@ -684,6 +686,8 @@ class RerankedBlocks:
         self.num_gallery = reranking.g if keep is None else int(keep.sum())
         # a full-width block is made before its columns are taken
         self.max_rows = block_rows_for(reranking.g, memory_mb)
+        # a block's canonical distances are one product: far below peak on a few rows
+        self.min_rows = min(256, self.max_rows)
 
     def columns(self, keep: np.ndarray) -> "RerankedBlocks":
         combined = keep if self.keep is None else self._combined(keep)

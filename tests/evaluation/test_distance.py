@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reid.evaluation import pairwise_distance
+from reid.evaluation import distance as distance_module
 from reid.evaluation.distance import FeatureDistances, tree_sum
 
 
@@ -88,6 +89,19 @@ def test_chunks_and_threads_change_no_bit(metric: str) -> None:
             np.testing.assert_array_equal(pairwise_distance(x, y, metric=metric, chunk_size=chunk_size), want)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_tiles_of_rows_and_columns_change_no_bit(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 300 x 7 elements a tile: 256 rows x 8 columns, then the last 44 rows, across a column slice
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 12)).astype(np.float32)
+    y = np.concatenate([rng.standard_normal((60, 12)), x[:5]]).astype(np.float32)
+    want = pairwise_distance(x, y, metric=metric)
+    monkeypatch.setattr(distance_module, "_BLOCK_ELEMENTS", 2100)
+    space = FeatureDistances(x, y, metric)
+    np.testing.assert_array_equal(space.exact(slice(None)).numpy(), want)
+    np.testing.assert_array_equal(space.exact(np.array([299, 3, 3]), slice(10, 61)).numpy(), want[[299, 3, 3], 10:61])
 
 
 def test_torch_in_torch_out_and_float64_evaluated_in_float64() -> None:
