@@ -206,19 +206,31 @@ class FeatureDistances:
     # ------------------------------------------------------------------ products
 
     def _operands(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(query, gallery, query_sq, gallery_sq) in ``dtype`` (cosine: unit rows, no norms), cached."""
+        """(query, gallery, query_sq, gallery_sq) for products in ``dtype`` (cosine: unit rows, no
+        norms), cached. A set of more than ``_AUGMENTED_ELEMENTS`` that is not in ``dtype``
+        comes back as it is (only its norms in ``dtype``): ``_tile`` converts it a tile at a time,
+        so no float64 copy of a large set is held."""
         key = str(dtype)
         if key + "q" not in self._cache:
             sets = [self.query] if self.same_set else [self.query, self.gallery]
+            made = [self._converted(x, dtype) for x in sets]
+            (q, q_sq), (g, g_sq) = made[0], made[-1]
+            self._cache.update({key + "q": q, key + "g": g, key + "qs": q_sq, key + "gs": g_sq})
+        return (self._cache[key + "q"], self._cache[key + "g"], self._cache[key + "qs"], self._cache[key + "gs"])
+
+    def _converted(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(``x`` in ``dtype``, or as it is when large; its squared norms in ``dtype``, or None for cosine)."""
+        if x.dtype != dtype and x.numel() > _AUGMENTED_ELEMENTS:
+            norms = None
             if self.metric == "euclidean":
-                converted = [x.to(dtype) for x in sets]
-                made = [(x, _squared_norms(x)) for x in converted]
-                (q, q_sq), (g, g_sq) = made[0], made[-1]
-                self._cache.update({key + "q": q, key + "g": g, key + "qs": q_sq, key + "gs": g_sq})
-            else:
-                made = [torch.nn.functional.normalize(x.to(dtype), p=2, dim=1, eps=_NORM_EPS) for x in sets]
-                self._cache.update({key + "q": made[0], key + "g": made[-1]})
-        return (self._cache[key + "q"], self._cache[key + "g"], self._cache.get(key + "qs"), self._cache.get(key + "gs"))
+                norms = torch.cat([_squared_norms(part.to(dtype)) for _, part in _row_chunks(x, None)])
+            return x, norms
+        return self._tile(x, dtype), (_squared_norms(x.to(dtype)) if self.metric == "euclidean" else None)
+
+    def _tile(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of a set as the products take them: in ``dtype``, unit rows for cosine."""
+        x = x.to(dtype)
+        return x if self.metric == "euclidean" else torch.nn.functional.normalize(x, p=2, dim=1, eps=_NORM_EPS)
 
     def _product(self, rows: np.ndarray, dtype: torch.dtype, cols: slice = slice(None)) -> torch.Tensor:
         """rows x gallery[cols] distances by a matrix product in ``dtype`` (clamped like the canonical).
@@ -229,6 +241,8 @@ class FeatureDistances:
         q, g, q_sq, g_sq = self._operands(dtype)
         index = torch.as_tensor(rows, device=self.device)
         queries = q.index_select(0, index)
+        if queries.dtype != dtype:  # a large query set: its rows converted here
+            queries = self._tile(queries, dtype)
         queries_sq = q_sq.index_select(0, index) if q_sq is not None else None
         columns = range(self.num_gallery)[cols]
         g, g_sq = g[cols], (g_sq[cols] if g_sq is not None else None)
@@ -245,8 +259,11 @@ class FeatureDistances:
                 operand = g[tile]
                 if whole is not None:
                     operand = whole[cols][tile]
-                elif self.metric == "euclidean":
-                    operand = _augmented(operand * -2, g_sq[tile], first=False)
+                else:
+                    if operand.dtype != dtype:  # a large gallery: a tile at a time
+                        operand = self._tile(operand, dtype)
+                    if self.metric == "euclidean":
+                        operand = _augmented(operand * -2, g_sq[tile], first=False)
                 # into a contiguous temporary (a product written into a column tile of ``out``, a
                 # strided view, runs at about half the speed), then clamped into place in one pass
                 product = torch.mm(queries, operand.t())

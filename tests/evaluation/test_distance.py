@@ -104,6 +104,24 @@ def test_exact_tiles_of_rows_and_columns_change_no_bit(metric: str, monkeypatch:
     np.testing.assert_array_equal(space.exact(np.array([299, 3, 3]), slice(10, 61)).numpy(), want[[299, 3, 3], 10:61])
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_large_sets_are_converted_a_tile_at_a_time(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # sets over _AUGMENTED_ELEMENTS: the float64 products take their rows and tiles as they go,
+    # never a float64 copy of a whole set, and give the same canonical values
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((70, 12)).astype(np.float32)
+    y = rng.standard_normal((90, 12)).astype(np.float32)
+    want = pairwise_distance(x, y, metric=metric)
+    monkeypatch.setattr(distance_module, "_AUGMENTED_ELEMENTS", 500)
+    monkeypatch.setattr(distance_module, "_COLUMN_TILE", 16)
+    space = FeatureDistances(x, y, metric)
+    np.testing.assert_array_equal(space.exact(slice(None)).numpy(), want)
+    q, g, _, _ = space._operands(torch.float64)
+    assert q.dtype == g.dtype == torch.float32 and q.data_ptr() == space.query.data_ptr()
+    values, bound = space.fast(slice(None))
+    assert np.all(np.abs(values.numpy().astype(np.float64) - want) <= bound[:, None])
+
+
 def test_torch_in_torch_out_and_float64_evaluated_in_float64() -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((20, 8))
