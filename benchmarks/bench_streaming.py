@@ -47,10 +47,21 @@ def worker(contender: str, data: Path, out: Path, memory_mb: float, max_rank: in
     labels = (inputs["q_pids"], inputs["g_pids"], inputs["q_camids"], inputs["g_camids"])
 
     def products() -> Any:
+        """The same float32 products as evaluate_features, scheduled as it does (ordering.match_ranks:
+        a worker per thread, each product on one thread, the blocks in flight sharing the budget)."""
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
+
         space = FeatureDistances(qf, gf)
-        rows = min(256, block_rows_for(gf.shape[0], memory_mb))
-        for start in range(0, qf.shape[0], rows):
+        workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+        rows = max(1, min(256, block_rows_for(gf.shape[0], memory_mb)) // workers)
+
+        def block(start: int) -> None:
+            torch.set_num_threads(1)
             space.fast(slice(start, start + rows))
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(block, range(0, qf.shape[0], rows)))
 
     calls = {
         "float32 products only": products,
