@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import subprocess
@@ -212,6 +213,45 @@ def test_result_is_returned_to_callers_not_to_the_console_script(monkeypatch):
     assert reid.cli.main(["convert-checkpoint", "a.pt", "b.pt"]) == {"a": 1}
     monkeypatch.setattr(sys, "argv", ["reid", "convert-checkpoint", "a.pt", "b.pt"])
     assert reid.cli.main() is None  # the console script does sys.exit(main()): status 0
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_command_run_in_process_leaves_the_reid_logger_as_it_was(fails, monkeypatch, tmp_path, capsys):
+    # A handler left on a stream the caller has since closed fails every later log call ("Logging
+    # error"), and a level or propagation of ours changes what the caller's own handlers see.
+    from reid.cli.common import setup_logging
+
+    logger = logging.getLogger("reid")
+    mine = logging.StreamHandler(io.StringIO())
+    added: list[logging.Handler] = []
+
+    def run(args):
+        setup_logging(tmp_path)
+        added.extend(logger.handlers)
+        logger.info("working")
+        if fails:
+            raise ValueError("bad value")
+        return 1
+
+    monkeypatch.setattr("reid.cli.convert.run", run)
+    before = logger.level, logger.propagate
+    logger.addHandler(mine)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = True
+    try:
+        code, _, _ = run_cli(["convert-checkpoint", "a.pt", "b.pt"], capsys)
+        assert (code == 2) == fails
+        assert logger.handlers[-1] is mine and mine not in added and len(added) == 2
+        assert all(handler not in logger.handlers for handler in added)
+        assert (logger.level, logger.propagate) == (logging.WARNING, True)
+        assert "working" in (tmp_path / "train.log").read_text() and mine.stream.getvalue() == ""
+        assert added[1].stream is None  # the command's file handler is closed
+        logger.warning("after")
+        assert mine.stream.getvalue() == "after\n"  # the caller's handler still works
+    finally:
+        logger.removeHandler(mine)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
 
 
 def test_argparse_errors_exit_2(capsys):

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .common import logging_restored
+
 # command name -> module in reid.cli
 COMMANDS = {
     "train": "train",
@@ -85,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
     """
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
-        result = args._run(args)
+        with logging_restored():
+            result = args._run(args)
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -7,10 +7,11 @@ must not pay for torch, timm or OpenCV. Everything heavy is imported inside the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # annotations only
@@ -219,14 +220,34 @@ def check_new_files_in(folder: Path, names: Iterable[str], *, overwrite: bool, w
                               "to replace those files")
 
 
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """The ``reid`` logger as it was before, after the block: a command run in-process (``main(argv)``
+    from a notebook or a test) leaves no handler on a stream that may be closed by then, and no level
+    or propagation of its own, behind."""
+    logger = logging.getLogger("reid")
+    level, propagate, handlers = logger.level, logger.propagate, logger.handlers[:]
+    try:
+        yield
+    finally:
+        for handler in logger.handlers[:]:
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def setup_logging(
     output_dir: Path | None = None, *, is_main: bool = True, filename: str = "train.log", stream: TextIO | None = None
 ) -> None:
     """INFO to ``stream`` (default stdout; and to OUTPUT_DIR/filename) on the main process; warnings only elsewhere."""
     logger = logging.getLogger("reid")
-    for handler in logger.handlers[:]:
+    for handler in logger.handlers[:]:  # detached, not closed: logging_restored puts a caller's back
         logger.removeHandler(handler)
-        handler.close()
     logger.propagate = False
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")

@@ -211,11 +211,11 @@ def test_faiss_backend_matches_torch_backend() -> None:
 
 def _hnsw_quality(caplog: pytest.LogCaptureFixture, qf: np.ndarray, gf: np.ndarray) -> tuple[np.ndarray, object]:
     """rerank with knn_backend='faiss-hnsw', and the NeighbourQuality it logged."""
+    caplog.clear()  # only this call's records
     with caplog.at_level(logging.INFO, logger="reid"):
         got = rerank(qf, gf, knn_backend="faiss-hnsw")
     quality = [r.neighbour_quality for r in caplog.records if hasattr(r, "neighbour_quality")]
     assert len(quality) == 1
-    caplog.clear()
     return got, quality[0]
 
 
