@@ -35,6 +35,8 @@ from .protocol import Labels
 _BLOCK_ELEMENTS = 1 << 22
 # Above this fraction of candidates a row sort (SIMD) beats extracting and sorting candidates.
 _SORT_ALL_FRACTION = 0.4
+# Columns sampled at least to estimate a row's depth cut (_sampled_cut).
+_MIN_CUT_SAMPLE = 2048
 # A canonical pair value costs about as much as this many entries of a dense canonical block
 # (a gather of two rows against a share of a float64 matrix product, both linear in the width).
 _PAIR_COST_ENTRIES = 256
@@ -253,6 +255,25 @@ class _Candidates:
         counts = np.bincount(row, minlength=rows)
         self.starts = np.cumsum(counts) - counts
 
+    @classmethod
+    def from_entries(cls, num_rows: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                     limit: np.ndarray, with_columns: bool) -> "_Candidates":
+        """The same from a sparse block: entries (row, column, value) that hold every item of a
+        row at or below ``limit`` (and maybe more)."""
+        keep = values <= limit[rows]
+        rows, cols = rows[keep].astype(np.int64), cols[keep]
+        keys = (rows << 32) | _order_keys(values[keep])
+        self = cls.__new__(cls)
+        if with_columns:
+            order = np.argsort(keys)
+            self.keys, self.columns = keys[order], cols[order].astype(np.int64)
+        else:
+            keys.sort()
+            self.keys, self.columns = keys, None
+        counts = np.bincount(rows, minlength=num_rows)
+        self.starts = np.cumsum(counts) - counts
+        return self
+
     def count(self, rows: np.ndarray, thresholds: np.ndarray, side: str) -> np.ndarray:
         """Items of ``rows[i]`` below (side 'left': <, 'right': <=) the float32 ``thresholds[i]``
         (``rows`` broadcasts against ``thresholds``)."""
@@ -267,7 +288,71 @@ class _Candidates:
         return owner, self.columns[self.starts[rows[owner]] + low[owner] + offset]
 
 
-def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, values: np.ndarray,
+class DenseRows:
+    """A block of distances held whole (rows x gallery): what ``_place`` reads of it."""
+
+    def __init__(self, block: np.ndarray) -> None:
+        self.block = block
+        self.shape = block.shape
+
+    def take(self, items: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(self.block, items, axis=1)
+
+    def candidates(self, limit: np.ndarray, with_columns: bool) -> _Candidates:
+        return _Candidates(self.block, limit, with_columns)
+
+    def cut(self, kth: int) -> np.ndarray:
+        return _sampled_cut(self.block, kth)
+
+    def exact_kth(self, rows: np.ndarray, kth: int) -> np.ndarray:
+        return _exact_kth(self.block[rows], kth)
+
+
+class SparseRows:
+    """A block known only at and below a per-row limit: entries (row, column, value) that hold
+    every item of a row at or below ``complete[row]``, and a depth cut per row chosen beforehand
+    so that every value ``_place`` reads lies below it (``complete >= outward(outward(cut, 2e),
+    2e)``; a read above it raises ``_NeedsExact``). ``take`` reads the values of a row's
+    own-label items from the entries (``+inf`` for those above the limit). A row whose cut holds
+    too few items is made whole (``dense_rows``: its values against the whole gallery, within
+    the same bound) and takes its exact kth smallest, as a dense block's row would."""
+
+    def __init__(self, num_rows: int, width: int, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                 complete: np.ndarray, cut: np.ndarray, row_labels: np.ndarray, gallery_labels: np.ndarray,
+                 slot: np.ndarray, dense_rows) -> None:
+        """``slot``: each gallery item's place in its label group (``LabelGroups.members`` order)."""
+        self.shape = (num_rows, width)
+        self.rows, self.cols, self.values = rows, cols, values
+        self._complete = complete.astype(np.float32)
+        self._cut, self._row_labels, self._gallery_labels, self._slot = cut, row_labels, gallery_labels, slot
+        self._dense_rows = dense_rows
+
+    def take(self, items: np.ndarray) -> np.ndarray:
+        out = np.full(items.shape, np.inf, dtype=np.float32)
+        same = self._gallery_labels[self.cols] == self._row_labels[self.rows]
+        out[self.rows[same], self._slot[self.cols[same]]] = self.values[same]
+        return out
+
+    def candidates(self, limit: np.ndarray, with_columns: bool) -> _Candidates:
+        if np.any(limit > self._complete):  # not expected: the dense block decides then
+            raise _NeedsExact
+        return _Candidates.from_entries(self.shape[0], self.rows, self.cols, self.values, limit, with_columns)
+
+    def cut(self, kth: int) -> np.ndarray:
+        return self._cut.copy()
+
+    def exact_kth(self, rows: np.ndarray, kth: int) -> np.ndarray:
+        whole = self._dense_rows(rows)
+        kept = ~np.isin(self.rows, rows)
+        width = self.shape[1]
+        self.rows = np.concatenate([self.rows[kept], np.repeat(rows, width).astype(self.rows.dtype)])
+        self.cols = np.concatenate([self.cols[kept], np.tile(np.arange(width, dtype=self.cols.dtype), rows.size)])
+        self.values = np.concatenate([self.values[kept], whole.ravel()])
+        self._complete[rows] = np.inf
+        return _exact_kth(whole, kth)
+
+
+def _positions(block: DenseRows | SparseRows, bound: np.ndarray | None, items: np.ndarray, values: np.ndarray,
                targets: np.ndarray, pairs, budget: float, floor: np.ndarray) -> tuple[np.ndarray, _Candidates]:
     """(The canonical position (number of items before it) of every target item, -1 elsewhere;
     the candidates counted, every item up to the targets' windows and to ``floor``).
@@ -280,7 +365,7 @@ def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, v
     spread = (np.zeros(num_rows) if bound is None else 2 * bound)[:, None]
     low = np.where(targets, _outward(values, spread, -1), np.inf).astype(np.float32)
     high = np.where(targets, _outward(values, spread, +1), -np.inf).astype(np.float32)
-    cands = _Candidates(block, np.maximum(high.max(axis=1), floor), with_columns=bound is not None)
+    cands = block.candidates(np.maximum(high.max(axis=1), floor), with_columns=bound is not None)
     row_of = np.arange(num_rows)[:, None]
     before, upto = cands.count(row_of, low, "left"), cands.count(row_of, high, "right")
     position = np.where(targets, before, -1)
@@ -289,9 +374,10 @@ def _positions(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, v
     if tr.size == 0:
         return position, cands
     target_cols = items[tr, tc]
-    if bound is None:  # canonical values with exact ties: lower gallery indices come first
+    if bound is None:  # canonical values (a dense block) with exact ties: lower gallery indices come first
+        dense = block.block
         for r, c, g in zip(tr.tolist(), tc.tolist(), target_cols.tolist()):
-            position[r, c] += int(np.count_nonzero(block[r, :g] == block[r, g]))
+            position[r, c] += int(np.count_nonzero(dense[r, :g] == dense[r, g]))
         return position, cands
     if tr.size + int((upto - before)[tr, tc].sum()) > budget:
         raise _NeedsExact
@@ -322,19 +408,39 @@ def block_ranks(source: DistanceBlocks, rows: slice, q_labels: np.ndarray, q_cam
         first = np.arange(source.num_query)[rows][0]
         raise ValueError(f"distmat contains NaN (in rows {first}..{first + block.shape[0] - 1}); "
                          "expected numbers (inf is allowed)")
+    items, real, left_out, match = query_items(groups, q_labels, q_camids, g_camids)
+    pairs = row_pairs(source, rows)
+    budget = block.size / _PAIR_COST_ENTRIES
+    try:
+        position = _place(DenseRows(block), bound, items, real, left_out, depth, pairs, budget)
+    except _NeedsExact:
+        position = _place(DenseRows(source.exact(rows)), None, items, real, left_out, depth, pairs, budget)
+    return ranks_from_positions(position, left_out, match, depth)
+
+
+def query_items(groups: LabelGroups, q_labels: np.ndarray, q_camids: np.ndarray,
+                g_camids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(items, real, left_out, match) of a block of queries: the gallery items of each query's
+    label (padded; ``real`` marks the entries that are), those its camera rule leaves out of its
+    list, and the rest, its matches."""
     items, real = groups.items_of(q_labels)
     left_out = real & (g_camids[items] == q_camids[:, None])
-    match = real & ~left_out
+    return items, real, left_out, real & ~left_out
+
+
+def row_pairs(source: DistanceBlocks, rows: slice | np.ndarray):
+    """Canonical values of (block row, gallery column) pairs of the query rows ``rows``."""
     row_index = np.arange(source.num_query)[rows]
 
     def pairs(local_rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         return source.pairs(row_index[local_rows], cols)
 
-    budget = block.size / _PAIR_COST_ENTRIES
-    try:
-        position = _place(block, bound, items, real, left_out, depth, pairs, budget)
-    except _NeedsExact:
-        position = _place(source.exact(rows), None, items, real, left_out, depth, pairs, budget)
+    return pairs
+
+
+def ranks_from_positions(position: np.ndarray, left_out: np.ndarray, match: np.ndarray,
+                         depth: np.ndarray | None) -> BlockRanks:
+    """BlockRanks from the positions ``_place`` found (-1: not placed, past the depth)."""
     # rank after removal: the position minus the left-out items placed before the match
     placed = position >= 0
     order = np.argsort(np.where(placed, position, BEYOND), axis=1, kind="stable")
@@ -350,27 +456,37 @@ def block_ranks(source: DistanceBlocks, rows: slice, q_labels: np.ndarray, q_cam
     return BlockRanks(ranks=ranks, num_matches=match.sum(axis=1))
 
 
+def cut_sample_step(width: int, kth: int) -> int:
+    """The column step of the sample that estimates a depth cut; 0: too narrow a gallery to
+    sample (the exact kth smallest is taken)."""
+    size = min(width, max(4 * kth, _MIN_CUT_SAMPLE))
+    return 0 if size * 2 >= width else width // size
+
+
+def cut_from_sample(sample: np.ndarray, kth: int, width: int) -> np.ndarray:
+    """Per row, an estimate a little above the kth smallest of ``width`` values from an evenly
+    spaced sample of them: the sample's quantile that should hold kth items, plus a margin."""
+    rank = min(sample.shape[1], int(kth * sample.shape[1] / width * 1.25) + 8)
+    return _exact_kth(sample, rank)  # a selection (np.partition: about 9x torch.topk's speed here)
+
+
 def _sampled_cut(block: np.ndarray, kth: int) -> np.ndarray:
     """Per row, an estimate a little above the kth smallest value, from a sample of the columns.
 
     An exact selection over every column costs more than the products at SOP size (the
-    1,000th of 60,502), so the cut comes from an evenly spaced sample, at the quantile that
-    should hold kth items plus a margin. ``_place`` checks the count it relies on."""
-    rows, width = block.shape
-    size = min(width, max(4 * kth, 2048))
-    if size * 2 >= width:
+    1,000th of 60,502), so the cut comes from an evenly spaced sample (``cut_from_sample``).
+    ``_place`` checks the count it relies on."""
+    step = cut_sample_step(block.shape[1], kth)
+    if step == 0:
         return _exact_kth(block, kth)
-    step = width // size
-    sample = torch.from_numpy(np.ascontiguousarray(block[:, ::step]))
-    rank = min(sample.shape[1], int(kth * sample.shape[1] / width * 1.25) + 8)
-    return torch.topk(sample, rank, dim=1, largest=False, sorted=True).values[:, -1].numpy().copy()
+    return cut_from_sample(block[:, ::step], kth, block.shape[1])
 
 
 def _exact_kth(block: np.ndarray, kth: int) -> np.ndarray:
     return np.partition(block, kth - 1, axis=1)[:, kth - 1]
 
 
-def _place(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, real: np.ndarray,
+def _place(block: DenseRows | SparseRows, bound: np.ndarray | None, items: np.ndarray, real: np.ndarray,
            left_out: np.ndarray, depth: np.ndarray | None, pairs, budget: float) -> np.ndarray:
     """Positions of the items that can matter: all of them, or those that can reach ``depth``.
 
@@ -381,12 +497,12 @@ def _place(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, real:
     sampled cut falls short takes the exact kth smallest and the block is placed again.
     """
     width = block.shape[1]
-    values = np.take_along_axis(block, items, axis=1)
+    values = block.take(items)
     no_floor = np.full(block.shape[0], -np.inf, dtype=np.float32)
     kth = width if depth is None else min(width, int(depth.max(initial=1)) + int(left_out.sum(axis=1).max(initial=0)))
     if kth >= width:
         return _positions(block, bound, items, values, real, pairs, budget, no_floor)[0]
-    cut = _sampled_cut(block, kth)
+    cut = block.cut(kth)
     spread = np.zeros(block.shape[0]) if bound is None else 2 * bound
     while True:
         targets = real & (values <= _outward(cut, spread, +1)[:, None])
@@ -397,7 +513,8 @@ def _place(block: np.ndarray, bound: np.ndarray | None, items: np.ndarray, real:
         short = pruned[cands.count(pruned, cut[pruned], "right") < kth]
         if short.size == 0:
             return position
-        cut[short] = _exact_kth(block[short], kth)
+        cut[short] = block.exact_kth(short, kth)
+        values = block.take(items)  # a sparse block's rows made whole now hold more of their items
 
 
 def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | None = None,

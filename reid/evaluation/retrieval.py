@@ -41,6 +41,7 @@ from .distance import FeatureDistances
 from .kmeans import kmeans_plus_plus, lloyd
 from .ordering import FeatureBlocks, LabelGroups, match_ranks
 from .protocol import Labels, protocol_camids
+from .symmetric import symmetric_applies, symmetric_match_ranks
 
 KMEANS_BACKENDS = ("auto", "faiss", "numpy")
 # Beyond this n * k * dim, "auto" picks faiss.
@@ -169,7 +170,10 @@ def evaluate_retrieval(query_features: ArrayLike, query_labels: ArrayLike,
                          "expected at least one valid query")
     clipped = [min(k, searchable) for k in requested]
     depth = np.where(valid, np.minimum(np.maximum(max(clipped), same), searchable), 1)
-    ranks, _ = match_ranks(FeatureBlocks(space), labels, depth=depth, progress=False)
+    if leave_one_out and keep.all() and symmetric_applies(space, int(depth.max()) + 1):
+        ranks, _ = symmetric_match_ranks(space, labels, depth, progress=False)  # each pair's product once
+    else:
+        ranks, _ = match_ranks(FeatureBlocks(space), labels, depth=depth, progress=False)
     recall, precision_at_1, r_prec, map_r = _retrieval_scores(ranks, same, valid, requested, clipped)
     all_rp = np.full(num_q, np.nan)
     all_map = np.full(num_q, np.nan)

@@ -159,6 +159,36 @@ def test_fast_values_stay_within_their_bound(metric: str, case: str) -> None:
     np.testing.assert_array_equal(space.exact(slice(None)).numpy(), canonical.astype(np.float32))
 
 
+def within_bound(canonical: torch.Tensor, bound: np.ndarray, shift) -> torch.Tensor:
+    """float32 values at ``canonical + shift * bound`` (``|shift| <= 1``, broadcast), as another
+    BLAS could return them: a value that float32 rounding carried past the bound is stepped one
+    unit back toward the canonical one. (Moving the fast values themselves by up to the bound
+    would leave it: they already differ from the canonical values.)"""
+    exact = canonical.to(torch.float64)
+    limit = torch.as_tensor(np.broadcast_to(bound, canonical.shape).copy(), dtype=torch.float64)
+    moved = (exact + torch.as_tensor(shift, dtype=torch.float64) * limit).clamp_(min=0).to(torch.float32)
+    over = (moved.double() - exact).abs() > limit
+    moved[over] = torch.nextafter(moved[over], canonical.to(torch.float32)[over])
+    assert ((moved.double() - exact).abs() <= limit).all()
+    return moved
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_a_products_error_is_within_both_rows_bounds(metric: str) -> None:
+    # A set against itself: the product of (i, j) serves row i and, read by columns, row j
+    # (reid.evaluation.symmetric), so it must lie within the bound of each. Norms spread widely.
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((400, 128)) * rng.lognormal(0, 1.5, (400, 1)) + 3).astype(np.float32)
+    space = FeatureDistances(x, x, metric)
+    fast, bound = space.fast(slice(None))
+    r, c = np.divmod(np.arange(400 * 400), 400)
+    canonical = space.pairs(r, c).reshape(400, 400).astype(np.float64)
+    error = np.abs(fast.numpy().astype(np.float64) - canonical)
+    assert (error <= np.minimum(bound[:, None], bound[None, :])).all() and error.max() > 0
+    if metric == "euclidean":
+        assert bound.max() > 2 * bound.min()  # the rows' bounds really differ
+
+
 def test_integer_features_are_computed_in_float32() -> None:
     x = np.array([[0, 0], [3, 4]], dtype=np.int64)
     got = pairwise_distance(x, x)

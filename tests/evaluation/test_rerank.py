@@ -13,6 +13,7 @@ import torch
 
 from reid.evaluation import pairwise_distance, rerank, rerank_distances
 from reid.evaluation.rerank import evaluate_reranked
+from tests.evaluation.test_distance import within_bound
 
 
 def dense_encoding(dist: np.ndarray, k1: int, k2: int) -> np.ndarray:
@@ -191,11 +192,10 @@ def test_same_bits_whatever_the_block_size_threads_and_rounding(monkeypatch: pyt
     finally:
         torch.set_num_threads(threads)
     # another BLAS rounds the float32 products otherwise, within their bound: push them to its ends
-    fast = distance.FeatureDistances.fast
-    for side in (-0.999, 0.999):
+    for side in (-1.0, 1.0):
         def pushed(self, rows, cols=slice(None), side=side):
-            values, bound = fast(self, rows, cols)
-            return (values.double() + side * torch.from_numpy(bound)[:, None]).clamp_(min=0).float(), bound
+            bound = self.fast_bound(rows)
+            return within_bound(self.exact(rows, cols), bound[:, None], side), bound
 
         monkeypatch.setattr(distance.FeatureDistances, "fast", pushed)
         np.testing.assert_array_equal(rerank(qf, gf, block_size=64), want)

@@ -14,6 +14,7 @@ from reid.evaluation import (ClusterResult, RetrievalResult, cluster_metrics, ev
 from reid.evaluation import kmeans as kmeans_module
 from reid.evaluation import retrieval as retrieval_module
 from reid.evaluation.retrieval import pairwise_f1
+from tests.evaluation.test_distance import within_bound
 
 
 def _brute_force(qf, ql, gf=None, gl=None, ks=(1, 2, 4, 8), metric="euclidean"):
@@ -201,29 +202,29 @@ def test_same_result_whatever_the_block_size_threads_and_path(metric: str, monke
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_any_rounding_within_the_bound_gives_the_same_result(metric: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another BLAS (AVX2 or AVX-512 kernels, another thread split) rounds the products
-    differently, within the bound: the result must not move. Push every fast value to either
-    end of its bound and every dense float64 product by up to its bound."""
+    differently, within the bound: the result must not move. Put every fast value at either end
+    of its bound around the canonical value, or anywhere within it, and move every dense float64
+    product within its error bound."""
     from reid.evaluation import distance
 
     feats, labels = _clustered_case(4, n=200)
     feats = np.concatenate([feats, feats[:40]])  # duplicates: exact ties
     labels = np.concatenate([labels, labels[:40]])
     want = evaluate_retrieval(feats, labels, ks=(1, 4, 16), metric=metric)
-    fast, product = distance.FeatureDistances.fast, distance.FeatureDistances._product
+    product = distance.FeatureDistances._product
     for side in (-1.0, 1.0, 0.0):
         rng = np.random.default_rng(int(side) + 5)
 
-        def pushed_fast(self, rows, side=side, rng=rng):
-            values, bound = fast(self, rows)
-            shift = side if side else rng.uniform(-1, 1, values.shape)
-            moved = values.double() + torch.from_numpy(shift * bound[:, None] * 0.999)
-            return moved.clamp_(min=0).to(torch.float32), bound
+        def pushed_fast(self, rows, cols=slice(None), side=side, rng=rng):
+            bound = self.fast_bound(rows)
+            canonical = self.exact(rows, cols)
+            return within_bound(canonical, bound[:, None], side if side else rng.uniform(-1, 1, canonical.shape)), bound
 
-        def pushed_product(self, rows, dtype, side=side, rng=rng):
-            out = product(self, rows, dtype)
-            if dtype == torch.float64:
+        def pushed_product(self, rows, dtype, cols=slice(None), rng=rng):
+            out = product(self, rows, dtype, cols)
+            if dtype == torch.float64:  # the bound is twice the product's own error bound: half of it stays within
                 bound = torch.from_numpy(self._bound(np.asarray(rows), distance._U64)).to(out.device)[:, None]
-                out = (out + torch.from_numpy(rng.uniform(-1, 1, out.shape)) * bound * 0.999).clamp_(min=0)
+                out = (out + torch.from_numpy(rng.uniform(-1, 1, out.shape)) * bound * 0.499).clamp_(min=0)
             return out
 
         monkeypatch.setattr(distance.FeatureDistances, "fast", pushed_fast)
