@@ -483,7 +483,7 @@ def _sampled_cut(block: np.ndarray, kth: int) -> np.ndarray:
 
 
 def _exact_kth(block: np.ndarray, kth: int) -> np.ndarray:
-    return np.partition(block, kth - 1, axis=1)[:, kth - 1]
+    return np.partition(block, kth - 1, axis=1)[:, kth - 1].copy()  # not a view that keeps the copy alive
 
 
 def _place(block: DenseRows | SparseRows, bound: np.ndarray | None, items: np.ndarray, real: np.ndarray,
