@@ -12,10 +12,10 @@ product of about 13% of the whole at SOP size, as ``_sampled_cut`` samples a den
 the limit is the cut widened twice by the row's bound, which holds every value ``_place`` reads.
 Both orientations of a tile may use their own row's bound: the product's error for a pair is
 bounded by ``(|x_i| + |x_j|)^2`` (euclidean; a constant for cosine), which each row's bound
-``(|x_row| + max |x|)^2`` covers. A strip whose cut holds too few items, or whose near ties
-would take too many canonical values, is ranked again from its dense block
-(``ordering.block_ranks``): the result is always that of a full stable sort of canonical
-distances, whatever the tiles, threads or CPU.
+``(|x_row| + max |x|)^2`` covers. A row whose sampled cut holds too few items is made whole
+from its dense row (``SparseRows.exact_kth``); a strip whose near ties would take too many
+canonical values is ranked again from its dense blocks (``ordering.block_ranks``). The result is
+always that of a full stable sort of canonical distances, whatever the tiles, threads or CPU.
 
 Memory: a strip's entries (about 1.25 x the depth per row) are held from the first tile that
 touches the strip until the strip is placed; with strips placed in order that is about a
@@ -81,97 +81,110 @@ def symmetric_match_ranks(space: FeatureDistances, labels: Labels, depth: np.nda
     products of the tiles on and above the diagonal only. Same result to the bit."""
     if not space.same_set:
         raise ValueError("symmetric_match_ranks: expected one feature set ranked against itself")
-    num = space.num_query
-    groups = LabelGroups.of(labels.g_pids)
-    slot = np.empty(num, dtype=np.int64)
-    slot[groups.members] = np.arange(num) - np.repeat(groups.starts, groups.sizes)
-    kth = min(num, int(depth.max(initial=1)) + 1)  # + the query itself, which its list leaves out
-    step = cut_sample_step(num, kth)
-    if step == 0 or kth >= num:
-        raise ValueError(f"symmetric_match_ranks: {num} items are too few for a sampled cut at depth {kth}")
-    strips = [_Strip(slice(s, min(s + _STRIP_ROWS, num)), 0) for s in range(0, num, _STRIP_ROWS)]
-    tiles = [(i, j) for i in range(len(strips)) for j in range(i, len(strips))]
-    for i, j in tiles:
-        strips[i].pending += 1
-        strips[j].pending += int(j != i)
     threads = max(1, min(int(num_threads if num_threads is not None else torch.get_num_threads()),
                          os.cpu_count() or 1))
-    bound = space.fast_bound()
-    limit = np.empty(num, dtype=np.float32)
-    lock = threading.Lock()
+    run = _Run(space, labels, depth, threads)
+    with progress_bar(total=space.num_query, desc=description, unit="query", progress=progress) as bar:
+        parts = run.ranks(bar)
+    width = max(part.ranks.shape[1] for part in parts)
+    ranks = np.full((space.num_query, width), BEYOND, dtype=np.int64)
+    for strip, part in zip(run.strips, parts):
+        ranks[strip.rows, :part.ranks.shape[1]] = part.ranks
+    return ranks, np.concatenate([part.num_matches for part in parts])
 
-    def one_thread() -> None:
-        if threads > 1:  # this worker's own torch thread count (an OpenMP setting per thread)
+
+class _Run:
+    """The strips, their cuts and limits, and the three kinds of task: a strip's cut (a product
+    against the sample columns), a tile (its entries to the strips of its rows and columns), a
+    strip's placement (once every tile that touches it is done)."""
+
+    def __init__(self, space: FeatureDistances, labels: Labels, depth: np.ndarray, threads: int) -> None:
+        num = space.num_query
+        self.space, self.labels, self.depth, self.threads = space, labels, depth, threads
+        self.groups = LabelGroups.of(labels.g_pids)
+        self.slot = np.empty(num, dtype=np.int64)
+        self.slot[self.groups.members] = np.arange(num) - np.repeat(self.groups.starts, self.groups.sizes)
+        self.kth = min(num, int(depth.max(initial=1)) + 1)  # + the query itself, which its list leaves out
+        self.step = cut_sample_step(num, self.kth)
+        if self.step == 0 or self.kth >= num:
+            raise ValueError(f"symmetric_match_ranks: {num} items are too few for a sampled cut at depth {self.kth}")
+        self.strips = [_Strip(slice(s, min(s + _STRIP_ROWS, num)), 0) for s in range(0, num, _STRIP_ROWS)]
+        self.tiles = [(i, j) for i in range(len(self.strips)) for j in range(i, len(self.strips))]
+        for i, j in self.tiles:
+            self.strips[i].pending += 1
+            self.strips[j].pending += int(j != i)
+        self.bound = space.fast_bound()
+        self.limit = np.empty(num, dtype=np.float32)
+        self.lock = threading.Lock()
+
+    def _one_thread(self) -> None:
+        if self.threads > 1:  # this worker's own torch thread count (an OpenMP setting per thread)
             torch.set_num_threads(1)
 
-    def cut_task(strip: _Strip) -> None:
-        one_thread()
-        sample = space.fast(strip.rows, slice(0, num, step))[0].cpu().numpy()
-        cut = cut_from_sample(sample, kth, num)
-        spread = 2 * bound[strip.rows]
-        limit[strip.rows] = _outward(_outward(cut, spread, +1), spread, +1)
-        strip.cut = cut
+    def cut(self, strip: _Strip) -> None:
+        self._one_thread()
+        num = self.space.num_query
+        sample = self.space.fast(strip.rows, slice(0, num, self.step))[0].cpu().numpy()
+        strip.cut = cut_from_sample(sample, self.kth, num)
+        spread = 2 * self.bound[strip.rows]
+        self.limit[strip.rows] = _outward(_outward(strip.cut, spread, +1), spread, +1)
 
-    def tile_task(i: int, j: int) -> None:
-        one_thread()
-        rows, cols = strips[i].rows, strips[j].rows
-        tile = space.fast(rows, cols)[0].cpu().numpy()
+    def tile(self, i: int, j: int) -> None:
+        self._one_thread()
+        rows, cols = self.strips[i].rows, self.strips[j].rows
+        tile = self.space.fast(rows, cols)[0].cpu().numpy()
         width = tile.shape[1]
-        flat = np.flatnonzero(tile <= limit[rows][:, None])  # (flat: a 2-D nonzero is several times slower)
+        flat = np.flatnonzero(tile <= self.limit[rows][:, None])  # (flat: a 2-D nonzero is several times slower)
         r, c = np.divmod(flat, width)
         found = [(i, r.astype(np.int32), (c + cols.start).astype(np.int32), tile.ravel()[flat])]
         if j != i:  # the tile read by columns: the rows of strip j
-            flat = np.flatnonzero(tile <= limit[cols][None, :])
+            flat = np.flatnonzero(tile <= self.limit[cols][None, :])
             r, c = np.divmod(flat, width)
             found.append((j, c.astype(np.int32), (r + rows.start).astype(np.int32), tile.ravel()[flat]))
-        with lock:
+        with self.lock:
             for index, *part in found:
-                strips[index].parts.append(part)
+                self.strips[index].parts.append(part)
 
-    def rank_task(strip: _Strip) -> BlockRanks:
-        one_thread()
+    def place(self, strip: _Strip) -> BlockRanks:
+        self._one_thread()
         parts, strip.parts = strip.parts, []
         local, cols, values = (np.concatenate(column) for column in zip(*parts))
-        return _strip_ranks(space, labels, groups, slot, strip, local, cols, values, limit, depth)
+        return _strip_ranks(self.space, self.labels, self.groups, self.slot, strip, local, cols, values,
+                            self.limit, self.depth)
 
-    parts: dict[int, BlockRanks] = {}
-    with progress_bar(total=num, desc=description, unit="query", progress=progress) as bar, \
-            ThreadPoolExecutor(max_workers=threads) as pool:
-        for done in [pool.submit(cut_task, strip) for strip in strips]:
-            done.result()
-        queue = list(reversed(tiles))
-        running: dict[Future, tuple] = {}
-        while queue or running:
-            # a finished strip is placed before more tiles start: its entries are freed soonest
-            while queue and len(running) < threads + 1:
-                i, j = queue.pop()
-                running[pool.submit(tile_task, i, j)] = ("tile", i, j)
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                kind, *where = running.pop(future)
-                result = future.result()
-                if kind == "rank":
-                    strip = strips[where[0]]
-                    parts[where[0]] = result
-                    bar.update(strip.rows.stop - strip.rows.start)
-                    continue
-                for index in set(where):
-                    strips[index].pending -= 1
-                    if strips[index].pending == 0:
-                        running[pool.submit(rank_task, strips[index])] = ("rank", index)
-    width = max(part.ranks.shape[1] for part in parts.values())
-    ranks = np.full((num, width), BEYOND, dtype=np.int64)
-    for index, part in parts.items():
-        ranks[strips[index].rows, :part.ranks.shape[1]] = part.ranks
-    num_matches = np.concatenate([parts[index].num_matches for index in range(len(strips))])
-    return ranks, num_matches
+    def ranks(self, bar) -> list[BlockRanks]:
+        """Every strip's BlockRanks, in order; a finished strip is placed before more tiles start,
+        so that its entries are freed soonest."""
+        done: dict[int, BlockRanks] = {}
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            for future in [pool.submit(self.cut, strip) for strip in self.strips]:
+                future.result()
+            queue = list(reversed(self.tiles))
+            running: dict[Future, tuple] = {}
+            while queue or running:
+                while queue and len(running) < self.threads + 1:
+                    i, j = queue.pop()
+                    running[pool.submit(self.tile, i, j)] = ("tile", i, j)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    kind, *where = running.pop(future)
+                    result = future.result()
+                    if kind == "place":
+                        done[where[0]] = result
+                        bar.update(self.strips[where[0]].rows.stop - self.strips[where[0]].rows.start)
+                        continue
+                    for index in set(where):
+                        self.strips[index].pending -= 1
+                        if self.strips[index].pending == 0:
+                            running[pool.submit(self.place, self.strips[index])] = ("place", index)
+        return [done[index] for index in range(len(self.strips))]
 
 
 def _strip_ranks(space: FeatureDistances, labels: Labels, groups: LabelGroups, slot: np.ndarray, strip: _Strip,
                  local: np.ndarray, cols: np.ndarray, values: np.ndarray, limit: np.ndarray,
                  depth: np.ndarray) -> BlockRanks:
-    """The ranks of a strip's queries from its entries; from its dense block where they do not
-    settle them (a cut short of its count, or too many near ties)."""
+    """The ranks of a strip's queries from its entries; from its dense blocks where too many near
+    ties would take canonical values (or a read lies above a row's limit, which the limits rule out)."""
     rows = strip.rows
     q_labels, q_camids = labels.q_pids[rows], labels.q_camids[rows]
     items, real, left_out, match = query_items(groups, q_labels, q_camids, labels.g_camids)
