@@ -37,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from . import builders
 from .checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoint
 from .config import Config, ConfigError, from_dict, save_config, to_dict
 from .data import describe_sources
+from .data.loaders import shut_down_workers
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .engine import TrainingInterrupted, evaluate, fit, seed_everything
 from .evaluation.evaluator import metrics_line, metrics_table
@@ -93,15 +95,24 @@ def _run(cfg: Config, device: torch.device, dist_info: DistInfo) -> dict[str, An
 
 def _train(cfg: Config, device: torch.device, dist_info: DistInfo, resume_from: Path | None,
            resume_state: dict[str, Any] | None) -> dict[str, Any]:
-    output_dir = Path(cfg.output_dir)
     seed_everything(cfg.train.seed + dist_info.rank)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     data = builders.datasets_from_config(cfg)
-    dataset = data.train
-    train_loader = builders.train_loader_from_config(cfg, dataset, dist_info.rank, dist_info.world_size)
+    train_loader = builders.train_loader_from_config(cfg, data.train, dist_info.rank, dist_info.world_size)
     test_loaders = {label: builders.test_loaders_from_config(cfg, test_set) for label, test_set in data.tests.items()}
+    try:
+        return _fit_and_record(cfg, data, train_loader, test_loaders, device, dist_info, resume_from, resume_state)
+    finally:  # the run's worker processes end with it (see shut_down_workers)
+        shut_down_workers(train_loader, *(loader for pair in test_loaders.values() for loader in pair))
+
+
+def _fit_and_record(cfg: Config, data: builders.RunDatasets, train_loader: DataLoader,
+                    test_loaders: dict[str, tuple[DataLoader, DataLoader]], device: torch.device, dist_info: DistInfo,
+                    resume_from: Path | None, resume_state: dict[str, Any] | None) -> dict[str, Any]:
+    output_dir = Path(cfg.output_dir)
+    dataset = data.train
     steps = builders.steps_per_epoch(cfg, train_loader)
     model = builders.model_from_config(cfg, dataset.num_train_pids).to(device)
     criterion = builders.criterion_from_config(cfg).to(device)

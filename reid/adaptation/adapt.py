@@ -42,6 +42,7 @@ from ..checkpoint import Checkpointer, CheckpointError, Progress, load_checkpoin
 from ..config import AdaptConfig, Config, ConfigError, apply_overrides, from_dict, save_config, to_dict
 from ..crops import TRACKLETS_FILE, read_tracklets
 from ..data.datasets.base import check_images
+from ..data.loaders import shut_down_workers
 from ..engine import StopRequest, TrainingInterrupted, seed_everything, train_one_epoch
 from ..evaluation.rerank import k_reciprocal_jaccard
 from ..inference import extract_features, find_images, labels_from_names
@@ -125,8 +126,11 @@ def round_labels(model: nn.Module, cfg: Config, images: AdaptImages, device: tor
     """(pseudo-labels, L2-normalised features, DBSCAN's eps) of every image under the current model."""
     a = cfg.adapt
     loader = builders.test_loader_from_config(cfg, images.items)
-    features = extract_features(model, loader, device, feature=a.feature, normalize=True, progress=progress,
-                                description="adapt: extracting").features
+    try:
+        features = extract_features(model, loader, device, feature=a.feature, normalize=True, progress=progress,
+                                    description="adapt: extracting").features
+    finally:
+        shut_down_workers(loader)
     clustered = camera_standardized(features, images.camids) if a.camera_standardized else features
     distance = k_reciprocal_jaccard(clustered, a.k1, a.k2, progress=progress)
     eps = a.eps if a.eps > 0 else automatic_eps(distance, a.min_samples, a.core_fraction)
@@ -164,14 +168,17 @@ def _train_round(view: nn.Module, cfg: Config, images: AdaptImages, labels: np.n
     steps = len(loader) if cfg.adapt.iters_per_round == 0 else cfg.adapt.iters_per_round
     result, done = None, 0
     pass_index = 0
-    while done < steps:  # more passes of the sampler when iters_per_round asks for more batches
-        loader.batch_sampler.set_epoch(round_index * 1000 + pass_index)
-        part = train_one_epoch(view, loader, criterion, optimization, device=device, max_steps=steps - done,
-                               stop=stop, description=f"adapt round {round_index + 1}/{cfg.adapt.rounds}")
-        done, pass_index = done + part.steps, pass_index + 1
-        result = part if result is None else _merged(result, part)
-        if part.interrupted:
-            break
+    try:
+        while done < steps:  # more passes of the sampler when iters_per_round asks for more batches
+            loader.batch_sampler.set_epoch(round_index * 1000 + pass_index)
+            part = train_one_epoch(view, loader, criterion, optimization, device=device, max_steps=steps - done,
+                                   stop=stop, description=f"adapt round {round_index + 1}/{cfg.adapt.rounds}")
+            done, pass_index = done + part.steps, pass_index + 1
+            result = part if result is None else _merged(result, part)
+            if part.interrupted:
+                break
+    finally:  # this round's workers end with it
+        shut_down_workers(loader)
     return result
 
 

@@ -161,6 +161,21 @@ def _worker_kwargs(num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
     }
 
 
+def shut_down_workers(*loaders: DataLoader) -> None:
+    """End the persistent worker processes of ``loaders`` now, not when the loaders are collected.
+
+    The workers leave SIGTERM to the main process (``init_worker``), so a loader still alive at
+    interpreter exit (held by a reference cycle) would make multiprocessing's exit handler,
+    which sends one SIGTERM and joins, wait for ever. A loader iterated again starts new workers.
+    """
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)  # where DataLoader keeps persistent workers
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        if iterator is not None:
+            loader._iterator = None
+
+
 def init_worker(worker_id: int) -> None:
     """Seed a worker's global generators from the seed PyTorch derived for it, and leave
     SIGINT / SIGTERM to the main process.

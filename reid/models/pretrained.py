@@ -145,6 +145,10 @@ def create_pretrained(name: str, *, cache_dir: str | os.PathLike | None = None) 
     if download_failed:
         log.warning("backbone %s: the hub download failed (%s); using local weights %s", name,
                     first_line(hub_error), path)
+    # The error's traceback holds this frame and its callers': a cycle that would keep the
+    # caller's objects (a training run's DataLoader workers among them) alive until a garbage
+    # collection, past the end of the run, and at exit multiprocessing waits on those workers.
+    hub_error = None
     trunk = create_trunk(name, pretrained=False)
     load_weights_file(trunk, path)
     return trunk

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid.data.loaders import ImageDataset, build_test_loader, build_train_loader
+from reid.data.loaders import ImageDataset, build_test_loader, build_train_loader, shut_down_workers
 from reid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
 
@@ -45,6 +45,19 @@ def test_test_loader_batches_keep_pid_camid_path_aligned(tmp_path: Path) -> None
             seen.append((path, pid, camid))
     assert seen == items  # every item once, in order
     assert [len(batch[0]) for batch in loader] == [4, 4, 4, 3]
+
+
+def test_shut_down_workers_ends_the_persistent_workers_now(tmp_path: Path) -> None:
+    items = make_items(tmp_path)
+    loader = build_test_loader(items, height=16, width=8, batch_size=4, num_workers=2)
+    first = [paths for _, _, _, paths in loader]
+    workers = list(loader._iterator._workers)  # persistent: alive between epochs
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    shut_down_workers(loader)
+    assert loader._iterator is None and not any(w.is_alive() for w in workers)
+    assert [paths for _, _, _, paths in loader] == first  # iterated again: new workers, same batches
+    shut_down_workers(loader, loader, build_test_loader(items, height=16, width=8, batch_size=4, num_workers=0))
+    assert loader._iterator is None
 
 
 def test_train_loader_batches(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import gc
 import hashlib
 import importlib.util
 import json
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -369,6 +371,37 @@ def test_failed_download_falls_back_to_the_local_source(monkeypatch, fake_wheel,
                                                           r"failed \(ConnectionError: connection reset\)") as info:
         P.create_pretrained("mobilenetv2_100")
     assert isinstance(info.value.__cause__, ConnectionError)
+
+
+def test_falling_back_keeps_no_caller_alive(monkeypatch, fake_wheel, fake_state):
+    # The hub's error, kept for the message, must not tie the caller's frame into a reference
+    # cycle: a training run's DataLoader (persistent workers) would outlive the run, and the
+    # process would hang at exit joining workers that leave SIGTERM to the main process.
+    monkeypatch.setattr(P, "hub_reachable", lambda timeout=P.HUB_TIMEOUT_S: (False, "patched offline"))
+    monkeypatch.setitem(P.LOCAL_SOURCES, "mobilenetv2_100", (fake_wheel(fake_state),))
+    create = W.create_trunk
+
+    def offline_cache_miss(name, *, pretrained):
+        if pretrained:
+            raise ConnectionError("not in the local cache")
+        return create(name, pretrained=False)
+
+    monkeypatch.setattr(P, "create_trunk", offline_cache_miss)
+
+    class Held:
+        pass
+
+    def caller() -> weakref.ref:
+        held = Held()
+        P.create_pretrained("mobilenetv2_100")
+        return weakref.ref(held)
+
+    gc.collect()
+    gc.disable()
+    try:
+        assert caller()() is None  # freed on return, by reference counting alone
+    finally:
+        gc.enable()
 
 
 # --- the hub probe -----------------------------------------------------------------------------
