@@ -424,7 +424,11 @@ def convert_by_order(
 
 
 def _target_state(model: str) -> dict[str, torch.Tensor]:
-    return create_trunk(model, pretrained=False).state_dict()
+    # Its random initialisation must not draw from the caller's generator: the run that converts
+    # the weights would otherwise build its head and sample its batches from another RNG state
+    # than every later run that finds them cached (and train another model).
+    with torch.random.fork_rng(devices=[]):
+        return create_trunk(model, pretrained=False).state_dict()
 
 
 def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:

@@ -208,6 +208,18 @@ def test_cache_is_written_once_and_reused(fake_wheel, fake_state, tmp_path, coun
         "mobilenetv2_100.imagenet.safetensors"]  # no temporaries left
 
 
+def test_converting_leaves_the_callers_random_state_alone(fake_wheel, fake_state, tmp_path):
+    # The run that converts the weights and every later run that finds them cached must draw the
+    # same random numbers afterwards (the classifier's init, the batches): the same model.
+    source = fake_wheel(fake_state)
+    torch.manual_seed(0)
+    want = torch.get_rng_state()
+    P.local_weights(source, cache_dir=tmp_path / "cache")  # converts
+    assert torch.equal(torch.get_rng_state(), want)
+    P.local_weights(source, cache_dir=tmp_path / "cache")  # cached
+    assert torch.equal(torch.get_rng_state(), want)
+
+
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate", "replaced tensors", "garbage header"])
 def test_a_damaged_cache_is_rebuilt(fake_wheel, fake_state, tmp_path, count_source_reads, damage):
     source = fake_wheel(fake_state)
