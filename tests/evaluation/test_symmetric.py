@@ -67,11 +67,14 @@ def _relabelled(labels: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
-@pytest.mark.parametrize("case", ["clustered", "integer_ties", "near_ties"])
+@pytest.mark.parametrize("case", ["clustered", "integer_ties", "near_ties", "float64"])
 def test_equal_to_the_dense_ordering(case: str, metric: str, small_strips: None) -> None:
     feats, labels = {"clustered": lambda: _clustered_case(6, n=300),
                      "integer_ties": lambda: _integer_case(7, n=290, dim=3, num_labels=40),
-                     "near_ties": lambda: _near_tie_case(8, n=320)}[case]()
+                     "near_ties": lambda: _near_tie_case(8, n=320),
+                     "float64": lambda: _near_tie_case(15, n=320)}[case]()
+    if case == "float64":  # a float64 product rounded to float32, with its own bound
+        feats = feats.astype(np.float64)
     labels = _relabelled(labels)
     for threads in (1, 2):
         _assert_equal_to_dense(feats, labels, 4, metric, num_threads=threads)
