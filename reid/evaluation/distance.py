@@ -265,8 +265,10 @@ class FeatureDistances:
                     if self.metric == "euclidean":
                         operand = _augmented(operand * -2, g_sq[tile], first=False)
                 # into a contiguous temporary (a product written into a column tile of ``out``, a
-                # strided view, runs at about half the speed), then clamped into place in one pass
-                product = torch.mm(queries, operand.t())
+                # strided view, runs at about half the speed), then clamped into place in one pass;
+                # a single tile is ``out`` itself (contiguous): the product goes there, clamped in place
+                single = len(columns) <= _COLUMN_TILE
+                product = torch.mm(queries, operand.t(), out=out) if single else torch.mm(queries, operand.t())
                 if self.metric == "euclidean":
                     torch.clamp(product, min=0, out=out[:, tile])
                 else:
