@@ -170,10 +170,11 @@ def shut_down_workers(*loaders: DataLoader) -> None:
     """
     for loader in loaders:
         iterator = getattr(loader, "_iterator", None)  # where DataLoader keeps persistent workers
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        if iterator is None:
+            continue
+        if hasattr(iterator, "_shutdown_workers"):  # a multiprocessing iterator
             iterator._shutdown_workers()
-        if iterator is not None:
-            loader._iterator = None
+        loader._iterator = None
 
 
 def init_worker(worker_id: int) -> None:
