@@ -1,11 +1,14 @@
 """A training run never loses what a user has: folder checks, finished runs, failed evaluations."""
 
+import gc
 import json
+import multiprocessing
 
 import pytest
 import torch
 from torch import nn
 
+from reid import builders
 from reid import losses as reid_losses
 from reid import training
 from reid.checkpoint import load_checkpoint
@@ -32,6 +35,31 @@ def test_resume_on_a_finished_run_says_so_and_changes_nothing(finished_run, tiny
     assert again == json.loads(json.dumps(metrics))  # the stored metrics, nothing re-run
     assert "has finished all 2 epochs" in caplog.text and "train.epochs=N" in caplog.text
     assert run_files(run) == before
+
+
+def test_a_run_ends_its_loader_workers_with_it(tiny_train_args, monkeypatch):
+    # They leave SIGTERM to the main process: a worker still alive at exit (a loader held by a
+    # reference cycle) would make multiprocessing's exit handler wait for ever. A caught error
+    # kept in a local ties the run's frames, and so its loaders, into such a cycle (as the hub's
+    # error once did); only the run's own shutdown may end the workers then.
+    build = builders.model_from_config
+
+    def model_from_config(*args, **kwargs):
+        try:
+            raise ConnectionError("the hub is offline")
+        except ConnectionError as err:
+            kept = err  # noqa: F841 - the frame holds the error, the error's traceback the frame
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(builders, "model_from_config", model_from_config)
+    gc.collect()
+    gc.disable()
+    try:
+        training.train(load_config(None, [*tiny_train_args, "data.num_workers=2"]))
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def test_a_fresh_run_into_a_run_folder_refuses_before_anything_else(finished_run, tiny_train_args, tmp_path):
