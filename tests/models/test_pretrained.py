@@ -363,17 +363,24 @@ def test_offline_the_hub_cache_is_tried_first(monkeypatch):
     assert seen == [True] and hf_constants.HF_HUB_OFFLINE == before
 
 
-def test_failed_download_falls_back_to_the_local_source(monkeypatch, fake_wheel, fake_state, caplog):
-    monkeypatch.setattr(P, "hub_reachable", lambda timeout=P.HUB_TIMEOUT_S: (True, "patched online"))
-    monkeypatch.setitem(P.LOCAL_SOURCES, "mobilenetv2_100", (fake_wheel(fake_state),))
+def _hub_download_fails(monkeypatch, source, online: bool, message: str) -> None:
+    """The hub probe says ``online``; timm's download of pretrained weights raises ConnectionError(message);
+    ``source`` is mobilenetv2_100's local source."""
+    why = "patched online" if online else "patched offline"
+    monkeypatch.setattr(P, "hub_reachable", lambda timeout=P.HUB_TIMEOUT_S: (online, why))
+    monkeypatch.setitem(P.LOCAL_SOURCES, "mobilenetv2_100", (source,))
     create = W.create_trunk
 
     def flaky(name, *, pretrained):
         if pretrained:
-            raise ConnectionError("connection reset")
+            raise ConnectionError(message)
         return create(name, pretrained=False)
 
     monkeypatch.setattr(P, "create_trunk", flaky)
+
+
+def test_failed_download_falls_back_to_the_local_source(monkeypatch, fake_wheel, fake_state, caplog):
+    _hub_download_fails(monkeypatch, fake_wheel(fake_state), True, "connection reset")
     with caplog.at_level(logging.WARNING, logger=P.__name__):
         trunk = P.create_pretrained("mobilenetv2_100")
     assert "hub download failed (connection reset)" in caplog.text
@@ -389,16 +396,7 @@ def test_falling_back_keeps_no_caller_alive(monkeypatch, fake_wheel, fake_state)
     # The hub's error, kept for the message, must not tie the caller's frame into a reference
     # cycle: a training run's DataLoader (persistent workers) would outlive the run, and the
     # process would hang at exit joining workers that leave SIGTERM to the main process.
-    monkeypatch.setattr(P, "hub_reachable", lambda timeout=P.HUB_TIMEOUT_S: (False, "patched offline"))
-    monkeypatch.setitem(P.LOCAL_SOURCES, "mobilenetv2_100", (fake_wheel(fake_state),))
-    create = W.create_trunk
-
-    def offline_cache_miss(name, *, pretrained):
-        if pretrained:
-            raise ConnectionError("not in the local cache")
-        return create(name, pretrained=False)
-
-    monkeypatch.setattr(P, "create_trunk", offline_cache_miss)
+    _hub_download_fails(monkeypatch, fake_wheel(fake_state), False, "not in the local cache")
 
     class Held:
         pass
