@@ -523,15 +523,12 @@ def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | N
     """(ranks, num_matches) of every query: ``block_ranks`` over blocks of queries, padded to
     one width with ``BEYOND``. ``depth``: per query, as there. ``num_threads``: worker threads
     over the blocks of a source that allows it (default: torch's thread count)."""
-    num_q, num_g = source.num_query, source.num_gallery
+    num_q = source.num_query
     groups = LabelGroups.of(labels.g_pids)
     threads = max(1, min(int(num_threads if num_threads is not None else torch.get_num_threads()),
                          os.cpu_count() or 1))
     workers = threads if source.parallel else 1
-    # every block in flight shares the memory budget
-    max_rows = max(1, source.max_rows // workers)
-    rows = max(1, min(num_q, max_rows, max(min(source.min_rows, max_rows), _BLOCK_ELEMENTS // max(num_g, 1))))
-    blocks = [slice(s, min(s + rows, num_q)) for s in range(0, num_q, rows)]
+    blocks = query_blocks(source, slice(0, num_q), workers)
     workers = min(workers, len(blocks))
 
     def run(block: slice) -> BlockRanks:
@@ -550,9 +547,26 @@ def match_ranks(source: DistanceBlocks, labels: Labels, *, depth: np.ndarray | N
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-    width = max([p.ranks.shape[1] for p in parts], default=1)
-    ranks = np.full((num_q, width), BEYOND, dtype=np.int64)
-    for block, part in zip(blocks, parts):
-        ranks[block, :part.ranks.shape[1]] = part.ranks
-    num_matches = np.concatenate([p.num_matches for p in parts]) if parts else np.zeros(0, dtype=np.int64)
-    return ranks, num_matches
+    stacked = stack_ranks(parts)
+    return stacked.ranks, stacked.num_matches
+
+
+def query_blocks(source: DistanceBlocks, rows: slice, workers: int = 1) -> list[slice]:
+    """``rows`` in blocks of about ``_BLOCK_ELEMENTS`` distances (at least ``source.min_rows``),
+    ``workers`` of which share the source's memory budget at a time."""
+    max_rows = max(1, source.max_rows // workers)
+    size = max(1, min(rows.stop - rows.start, max_rows,
+                      max(min(source.min_rows, max_rows), _BLOCK_ELEMENTS // max(source.num_gallery, 1))))
+    return [slice(s, min(s + size, rows.stop)) for s in range(rows.start, rows.stop, size)]
+
+
+def stack_ranks(parts: list[BlockRanks]) -> BlockRanks:
+    """Consecutive blocks' ranks as one, padded to one width with ``BEYOND``."""
+    width = max([part.ranks.shape[1] for part in parts], default=1)
+    ranks = np.full((sum(part.ranks.shape[0] for part in parts), width), BEYOND, dtype=np.int64)
+    start = 0
+    for part in parts:
+        ranks[start:start + part.ranks.shape[0], :part.ranks.shape[1]] = part.ranks
+        start += part.ranks.shape[0]
+    num_matches = np.concatenate([part.num_matches for part in parts]) if parts else np.zeros(0, dtype=np.int64)
+    return BlockRanks(ranks=ranks, num_matches=num_matches)

@@ -35,9 +35,9 @@ import torch
 from ..progress import progress_bar
 from .distance import FeatureDistances
 from . import ordering
-from .ordering import (BEYOND, BlockRanks, FeatureBlocks, LabelGroups, SparseRows, _NeedsExact, _outward, _place,
-                       available_memory_mb, block_ranks, cut_from_sample, cut_sample_step, query_items,
-                       ranks_from_positions, row_pairs)
+from .ordering import (BlockRanks, FeatureBlocks, LabelGroups, SparseRows, _NeedsExact, _outward, _place,
+                       available_memory_mb, block_ranks, cut_from_sample, cut_sample_step, query_blocks, query_items,
+                       ranks_from_positions, row_pairs, stack_ranks)
 from .protocol import Labels
 
 # Rows of a strip (a tile is strip x strip: 16 MiB of float32 at 2,048).
@@ -83,14 +83,9 @@ def symmetric_match_ranks(space: FeatureDistances, labels: Labels, depth: np.nda
         raise ValueError("symmetric_match_ranks: expected one feature set ranked against itself")
     threads = max(1, min(int(num_threads if num_threads is not None else torch.get_num_threads()),
                          os.cpu_count() or 1))
-    run = _Run(space, labels, depth, threads)
     with progress_bar(total=space.num_query, desc=description, unit="query", progress=progress) as bar:
-        parts = run.ranks(bar)
-    width = max(part.ranks.shape[1] for part in parts)
-    ranks = np.full((space.num_query, width), BEYOND, dtype=np.int64)
-    for strip, part in zip(run.strips, parts):
-        ranks[strip.rows, :part.ranks.shape[1]] = part.ranks
-    return ranks, np.concatenate([part.num_matches for part in parts])
+        stacked = stack_ranks(_Run(space, labels, depth, threads).ranks(bar))  # strips in order
+    return stacked.ranks, stacked.num_matches
 
 
 class _Run:
@@ -201,12 +196,6 @@ def _strip_ranks(space: FeatureDistances, labels: Labels, groups: LabelGroups, s
         position = _place(block, space.fast_bound(rows), items, real, left_out, depth[rows], pairs,
                           num_rows * space.num_gallery / ordering._PAIR_COST_ENTRIES)
     except _NeedsExact:  # the dense blocks of match_ranks' size
-        step = max(1, min(source.max_rows, max(source.min_rows, ordering._BLOCK_ELEMENTS // max(space.num_gallery, 1))))
-        dense = [block_ranks(source, part, labels.q_pids[part], labels.q_camids[part], groups, labels.g_camids,
-                             depth=depth[part])
-                 for part in (slice(s, min(s + step, rows.stop)) for s in range(rows.start, rows.stop, step))]
-        width = max(part.ranks.shape[1] for part in dense)
-        ranks = np.concatenate([np.pad(part.ranks, ((0, 0), (0, width - part.ranks.shape[1])),
-                                       constant_values=BEYOND) for part in dense])
-        return BlockRanks(ranks=ranks, num_matches=np.concatenate([part.num_matches for part in dense]))
+        return stack_ranks([block_ranks(source, part, labels.q_pids[part], labels.q_camids[part], groups,
+                                        labels.g_camids, depth=depth[part]) for part in query_blocks(source, rows)])
     return ranks_from_positions(position, left_out, match, depth[rows])

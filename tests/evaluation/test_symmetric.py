@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from reid.evaluation import evaluate_retrieval, ordering, symmetric  # noqa: F401
 from reid.evaluation import retrieval as retrieval_module
